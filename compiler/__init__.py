@@ -1,0 +1,1 @@
+"""netc's compiler: description language → IR → analysis, passes and ONNX."""

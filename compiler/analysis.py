@@ -1,0 +1,121 @@
+"""Per-layer and total statistics of a graph.
+
+- params: learned parameters (trainable and frozen); BN running statistics
+  are buffers and not counted, as in torchvision's `num_params`.
+- macs: multiply-accumulates of conv, conv_transpose and fc layers for one
+  sample (torchvision's "GFLOPS" column counts exactly these).
+- activation memory: fp32 bytes of each layer's output for one sample.
+- receptive field: size, effective stride (jump) and the offset of output
+  position 0's centre in the input.
+
+MACs and memory need static sizes; with open H/W they are None until the
+input size is fixed (`--input-shape`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from netc.compiler import receptive_field as rfield
+from netc.compiler import symbolic as sym
+from netc.compiler.ir import Graph, Shape
+from netc.compiler.ops import OPS
+
+BYTES_PER_ELEMENT = 4
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    shape: Shape
+    params: int
+    trainable_params: int
+    macs: int | None
+    activation_bytes: int | None
+    field: rfield.Field
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "inputs": list(self.inputs),
+            "shape": [d if isinstance(d, int) else str(d) for d in self.shape],
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "macs": self.macs,
+            "activation_bytes": self.activation_bytes,
+            "receptive_field": field_json(self.field),
+        }
+
+
+@dataclass(frozen=True)
+class Analysis:
+    layers: list[LayerStats]
+    params: int
+    trainable_params: int
+    macs: int | None
+    activation_bytes: int | None
+    outputs: dict[str, LayerStats]
+
+
+def field_json(field: rfield.Field) -> dict:
+    def num(value: Fraction) -> int | float:
+        return int(value) if value.denominator == 1 else float(value)
+
+    return {
+        "size": None if field.whole else [num(a.size) for a in field.axes()],
+        "stride": [num(a.jump) for a in field.axes()],
+        "offset": [num(a.start) for a in field.axes()],
+        "whole_input": field.whole,
+    }
+
+
+def _count(shapes: dict[str, tuple[int, ...]]) -> int:
+    total = 0
+    for shape in shapes.values():
+        size = 1
+        for d in shape:
+            size *= d
+        total += size
+    return total
+
+
+def _static(shape: Shape) -> bool:
+    return all(sym.is_static(d) for d in shape[1:])
+
+
+def analyze(graph: Graph) -> Analysis:
+    shapes = {name: item.shape for name, item in graph.inputs.items()}
+    fields = {name: rfield.for_input(item.shape) for name, item in graph.inputs.items()}
+    layers = []
+    for node in graph.nodes:
+        op = OPS[node.op]
+        in_shapes = [shapes[s] for s in node.inputs]
+        params = _count(op.params(node.attrs, in_shapes))
+        static = _static(node.shape) and all(_static(s) for s in in_shapes)
+        macs = op.macs(node.attrs, in_shapes, node.shape) if static else None
+        elements = 1
+        for d in node.shape[1:]:
+            elements *= d if isinstance(d, int) else 0
+        fields[node.name] = rfield.for_node(node, [fields[s] for s in node.inputs], in_shapes)
+        shapes[node.name] = node.shape
+        layers.append(LayerStats(
+            name=node.name, op=node.op, inputs=node.inputs, shape=node.shape, params=params,
+            trainable_params=params if node.trainable else 0, macs=macs,
+            activation_bytes=elements * BYTES_PER_ELEMENT if _static(node.shape) else None,
+            field=fields[node.name],
+        ))
+    by_name = {layer.name: layer for layer in layers}
+    macs = [layer.macs for layer in layers]
+    memory = [layer.activation_bytes for layer in layers]
+    return Analysis(
+        layers=layers,
+        params=sum(layer.params for layer in layers),
+        trainable_params=sum(layer.trainable_params for layer in layers),
+        macs=None if None in macs else sum(macs),
+        activation_bytes=None if None in memory else sum(memory),
+        outputs={out: by_name[source] for out, source in graph.outputs.items()},
+    )

@@ -1,0 +1,87 @@
+"""The compiler's public entry point: a description in, a graph and its analysis out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from netc.compiler import zoo
+from netc.compiler.analysis import Analysis, analyze
+from netc.compiler.expand import expand
+from netc.compiler.ir import Graph
+from netc.compiler.lower import lower
+from netc.compiler.spec import InputSpec, NetworkSpec, parse_network
+from netc.compiler.yaml_loader import load_located
+from netc.errors import SpecError, UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Network:
+    """A compiled description: its spec, IR graph and analysis."""
+
+    spec: NetworkSpec
+    graph: Graph
+    analysis: Analysis
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+
+def load(
+    source: str | Path,
+    *,
+    input_shape: tuple[Any, ...] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Network:
+    """Compile a description file path or zoo name.
+
+    `input_shape` (C, H, W) replaces the first input's shape; `params`
+    overrides network parameters (`num_classes=10`).
+    """
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"error: no such network file: {source}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"error: cannot read network file {source}: {exc}") from None
+        return load_string(text, file=str(source), input_shape=input_shape, params=params)
+    try:
+        text = zoo.read(str(source))
+    except KeyError:
+        hint = did_you_mean(str(source), zoo.names())
+        raise UserError(
+            f"error: '{source}' is neither a network file nor a zoo network"
+            + (f"\n  hint: {hint}" if hint else "\n  hint: `netc zoo` lists the built-in networks")
+        ) from None
+    return load_string(text, file=f"zoo:{source}", input_shape=input_shape, params=params)
+
+
+def load_string(
+    text: str,
+    *,
+    file: str = "<string>",
+    input_shape: tuple[Any, ...] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Network:
+    """Compile a description given as YAML text."""
+    spec = parse_network(load_located(text, file), file)
+    if input_shape is not None:
+        spec = _with_input_shape(spec, input_shape)
+    graph = lower(spec, expand(spec, params), source=text)
+    return Network(spec=spec, graph=graph, analysis=analyze(graph))
+
+
+def _with_input_shape(spec: NetworkSpec, shape: tuple[Any, ...]) -> NetworkSpec:
+    first = spec.inputs[0]
+    if len(shape) != len(first.dims):
+        raise SpecError(
+            f"--input-shape for input '{first.name}' has the wrong rank",
+            expected=f"{len(first.dims)} sizes", found=f"{len(shape)}: {list(shape)}",
+        )
+    dims = tuple(d if d is not None else default
+                 for d, default in zip(shape, (None, "H", "W")))
+    return replace(spec, inputs=[InputSpec(first.name, dims, first.loc), *spec.inputs[1:]])

@@ -1,0 +1,163 @@
+"""Attribute kinds: validate a raw description value and normalise it.
+
+Each kind is a function `raw -> normalised value` that raises `AttrTypeError`
+with what it expected; the caller adds the file location and layer name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED = object()
+
+
+class AttrTypeError(ValueError):
+    def __init__(self, expected: str, found: Any) -> None:
+        self.expected = expected
+        self.found = describe(found)
+        super().__init__(f"expected {expected}, found {self.found}")
+
+
+def describe(value: Any) -> str:
+    """How a raw YAML value reads in an error message."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string '{value}'"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, list):
+        return f"list {list(value)}"
+    if isinstance(value, dict):
+        return f"mapping {{{', '.join(value)}}}"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Attr:
+    kind: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def int_at_least(low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not _is_int(value) or value < low:
+            raise AttrTypeError(f"an integer >= {low}", value)
+        return value
+
+    return check
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def pair(low: int) -> Callable[[Any], tuple[int, int]]:
+    """An int or an [h, w] pair of ints >= low, as (h, w)."""
+
+    def check(value: Any) -> tuple[int, int]:
+        if _is_int(value) and value >= low:
+            return (value, value)
+        if (
+            isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and len(value) == 2
+            and all(_is_int(v) and v >= low for v in value)
+        ):
+            return (value[0], value[1])
+        raise AttrTypeError(f"an integer >= {low} or an [h, w] pair of them", value)
+
+    return check
+
+
+positive_pair = pair(1)
+non_negative_pair = pair(0)
+
+
+def conv_padding(value: Any) -> Any:
+    """'same', 'valid', an int or an [h, w] pair (resolved later against the kernel)."""
+    if value in ("same", "valid"):
+        return value
+    try:
+        return non_negative_pair(value)
+    except AttrTypeError:
+        raise AttrTypeError("'same', 'valid', an integer >= 0 or an [h, w] pair", value) from None
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise AttrTypeError("true or false", value)
+    return value
+
+
+def number(low: float | None = None, high: float | None = None) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and low is not None and value < low:
+            ok = False
+        if ok and high is not None and value > high:
+            ok = False
+        if not ok:
+            bounds = f" in [{low}, {high}]" if low is not None and high is not None else ""
+            bounds = bounds or (f" >= {low}" if low is not None else "")
+            raise AttrTypeError(f"a number{bounds}", value)
+        return float(value)
+
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise AttrTypeError("one of " + ", ".join(f"'{c}'" for c in choices), value)
+        return value
+
+    return check
+
+
+def positive_int_list(value: Any) -> tuple[int, ...]:
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and value
+        and all(_is_int(v) and v >= 1 for v in value)
+    ):
+        return tuple(value)
+    raise AttrTypeError("a non-empty list of integers >= 1", value)
+
+
+def crop_offset(value: Any) -> Any:
+    if value == "auto":
+        return value
+    try:
+        return non_negative_pair(value)
+    except AttrTypeError:
+        raise AttrTypeError("'auto', an integer >= 0 or an [h, w] pair", value) from None
+
+
+def any_int(value: Any) -> int:
+    if not _is_int(value):
+        raise AttrTypeError("an integer", value)
+    return value
+
+
+def optional(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        return None if value is None else kind(value)
+
+    return check

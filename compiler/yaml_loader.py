@@ -1,0 +1,94 @@
+"""YAML → plain Python values that remember where each value came from.
+
+PyYAML's safe loader forgets positions, and every error in a description must
+name its file:line:column, so we compose the node tree ourselves and keep the
+marks: mappings become `LocMap` and sequences `LocList`, which carry the
+location of the container and of each key and item. Scalars stay plain Python
+values (int, float, bool, str, None) so the rest of the compiler needs no
+special types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from netc.errors import SourceLoc, SpecError
+
+
+class LocMap(dict):
+    """A mapping with the location of itself, each key and each value."""
+
+    loc: SourceLoc
+    key_locs: dict[str, SourceLoc]
+    value_locs: dict[str, SourceLoc]
+
+    def key_loc(self, key: str) -> SourceLoc:
+        return self.key_locs.get(key, self.loc)
+
+    def value_loc(self, key: str) -> SourceLoc:
+        return self.value_locs.get(key, self.loc)
+
+
+class LocList(list):
+    """A sequence with the location of itself and of each item."""
+
+    loc: SourceLoc
+    item_locs: list[SourceLoc]
+
+    def item_loc(self, index: int) -> SourceLoc:
+        return self.item_locs[index] if index < len(self.item_locs) else self.loc
+
+
+def _loc(node: yaml.Node, file: str) -> SourceLoc:
+    return SourceLoc(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        result = LocMap()
+        result.loc, result.key_locs, result.value_locs = _loc(node, file), {}, {}
+        for key_node, value_node in node.value:
+            key = _convert(key_node, file, constructor)
+            if not isinstance(key, str):
+                raise SpecError(
+                    "mapping keys must be names",
+                    loc=_loc(key_node, file),
+                    expected="a string key",
+                    found=repr(key),
+                )
+            if key in result:
+                raise SpecError(
+                    f"key '{key}' appears twice in the same mapping",
+                    loc=_loc(key_node, file),
+                    hint=f"the first '{key}' is at line {result.key_locs[key].line}",
+                )
+            result[key] = _convert(value_node, file, constructor)
+            result.key_locs[key] = _loc(key_node, file)
+            result.value_locs[key] = _loc(value_node, file)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        result = LocList(_convert(item, file, constructor) for item in node.value)
+        result.loc = _loc(node, file)
+        result.item_locs = [_loc(item, file) for item in node.value]
+        return result
+    return constructor.construct_object(node, deep=True)
+
+
+def load_located(text: str, file: str) -> Any:
+    """Parse YAML text; mappings and lists in the result carry source locations."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = SourceLoc(file, mark.line + 1, mark.column + 1) if mark else None
+        raise SpecError(f"not valid YAML: {exc.problem or exc.context}", loc=loc) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", loc=SourceLoc(file, 1, 1)) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise SpecError("the description is empty", loc=SourceLoc(file, 1, 1))
+    return _convert(node, file, yaml.SafeLoader(""))

@@ -1,0 +1,1 @@
+"""netc's runtime: IR → PyTorch execution and training, onnxruntime sessions."""

@@ -1,0 +1,1 @@
+"""netc's inference server: gRPC services, batching, model repository."""
