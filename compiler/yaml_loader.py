@@ -20,9 +20,11 @@ from netc.errors import SourceLoc, SpecError
 class LocMap(dict):
     """A mapping with the location of itself, each key and each value."""
 
-    loc: SourceLoc
-    key_locs: dict[str, SourceLoc]
-    value_locs: dict[str, SourceLoc]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loc: SourceLoc | None = None
+        self.key_locs: dict[str, SourceLoc] = {}
+        self.value_locs: dict[str, SourceLoc] = {}
 
     def key_loc(self, key: str) -> SourceLoc:
         return self.key_locs.get(key, self.loc)
@@ -34,8 +36,10 @@ class LocMap(dict):
 class LocList(list):
     """A sequence with the location of itself and of each item."""
 
-    loc: SourceLoc
-    item_locs: list[SourceLoc]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loc: SourceLoc | None = None
+        self.item_locs: list[SourceLoc] = []
 
     def item_loc(self, index: int) -> SourceLoc:
         return self.item_locs[index] if index < len(self.item_locs) else self.loc

@@ -84,12 +84,18 @@ def _run_zoo(args: argparse.Namespace) -> int:
         item = next(iter(net.graph.inputs.values()))
         shape = "×".join(str(d) for d in item.shape[1:])
         rows.append((name, net.graph.task, shape, f"{net.analysis.params:,}",
-                     net.spec.description.strip().splitlines()[0] if net.spec.description else ""))
+                     _first_sentence(net.spec.description)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
               f"{row[3]:>{widths[3]}}  {row[4]}".rstrip())
     return 0
+
+
+def _first_sentence(text: str) -> str:
+    """A description's title: its text up to the first parenthesis, at most 60 characters."""
+    text = " ".join(text.split()).split(" (")[0].split(": ")[0]
+    return text if len(text) <= 60 else text[:57].rsplit(" ", 1)[0] + " ..."
 
 
 def build_parser() -> argparse.ArgumentParser:

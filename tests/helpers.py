@@ -1,0 +1,21 @@
+"""Shared test helpers: one numeric comparison with tolerances at the call site."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_close(actual, expected, *, rtol: float, atol: float, what: str = "values") -> None:
+    """Elementwise |actual - expected| <= atol + rtol·|expected|, with a useful message."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    error = np.abs(actual - expected)
+    bound = atol + rtol * np.abs(expected)
+    bad = error > bound
+    if bad.any():
+        worst = np.unravel_index(np.argmax(error - bound), error.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.size} elements differ beyond rtol={rtol}, "
+            f"atol={atol}; worst at {worst}: {actual[worst]} vs {expected[worst]}"
+        )
