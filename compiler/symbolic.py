@@ -29,7 +29,7 @@ Dim = Union[int, "Sym"]
 SAMPLE_SIZES = (1, 2, 3, 5, 7, 8, 13, 16, 31, 32, 61, 64, 97, 128, 224, 227, 255, 256, 500, 512)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Sym:
     base: str | Sym
     a: int = 1
@@ -62,6 +62,9 @@ class Sym:
 
     def variables(self) -> set[str]:
         return {self.base} if isinstance(self.base, str) else self.base.variables()
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def __str__(self) -> str:
         inner = self.base if isinstance(self.base, str) else f"({self.base})"

@@ -85,3 +85,22 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+class ConfigError(UserError):
+    """A bad training setting; `key` is its dotted path, e.g. 'training.optimizer.lr'."""
+
+    def __init__(self, key: str, message: str, *, expected: str | None = None,
+                 found: str | None = None, loc: SourceLoc | None = None) -> None:
+        self.key, self.loc = key, loc
+        text = f"{loc}: " if loc else ""
+        text += f"error: {key}: {message}"
+        details = [f"expected {expected}" if expected else "", f"found {found}" if found else ""]
+        details = [d for d in details if d]
+        if details:
+            text += f" ({', '.join(details)})"
+        super().__init__(text)
+
+
+class DataError(UserError):
+    """A data set that cannot be used: the message names the file or value at fault."""
