@@ -98,21 +98,28 @@ def _network_params(spec: NetworkSpec, overrides: dict[str, Any]) -> dict[str, A
     env = dict(spec.params)
     for key, value in overrides.items():
         if key not in env:
-            raise SpecError(f"the network has no parameter '{key}'",
+            raise SpecError(f"cannot set parameter '{key}': the network has no such parameter",
+                            loc=spec.params_loc,
                             expected="one of " + (", ".join(env) or "(none)"), found=f"'{key}'",
                             hint=did_you_mean(key, env))
         env[key] = value
     return env
 
 
-def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | None) -> Any:
-    """Replace `$p` (keeping the parameter's type) and `${p}` (inside strings)."""
+def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | None,
+               block: str | None = None) -> Any:
+    """Replace `$p` (keeping the parameter's type) and `${p}` (inside strings).
+
+    `block` names the block whose parameters `env` holds (None: the network's).
+    """
 
     def lookup(name: str) -> Any:
         if name not in env:
+            declare = (f"a block sees only its own params: declare '{name}' in block '{block}'"
+                       if block else f"declare '{name}' in the top-level params")
             raise SpecError(f"unknown parameter '${name}'", loc=loc, layer=layer,
                             expected="one of " + (", ".join(f"${p}" for p in env) or "(none)"),
-                            hint=did_you_mean(name, env))
+                            found=f"'${name}'", hint=did_you_mean(name, env) or declare)
         return env[name]
 
     if isinstance(value, str):
@@ -124,10 +131,10 @@ def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | Non
         result = LocMap()
         result.loc, result.key_locs, result.value_locs = value.loc, value.key_locs, value.value_locs
         for key, item in value.items():
-            result[key] = substitute(item, env, value.value_loc(key), layer)
+            result[key] = substitute(item, env, value.value_loc(key), layer, block)
         return result
     if isinstance(value, LocList):
-        result = LocList(substitute(item, env, value.item_loc(i), layer)
+        result = LocList(substitute(item, env, value.item_loc(i), layer, block)
                          for i, item in enumerate(value))
         result.loc, result.item_locs = value.loc, value.item_locs
         return result
@@ -146,15 +153,16 @@ class _State:
 
     def expand_scope(self, entries: LocList, scope: Scope, env: dict[str, Any],
                      previous: Ref | None, trainable: bool, stack: tuple[str, ...]) -> Ref:
-        prepared = [self._prepare(entries, i, scope, env) for i in range(len(entries))]
+        seen: dict[str, SourceLoc] = {}
+        prepared = [self._prepare(entries, i, scope, env, seen) for i in range(len(entries))]
         scope.locals.update(name for name, _ in prepared)
         last = previous
         for name, entry in prepared:
             last = self._expand_entry(name, entry, scope, last, trainable, stack)
         return last
 
-    def _prepare(self, entries: LocList, index: int, scope: Scope,
-                 env: dict[str, Any]) -> tuple[str, LocMap]:
+    def _prepare(self, entries: LocList, index: int, scope: Scope, env: dict[str, Any],
+                 seen: dict[str, SourceLoc]) -> tuple[str, LocMap]:
         raw, loc = entries[index], entries.item_loc(index)
         if not isinstance(raw, LocMap):
             raise SpecError("a layer must be a mapping", loc=loc,
@@ -162,13 +170,16 @@ class _State:
         if "name" not in raw:
             raise SpecError("layer has no name", loc=loc, expected="a 'name' key",
                             hint="every layer needs a unique name")
-        entry = substitute(raw, env, loc, raw.get("name"))
+        label = scope.prefix + raw["name"] if isinstance(raw["name"], str) else None
+        entry = substitute(raw, env, loc, label, scope.block)
         name = check_name(entry["name"], entry.value_loc("name"), "layer name")
-        if name in scope.locals or name in scope.inputs:
+        if name in seen or name in scope.inputs:
+            where = f"block '{scope.block}'" if scope.block else "the network"
+            hint = (f"the first '{name}' is at line {seen[name].line}" if name in seen
+                    else f"'{name}' is already an input of {where}")
             raise SpecError(f"duplicate layer name '{name}'", loc=entry.value_loc("name"),
-                            layer=scope.prefix + name,
-                            hint="layer names must be unique" + (
-                                f" within block '{scope.block}'" if scope.block else ""))
+                            layer=scope.prefix + name, hint=hint)
+        seen[name] = entry.value_loc("name")
         scope.locals.add(name)
         return name, entry
 
@@ -226,7 +237,8 @@ class _State:
             if index == 0:
                 for key, value in first.items():
                     copy[key] = value
-                    copy.key_locs[key], copy.value_locs[key] = first.key_loc(key), first.value_loc(key)
+                    copy.key_locs[key] = first.key_loc(key)
+                    copy.value_locs[key] = first.value_loc(key)
             copy_inputs = inputs if index == 0 else [Ref(entry.loc, full=f"{full}.{index - 1}")]
             self._expand_one(f"{full}.{index}", copy, scope, copy_inputs, trainable, stack)
         self.aliases[full] = Ref(entry.loc, full=f"{full}.{count - 1}")
@@ -241,7 +253,7 @@ class _State:
             self._expand_block(full, entry, inputs, trainable, stack)
             return
         op = entry["op"]
-        if op not in OPS:
+        if not isinstance(op, str) or op not in OPS:
             raise SpecError(f"unknown op '{op}'", loc=entry.value_loc("op"), layer=full,
                             expected="one of " + ", ".join(OPS), found=describe(op),
                             hint=did_you_mean(str(op), list(OPS) + list(self.spec.blocks)))
@@ -263,6 +275,7 @@ class _State:
             raise SpecError(f"unknown block '{block_name}'", loc=entry.value_loc("block"),
                             layer=full, expected="one of " + (", ".join(self.spec.blocks) or
                                                              "(no blocks defined)"),
+                            found=describe(block_name),
                             hint=did_you_mean(str(block_name), self.spec.blocks))
         if block_name in stack or len(stack) >= MAX_BLOCK_DEPTH:
             raise SpecError(f"block '{block_name}' uses itself", loc=entry.value_loc("block"),
@@ -328,7 +341,8 @@ class _State:
             return ref.text
         candidates = sorted(scope.locals | set(scope.inputs))
         raise SpecError(
-            f"unknown input '{ref.text}'", loc=ref.loc, layer=layer,
+            f"unknown {'input' if layer else 'output layer'} '{ref.text}'", loc=ref.loc,
+            layer=layer,
             expected="a layer or input " + ("of block '" + scope.block + "'" if scope.block
                                             else "of the network"),
             found=f"'{ref.text}'",
@@ -369,5 +383,6 @@ def _bind_block_params(block: BlockSpec, entry: LocMap, full: str) -> dict[str, 
         raise SpecError(
             f"block '{block.name}' needs parameter '{missing[0]}'", loc=entry.loc, layer=full,
             expected="values for " + ", ".join(missing), found="no value",
+            hint=f"add '{missing[0]}: ...' to layer '{full}'",
         )
     return env

@@ -107,7 +107,8 @@ class Graph:
                         "nodes must be in topological order"
                     )
             if not node.shape or node.shape[0] != BATCH:
-                raise InternalError(f"IR: node '{node.name}' shape {node.shape} lacks the batch dim")
+                raise InternalError(
+                    f"IR: node '{node.name}' shape {node.shape} lacks the batch dim")
             defined.add(node.name)
         for out, source in self.outputs.items():
             if source not in defined:

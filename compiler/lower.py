@@ -19,6 +19,7 @@ from netc.compiler.ops.attrs import AttrTypeError, describe
 from netc.compiler.ops.base import format_shape
 from netc.compiler.spec import InputSpec, NetworkSpec
 from netc.compiler.symbolic import Sym
+from netc.compiler.yaml_loader import LocMap
 from netc.errors import SpecError, did_you_mean
 
 INIT_KINDS = ("default", "gaussian", "gaussian_sqrt_n", "xavier", "he", "bilinear")
@@ -66,7 +67,8 @@ def _shape_error(exc: ShapeError, layer: FlatLayer, in_shapes: list[Shape]) -> S
     found = exc.found
     if found is None and in_shapes:
         found = "input shape " + ", ".join(format_shape(s) for s in in_shapes)
-    return SpecError(exc.message, loc=layer.loc, layer=layer.name, expected=exc.expected,
+    loc = layer.attr_locs.get(exc.attr, layer.loc) if exc.attr else layer.loc
+    return SpecError(exc.message, loc=loc, layer=layer.name, expected=exc.expected,
                      found=found, hint=exc.hint)
 
 
@@ -118,29 +120,31 @@ def _parse_init(layer: FlatLayer) -> InitSpec:
     if not isinstance(spec, dict):
         raise SpecError("'init' has the wrong type", loc=loc, layer=layer.name,
                         expected="an init name or {type: ..., ...}", found=describe(raw))
+    located = isinstance(raw, LocMap)  # else a bare name: point at the `init` value
+    where, key_loc = (raw.value_loc, raw.key_loc) if located else (lambda k: loc, lambda k: loc)
     for key in spec:
         if key not in INIT_KEYS:
-            raise SpecError(f"unknown init option '{key}'", loc=loc, layer=layer.name,
+            raise SpecError(f"unknown init option '{key}'", loc=key_loc(key), layer=layer.name,
                             expected="one of " + ", ".join(INIT_KEYS), found=f"'{key}'",
                             hint=did_you_mean(key, INIT_KEYS))
     kind = spec.get("type", "default")
     if kind not in INIT_KINDS:
-        raise SpecError(f"unknown init type '{kind}'", loc=loc, layer=layer.name,
+        raise SpecError(f"unknown init type '{kind}'", loc=where("type"), layer=layer.name,
                         expected="one of " + ", ".join(INIT_KINDS), found=describe(kind),
                         hint=did_you_mean(str(kind), INIT_KINDS))
     std, bias, mode = spec.get("std"), spec.get("bias", 0.0), spec.get("mode", "fan_in")
     for key, value in (("std", std), ("bias", bias)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise SpecError(f"init '{key}' must be a number", loc=loc, layer=layer.name,
+            raise SpecError(f"init '{key}' must be a number", loc=where(key), layer=layer.name,
                             found=describe(value))
     if std is not None and kind != "gaussian":
-        raise SpecError("init 'std' applies to type gaussian only", loc=loc, layer=layer.name,
-                        found=f"type '{kind}'")
+        raise SpecError("init 'std' applies to type gaussian only", loc=where("std"),
+                        layer=layer.name, found=f"type '{kind}'")
     if mode not in ("fan_in", "fan_out"):
-        raise SpecError("init 'mode' must be fan_in or fan_out", loc=loc, layer=layer.name,
-                        found=describe(mode))
+        raise SpecError("init 'mode' must be fan_in or fan_out", loc=where("mode"),
+                        layer=layer.name, found=describe(mode))
     if kind == "bilinear" and layer.op != "conv_transpose":
-        raise SpecError("bilinear init applies to conv_transpose only", loc=loc,
+        raise SpecError("bilinear init applies to conv_transpose only", loc=where("type"),
                         layer=layer.name, found=f"op '{layer.op}'")
     return InitSpec(kind=kind, std=0.01 if kind == "gaussian" and std is None else std,
                     mode=mode, bias=float(bias))

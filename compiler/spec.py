@@ -51,6 +51,7 @@ class NetworkSpec:
     file: str
     description: str = ""
     param_locs: dict[str, SourceLoc] = field(default_factory=dict)
+    params_loc: SourceLoc | None = None  # the `params` mapping (the document if none)
 
 
 def check_keys(mapping: LocMap, allowed: tuple[str, ...] | list[str], where: str,
@@ -131,6 +132,7 @@ def parse_network(doc: Any, file: str) -> NetworkSpec:
         file=file,
         description=description,
         param_locs=dict(params.value_locs) if isinstance(params, LocMap) else {},
+        params_loc=doc.value_loc("params"),
     )
 
 
@@ -156,20 +158,22 @@ def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
     if not isinstance(value, list) or len(value) not in (1, 3):
         raise SpecError(f"input '{name}' shape must be [C, H, W] (or [F] for a vector)",
                         loc=loc, expected="a list of 3 sizes", found=describe(value))
+    item_loc = value.item_loc if isinstance(value, LocList) else lambda index: loc
     channels = value[0]
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise SpecError(f"input '{name}' channel count must be fixed", loc=loc,
-                        expected="an integer >= 1", found=describe(channels))
+        raise SpecError(f"input '{name}' channel count must be fixed", loc=item_loc(0),
+                        expected="an integer >= 1", found=describe(channels),
+                        hint="only H and W may be open (null)" if channels is None else None)
     dims: list[Any] = [channels]
-    for axis, size, default in zip(("H", "W"), value[1:], ("H", "W")):
+    for index, (axis, size) in enumerate(zip(("H", "W"), value[1:]), start=1):
         if size is None:
-            dims.append(default)
+            dims.append(axis)
         elif isinstance(size, str) and NAME_PATTERN.match(size):
             dims.append(size)
         elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:
             dims.append(size)
         else:
-            raise SpecError(f"input '{name}' size {axis} is not valid", loc=loc,
+            raise SpecError(f"input '{name}' size {axis} is not valid", loc=item_loc(index),
                             expected="an integer >= 1, or null for an open size",
                             found=describe(size))
     return tuple(dims)

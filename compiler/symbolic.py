@@ -8,14 +8,16 @@ where `base` is a variable name ("N", "H", "W") or another `Sym`. Every size
 rule of a ConvNet layer is affine followed by a floor division, so this form
 is closed under what shape inference needs:
 
-    floor((a·x + b)/d) + c   = floor((a·x + b + c·d)/d)
-    floor(floor(y/d)/q)      = floor(y/(d·q))
-    floor((g·a·x + g·b)/(g·d)) = floor((a·x + b)/d)
-    floor((k·d·x + b)/d)     = k·x + floor(b/d)
+    floor((a·x + b)/d) + c       = floor((a·x + b + c·d)/d)
+    floor((floor(y/d) + b)/q)    = floor((y + b·d)/(d·q))
+    floor((g·a·x + b)/(g·d))     = floor((a·x + floor(b/g))/d)    (g = gcd(a, d))
 
-Multiplying a floored form (d > 1) nests it as the base of a new form.
-Equality is structural on the normal form; `probably_equal` also compares
-values at sample sizes for the rare forms that normalise differently.
+the last with g = d giving floor((k·d·x + b)/d) = k·x + floor(b/d). So a
+form without nesting has gcd(a, d) = 1, and then equal forms are equal
+functions. Multiplying a floored form (d > 1) nests it as the base of a new
+form. Equality is structural on the normal form; `probably_equal` also
+compares values at sample sizes for the rare nested forms that normalise
+differently.
 """
 
 from __future__ import annotations
@@ -42,18 +44,18 @@ class Sym:
 
     @staticmethod
     def make(base: str | Sym, a: int, b: int, d: int) -> Dim:
-        if a == 0:
-            return b // d
-        g = math.gcd(math.gcd(a, b), d)
-        a, b, d = a // g, b // g, d // g
         if d < 0:
             a, b, d = -a, -b, -d
-        if a % d == 0:
-            # floor((k·d·x + b)/d) = k·x + floor(b/d)
-            a, b, d = a // d, b // d, 1
-        if isinstance(base, Sym) and base.d == 1:
-            # a·(a'·x + b') + b = (a·a')·x + (a·b' + b)
-            return Sym.make(base.base, a * base.a, a * base.b + b, d)
+        if a == 0:
+            return b // d
+        # floor((g·a·x + b)/(g·d)) = floor((a·x + floor(b/g))/d): no multiple of g·d
+        # lies strictly between g·a·x + g·floor(b/g) and g·a·x + b
+        g = math.gcd(a, d)
+        a, b, d = a // g, b // g, d // g
+        if isinstance(base, Sym) and (base.d == 1 or a == 1):
+            # a·(a'·x + b') + b = (a·a')·x + (a·b' + b)            (d' = 1)
+            # floor((floor(y/d') + b)/d) = floor((y + b·d')/(d'·d))  (a = 1)
+            return Sym.make(base.base, a * base.a, a * base.b + b * base.d, base.d * d)
         return Sym(base, a, b, d)
 
     def evaluate(self, env: dict[str, int]) -> int:

@@ -45,16 +45,29 @@ class LocList(list):
         return self.item_locs[index] if index < len(self.item_locs) else self.loc
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _loc(node: yaml.Node, file: str) -> SourceLoc:
     return SourceLoc(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader) -> Any:
+def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader,
+             parents: tuple[yaml.Node, ...] = ()) -> Any:
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if any(node is parent for parent in parents):
+            raise SpecError("a YAML alias refers to a collection that contains it",
+                            loc=_loc(node, file), hint="the anchor is here; aliases cannot nest")
+        parents = (*parents, node)
     if isinstance(node, yaml.MappingNode):
         result = LocMap()
         result.loc, result.key_locs, result.value_locs = _loc(node, file), {}, {}
         for key_node, value_node in node.value:
-            key = _convert(key_node, file, constructor)
+            if key_node.tag == _MERGE_TAG:
+                raise SpecError("YAML merge keys ('<<') are not supported",
+                                loc=_loc(key_node, file),
+                                hint="write the keys out, or make a block of the shared layers")
+            key = _convert(key_node, file, constructor, parents)
             if not isinstance(key, str):
                 raise SpecError(
                     "mapping keys must be names",
@@ -68,16 +81,23 @@ def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader) -> Any:
                     loc=_loc(key_node, file),
                     hint=f"the first '{key}' is at line {result.key_locs[key].line}",
                 )
-            result[key] = _convert(value_node, file, constructor)
+            result[key] = _convert(value_node, file, constructor, parents)
             result.key_locs[key] = _loc(key_node, file)
             result.value_locs[key] = _loc(value_node, file)
         return result
     if isinstance(node, yaml.SequenceNode):
-        result = LocList(_convert(item, file, constructor) for item in node.value)
+        result = LocList(_convert(item, file, constructor, parents) for item in node.value)
         result.loc = _loc(node, file)
         result.item_locs = [_loc(item, file) for item in node.value]
         return result
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError):
+        # An explicit tag PyYAML's safe loader rejects (`!foo 3`) or cannot apply (`!!int abc`).
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise SpecError("not valid YAML: cannot read this tagged value", loc=_loc(node, file),
+                        expected="a plain value (netc needs no YAML tags)",
+                        found=f"{tag} {node.value!r}") from None
 
 
 def load_located(text: str, file: str) -> Any:
@@ -88,7 +108,13 @@ def load_located(text: str, file: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = SourceLoc(file, mark.line + 1, mark.column + 1) if mark else None
-        raise SpecError(f"not valid YAML: {exc.problem or exc.context}", loc=loc) from None
+        hint = None
+        if exc.problem and exc.context and exc.context_mark:
+            # The problem is often found far from its cause: an unclosed `{` lines above.
+            context = exc.context_mark
+            hint = f"{exc.context} at line {context.line + 1}, column {context.column + 1}"
+        raise SpecError(f"not valid YAML: {exc.problem or exc.context}", loc=loc,
+                        hint=hint) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", loc=SourceLoc(file, 1, 1)) from None
     finally:

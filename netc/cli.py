@@ -38,7 +38,11 @@ def _param(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': the value is not valid YAML (quote a string, close a list)") from None
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for our own bugs
+    except Exception as exc:  # the last line of defence for our own bugs
         if os.environ.get("NETC_DEBUG"):
             traceback.print_exc()
         print(f"internal error: {type(exc).__name__}: {exc}\n"

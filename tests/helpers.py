@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def _as_array(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
 def assert_close(actual, expected, *, rtol: float, atol: float, what: str = "values") -> None:
     """Elementwise |actual - expected| <= atol + rtol·|expected|, with a useful message."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    actual, expected = _as_array(actual), _as_array(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     error = np.abs(actual - expected)
     bound = atol + rtol * np.abs(expected)

@@ -3,10 +3,23 @@
 from netc.compiler.ops.base import OpDef, ShapeError
 from netc.compiler.ops.conv import CONV, CONV_TRANSPOSE
 from netc.compiler.ops.pointwise import (
-    BATCH_NORM, DROPOUT, LEAKY_RELU, LRN, RELU, SIGMOID, SOFTMAX, TANH,
+    BATCH_NORM,
+    DROPOUT,
+    LEAKY_RELU,
+    LRN,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
 )
 from netc.compiler.ops.pool import (
-    ADAPTIVE_AVG_POOL, ADAPTIVE_MAX_POOL, AVG_POOL, GLOBAL_AVG_POOL, GLOBAL_MAX_POOL, MAX_POOL, SPP,
+    ADAPTIVE_AVG_POOL,
+    ADAPTIVE_MAX_POOL,
+    AVG_POOL,
+    GLOBAL_AVG_POOL,
+    GLOBAL_MAX_POOL,
+    MAX_POOL,
+    SPP,
 )
 from netc.compiler.ops.structure import ADD, CONCAT, CROP, FC, FLATTEN, UPSAMPLE
 

@@ -6,6 +6,7 @@ with what it expected; the caller adds the file location and layer name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,7 @@ def boolean(value: Any) -> bool:
 def number(low: float | None = None, high: float | None = None) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)  # .nan passes every comparison below
         if ok and low is not None and value < low:
             ok = False
         if ok and high is not None and value > high:

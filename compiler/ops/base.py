@@ -14,13 +14,18 @@ Attrs = dict[str, Any]
 
 
 class ShapeError(ValueError):
-    """A size rule failed; lowering adds the layer name and location."""
+    """A size rule failed; lowering adds the layer name and location.
+
+    `attr` names the attribute at fault, if one is: the error then points at its
+    value in the description rather than at the layer's name.
+    """
 
     def __init__(
         self, message: str, *, expected: str | None = None, found: str | None = None,
-        hint: str | None = None,
+        hint: str | None = None, attr: str | None = None,
     ) -> None:
         self.message, self.expected, self.found, self.hint = message, expected, found, hint
+        self.attr = attr
         super().__init__(message)
 
 

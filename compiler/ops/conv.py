@@ -88,6 +88,7 @@ def _infer_transpose(attrs: Attrs, inputs: list[Shape]) -> Shape:
             raise ShapeError(
                 f"output_padding along the {AXES[i]} must be smaller than stride or dilation",
                 expected=f"output_padding < {max(s, d)}", found=str(out_pad),
+                attr="output_padding",
             )
         # (x - 1)·s - 2p + d·(k - 1) + output_padding + 1
         size = sym.add(sym.mul(sym.add(x[2 + i], -1), s),

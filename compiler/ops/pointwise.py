@@ -75,7 +75,8 @@ def _softmax_shape(attrs: Attrs, inputs: list[Shape]) -> Shape:
     rank = len(inputs[0])
     if not -rank <= attrs["axis"] < rank or attrs["axis"] % rank == 0:
         raise ShapeError("softmax axis out of range (or the batch axis)",
-                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]))
+                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]),
+                         attr="axis")
     return inputs[0]
 
 

@@ -21,7 +21,7 @@ def _infer_pool(attrs: Attrs, inputs: list[Shape]) -> Shape:
             raise ShapeError(
                 f"pool padding along the {AXES[i]} must be at most half the kernel",
                 expected=f"padding <= {attrs['kernel'][i] // 2}",
-                found=str(attrs["padding"][i]),
+                found=str(attrs["padding"][i]), attr="padding",
             )
     spatial = tuple(
         window_out(x[2 + i], attrs["kernel"][i], attrs["stride"][i], 1,

@@ -23,6 +23,7 @@ def resolve_padding(padding, kernel, dilation, stride) -> tuple[int, int, int, i
                 "padding 'same' needs stride 1",
                 found=f"stride {list(stride)}",
                 hint="give the padding explicitly, e.g. padding: (kernel - 1) // 2",
+                attr="padding",
             )
         total = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
@@ -42,6 +43,7 @@ def window_out(
             expected=f"a padded {axis} of at least {span} (kernel {kernel}, dilation {dilation})",
             found=f"{padded} (input {size} + padding {pad_begin + pad_end})",
             hint="lower the kernel or stride earlier, or give a larger input",
+            attr="kernel",
         )
     reach = sym.add(padded, -span)
     if not ceil_mode:

@@ -68,7 +68,8 @@ def _infer_concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     axis = attrs["axis"] % rank if -rank <= attrs["axis"] < rank else None
     if axis in (None, 0):
         raise ShapeError("concat axis out of range (or the batch axis)",
-                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]))
+                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]),
+                         attr="axis")
     for index, shape in enumerate(inputs):
         if len(shape) != rank or not all(
             sym.probably_equal(shape[i], first[i]) for i in range(rank) if i != axis
@@ -140,7 +141,8 @@ def _normalize_upsample(attrs: Attrs) -> Attrs:
         raise ShapeError("upsample needs exactly one of 'scale' and 'size'",
                          found="both" if attrs["scale"] is not None else "neither")
     if attrs["align_corners"] and attrs["mode"] == "nearest":
-        raise ShapeError("align_corners applies to bilinear mode only", found="mode 'nearest'")
+        raise ShapeError("align_corners applies to bilinear mode only", found="mode 'nearest'",
+                         attr="align_corners")
     return attrs
 
 
