@@ -57,7 +57,8 @@ def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader,
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         if any(node is parent for parent in parents):
             raise SpecError("a YAML alias refers to a collection that contains it",
-                            loc=_loc(node, file), hint="the anchor is here; aliases cannot nest")
+                            loc=_loc(node, file),
+                            hint="the anchor is here; an alias inside it would repeat it forever")
         parents = (*parents, node)
     if isinstance(node, yaml.MappingNode):
         result = LocMap()

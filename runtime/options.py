@@ -131,7 +131,7 @@ def parse_typed(config: Any, key: str, *, types: Mapping[str, Collection[str]],
         kind, values, type_key = config.get("type", default), config, f"{key}.type"
     else:
         raise config_error(key, f"must be a {what} name or a mapping",
-                           expected=f"a name or {{type: name, ...}}", found=describe(config),
+                           expected="a name or {type: name, ...}", found=describe(config),
                            loc=_loc(config))
     if not isinstance(kind, str) or kind not in types:
         raise config_error(type_key, f"unknown {what}", expected=" or ".join(types),
@@ -144,5 +144,5 @@ def parse_typed(config: Any, key: str, *, types: Mapping[str, Collection[str]],
             raise config_error(f"{key}.{name}", f"unknown option for {what} '{kind}'",
                                expected=expected, found=f"'{name}'",
                                hint=did_you_mean(str(name), allowed),
-                               loc=_loc(config, name) if hasattr(config, "key_loc") else None)
+                               loc=config.key_loc(name) if hasattr(config, "key_loc") else None)
     return kind, Options(values, key)

@@ -90,7 +90,7 @@ layers:
 """)
     module = build_module(net.graph)
     reference = torch.nn.Conv2d(2, 3, (4, 2), padding="same", dilation=(1, 2))
-    reference.load_state_dict(module.state_dict())
+    reference.load_state_dict(module.conv.state_dict())
     x = torch.randn(1, 2, 9, 10)
     assert_close(module(x).detach(), reference(x).detach(), rtol=1e-5, atol=1e-6)
 
