@@ -18,7 +18,7 @@ from netc.errors import SourceLoc, SpecError, did_you_mean
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 TASKS = ("classification", "segmentation", "embedding")
 TOP_LEVEL_KEYS = ("name", "description", "task", "params", "inputs", "blocks", "layers",
-                  "outputs")
+                  "outputs", "training")
 BLOCK_KEYS = ("params", "inputs", "layers", "output", "description")
 
 
@@ -50,6 +50,7 @@ class NetworkSpec:
     outputs: dict[str, tuple[str, SourceLoc]]
     file: str
     description: str = ""
+    training: LocMap | None = None  # checked by netc.runtime.config
     param_locs: dict[str, SourceLoc] = field(default_factory=dict)
     params_loc: SourceLoc | None = None  # the `params` mapping (the document if none)
 
@@ -132,8 +133,15 @@ def parse_network(doc: Any, file: str) -> NetworkSpec:
         file=file,
         description=description,
         param_locs=dict(params.value_locs) if isinstance(params, LocMap) else {},
+        training=_parse_training(doc),
         params_loc=doc.value_loc("params"),
     )
+
+
+def _parse_training(doc: LocMap) -> LocMap | None:
+    if "training" not in doc or doc["training"] is None:
+        return None
+    return expect(doc["training"], dict, "'training'", doc.value_loc("training"))
 
 
 def _parse_inputs(raw: Any, loc: SourceLoc) -> list[InputSpec]:

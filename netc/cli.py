@@ -102,12 +102,75 @@ def _first_sentence(text: str) -> str:
     return text if len(text) <= 60 else text[:57].rsplit(" ", 1)[0] + " ..."
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a network on a data set",
+                       description="Train a network description (a file or a zoo name). "
+                       "Settings come from its `training:` section; these flags override it.")
+    p.add_argument("spec", metavar="SPEC_OR_ZOO_NAME")
+    p.add_argument("--data", required=True, metavar="DATASET",
+                   help="digits, shapes, an image folder, a segmentation folder or a .npz")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float, help="learning rate (overrides optimizer.lr)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float, dest="val_fraction")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                   dest="params", help="override a network parameter, e.g. num_classes=10")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--init-from", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="start from a trained model's weights, matched by layer name")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with N processes (DistributedDataParallel through torchrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        return _relaunch_distributed(args.nproc)
+    from netc.runtime.train import train
+
+    overrides = {key: getattr(args, key) for key in
+                 ("epochs", "batch_size", "lr", "seed", "val_fraction", "device", "precision")}
+    result = train(args.spec, args.data, args.out, overrides=overrides, params=dict(args.params),
+                   resume=args.resume, init_from=args.init_from, quiet=args.quiet)
+    best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+    print(f"trained {result.epochs_run} epochs in {result.seconds:.1f}s; best {result.metric} "
+          f"{best} at epoch {result.best_epoch}; checkpoints in {result.run_dir}")
+    return 0
+
+
+def _relaunch_distributed(nproc: int) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    cleaned, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        cleaned.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "netc", *cleaned]
+    return subprocess.call(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netc", description="ConvNet model compiler and inference server.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_compile(sub)
     _add_zoo(sub)
+    _add_train(sub)
     return parser
 
 

@@ -37,10 +37,14 @@ def window_out(
     """floor-or-ceil((size + pads - d·(k-1) - 1) / s) + 1, checked."""
     span = dilation * (kernel - 1) + 1
     padded = sym.add(size, pad_begin + pad_end)
-    if isinstance(padded, int) and padded < span:
+    # ceil_mode lets the one window hang over the end by up to stride - 1 pixels
+    least = span - (stride - 1 if ceil_mode else 0)
+    if isinstance(padded, int) and padded < least:
+        rule = f"kernel {kernel}, dilation {dilation}" + (
+            f", stride {stride} with ceil_mode" if ceil_mode else "")
         raise ShapeError(
             f"kernel is larger than its padded input along the {axis}",
-            expected=f"a padded {axis} of at least {span} (kernel {kernel}, dilation {dilation})",
+            expected=f"a padded {axis} of at least {least} ({rule})",
             found=f"{padded} (input {size} + padding {pad_begin + pad_end})",
             hint="lower the kernel or stride earlier, or give a larger input",
             attr="kernel",

@@ -1,0 +1,47 @@
+"""Checkpoints: everything needed to resume a run or export its model.
+
+A checkpoint is one `torch.save`d dict: model, optimizer and scheduler state,
+epoch, best metric, RNG state, the network description's text, labels,
+preprocessing and training settings. It is written atomically (temporary
+file, then rename), so a crash never leaves a half-written `last.pt`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netc.errors import UserError
+from netc.fileio import write_atomic
+
+FORMAT = 1
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint file, or the best (else last) one of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise UserError(f"error: {path} holds no checkpoint (best.pt or last.pt)")
+    if not path.is_file():
+        raise UserError(f"error: no such checkpoint or run directory: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"error: {path} is not a readable netc checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"error: {path} is not a netc checkpoint (format {FORMAT})")
+    return state

@@ -1,0 +1,141 @@
+"""Training settings: the description's `training:` section, then command-line overrides.
+
+Every key is optional and checked strictly: an unknown key, a wrong type or
+an out-of-range value is a ConfigError naming `training.KEY` and, when it
+came from a file, its file:line:column. The loss, optimizer and schedule
+settings are passed on as written and checked by their builders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from netc.compiler.ops.attrs import describe
+from netc.runtime.options import Options, config_error
+from netc.errors import did_you_mean
+
+TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embedding": "loss"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    val_fraction: float = 0.15
+    seed: int = 0
+    input_size: tuple[int, int] | None = None
+    loss: Any = None
+    optimizer: Any = None
+    schedule: Any = None
+    clip_grad_norm: float | None = None
+    normalize: bool = True
+    pca_whitening: bool = False
+    augment: dict[str, Any] = field(default_factory=lambda: {"crop_padding": 0, "hflip": False})
+    balanced_sampling: bool = False
+    metric: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size) if self.input_size else None
+        return _plain(data)
+
+
+KEYS = tuple(TrainConfig.__dataclass_fields__)
+
+
+def _plain(value: Any) -> Any:
+    """LocMap/LocList → dict/list, so settings can be stored in checkpoints."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Check a `training:` mapping (or None), apply overrides, return the settings."""
+    section = section or {}
+    for key in section:
+        if key not in KEYS:
+            raise config_error(f"training.{key}", "unknown training setting",
+                               expected="one of " + ", ".join(KEYS), found=f"'{key}'",
+                               hint=did_you_mean(key, KEYS),
+                               loc=section.key_loc(key) if hasattr(section, "key_loc") else None)
+    values = dict(section)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "lr":
+            values["optimizer"] = _with_lr(values.get("optimizer"), value)
+        else:
+            values[key] = value
+    read = Options(values, "training")
+    augment = values.get("augment") or {}
+    if not isinstance(augment, dict):
+        raise config_error("training.augment", "must be a mapping",
+                           expected="{crop_padding: N, hflip: true}", found=describe(augment))
+    aug = Options(augment, "training.augment")
+    for key in augment:
+        if key not in ("crop_padding", "hflip"):
+            raise config_error(f"training.augment.{key}", "unknown augmentation",
+                               expected="crop_padding or hflip", found=f"'{key}'",
+                               hint=did_you_mean(key, ("crop_padding", "hflip")))
+    return TrainConfig(
+        epochs=read.number("epochs", 10, low=1, integer=True),
+        batch_size=read.number("batch_size", 64, low=1, integer=True),
+        val_fraction=read.number("val_fraction", 0.15, low=0, high=1, high_open=True),
+        seed=read.number("seed", 0, low=0, integer=True),
+        input_size=_input_size(values.get("input_size")),
+        loss=_plain(values.get("loss")),
+        optimizer=_plain(values.get("optimizer")),
+        schedule=_plain(values.get("schedule")),
+        clip_grad_norm=read.number("clip_grad_norm", None, low=0, low_open=True),
+        normalize=read.boolean("normalize", True),
+        pca_whitening=read.boolean("pca_whitening", False),
+        augment={"crop_padding": aug.number("crop_padding", 0, low=0, integer=True),
+                 "hflip": aug.boolean("hflip", False)},
+        balanced_sampling=read.boolean("balanced_sampling", False),
+        metric=_choice(values, "metric", (*TASK_METRICS.values(),), None),
+        device=_device(values.get("device", "auto")),
+        precision=_choice(values, "precision", PRECISIONS, "auto"),
+    )
+
+
+def _with_lr(optimizer: Any, lr: float) -> dict[str, Any]:
+    if optimizer is None:
+        return {"lr": lr}
+    if isinstance(optimizer, str):
+        return {"type": optimizer, "lr": lr}
+    return {**_plain(optimizer), "lr": lr}
+
+
+def _input_size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return (value[0], value[1])
+    raise config_error("training.input_size", "must be a size",
+                       expected="an integer or [H, W]", found=describe(value))
+
+
+def _choice(values: dict, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    value = values.get(key, default)
+    if value is not None and value not in choices:
+        raise config_error(f"training.{key}", "unknown value", expected=" or ".join(choices),
+                           found=describe(value), hint=did_you_mean(str(value), choices))
+    return value
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda")
+                                          or value.startswith("cuda:")):
+        raise config_error("training.device", "unknown device",
+                           expected="auto, cpu, cuda or cuda:N", found=describe(value))
+    return value

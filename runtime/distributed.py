@@ -1,0 +1,58 @@
+"""Several processes through torchrun: one per device, DistributedDataParallel.
+
+torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and the rendezvous address; we
+use gloo on CPU and NCCL on GPU. Every rank walks the same global batch
+order and takes its slice of each global batch, so with gradients averaged
+by DDP one step equals a single-process step on the whole global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device: torch.device) -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_flag(world: World, flag: bool) -> bool:
+    """Rank 0's value of `flag` on every rank (e.g. 'stop: the loss diverged')."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([1 if flag else 0])
+    dist.broadcast(value, 0)
+    return bool(value.item())

@@ -1,0 +1,381 @@
+"""`netc train`: a description and a data set in, checkpoints and metrics out.
+
+The run, step by step (`train` reads as this list):
+1. compile the description (or the one stored in the run, on --resume) and
+   read its training settings, command-line flags overriding them;
+2. load and check the data against the network (channels, classes, sizes),
+   split it deterministically, fit preprocessing on the training split;
+3. build the module (seeded), optionally load weights by layer name;
+4. only then create RUN_DIR, so a mistake found above leaves nothing behind;
+5. per epoch: shuffle and augment from generators seeded by (seed, epoch),
+   which is what makes a resumed run repeat an uninterrupted one exactly;
+   train, validate, log, and write `last.pt` (and `best.pt`) atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netc.compiler.network import Network, load, load_string
+from netc.errors import DataError, UserError
+from netc.fileio import write_atomic
+from netc.runtime import checkpoint, metrics
+from netc.runtime import distributed as distrib
+from netc.runtime.config import TASK_METRICS, TrainConfig, parse_training
+from netc.runtime.datasets import ArrayDataset, load_dataset, resize, split
+from netc.runtime.finetune import load_by_name
+from netc.runtime.losses import build_loss
+from netc.runtime.module import build_module
+from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
+from netc.runtime.preprocess import Augment, Preprocessing, balanced_sampler, fit_preprocessing
+from netc.runtime.progress import Progress
+
+EVAL_BATCH = 256
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metric: str
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    network: Network
+    config: TrainConfig
+    train_set: ArrayDataset
+    val_set: ArrayDataset
+    preprocessing: Preprocessing
+    classes: list[str]
+    params: dict[str, Any]
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _compile(source: str, params: dict[str, Any], stored: dict[str, Any] | None) -> Network:
+    if stored is not None:
+        return load_string(stored["description"], file=stored["description_file"],
+                           params=stored["params"])
+    return load(source, params=params)
+
+
+def _network_classes(network: Network) -> int:
+    shape = next(iter(network.analysis.outputs.values())).shape
+    return shape[1]
+
+
+def _fit_to_data(network: Network, source: str, params: dict[str, Any],
+                 data: ArrayDataset, quiet: bool) -> tuple[Network, dict[str, Any]]:
+    """Match the head to the data: set the network's num_classes when it has one."""
+    classes = len(data.classes)
+    if network.graph.task == "embedding" or _network_classes(network) == classes:
+        return network, params
+    if "num_classes" in network.spec.params and "num_classes" not in params:
+        _say(f"note: num_classes set to {classes} to match the data ({data.source})", quiet)
+        params = {**params, "num_classes": classes}
+        return load_string(network.graph.source, file=network.graph.file, params=params), params
+    raise DataError(
+        f"error: the network's output has {_network_classes(network)} classes but the data "
+        f"set {data.source} has {classes}\n  hint: set the head's size, e.g. "
+        f"--set num_classes={classes}")
+
+
+def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> ArrayDataset:
+    graph = network.graph
+    task = graph.task
+    if task != "embedding" and data.task != task:
+        raise DataError(f"error: {graph.name} is a {task} network but {data.source} is a "
+                        f"{data.task} data set")
+    shape = next(iter(graph.inputs.values())).shape
+    channels = data.images.shape[1]
+    if shape[1] != channels:
+        raise DataError(f"error: {graph.name} takes {shape[1]}-channel input but {data.source} "
+                        f"has {channels}-channel images")
+    size = config.input_size
+    if size is None and all(isinstance(d, int) for d in shape[2:]):
+        size = (shape[2], shape[3])
+    if size is not None:
+        data = resize(data, size)
+    return data
+
+
+def prepare(source: str, data_spec: str, *, overrides: dict[str, Any], params: dict[str, Any],
+            stored: dict[str, Any] | None, quiet: bool) -> _Run:
+    """Steps 1-2: the network, its settings and the data, all checked."""
+    network = _compile(source, params, stored)
+    config = parse_training(network.spec.training, overrides)
+    if stored is not None:
+        config = parse_training(stored["config"], overrides)
+    data = load_dataset(data_spec)
+    if stored is None:
+        network, params = _fit_to_data(network, source, params, data, quiet)
+    else:
+        params = stored["params"]
+    data = _check_data(network, data, config)
+    train_set, val_set = split(data, config.val_fraction, config.seed)
+    if len(train_set) < config.batch_size:
+        raise DataError(f"error: batch size {config.batch_size} is larger than the training "
+                        f"split ({len(train_set)} samples of {data.source})\n"
+                        f"  hint: --batch-size {max(1, len(train_set) // 4)}")
+    preprocessing = fit_preprocessing(train_set.images, normalize=config.normalize,
+                                      pca_whitening=config.pca_whitening,
+                                      input_size=tuple(train_set.images.shape[2:]))
+    return _Run(network, config, train_set, val_set, preprocessing, list(data.classes), params)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"error: device '{config.device}' requested but no CUDA GPU is present")
+    return torch.device(config.device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext(), None
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _first_output(outputs: Any) -> torch.Tensor:
+    return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+
+
+def _freeze_frozen_norms(module: nn.Module) -> None:
+    """Frozen batch norms keep their running statistics too (eval mode in training)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine \
+                and not any(p.requires_grad for p in layer.parameters(recurse=False)):
+            layer.eval()
+
+
+def _batches(count: int, batch: int, generator: torch.Generator,
+             sampler_labels: torch.Tensor | None, seed: int) -> list[torch.Tensor]:
+    if sampler_labels is not None:
+        order = torch.tensor(list(balanced_sampler(sampler_labels, count, seed)))
+    else:
+        order = torch.randperm(count, generator=generator)
+    usable = count - count % batch  # drop the ragged last batch: BN needs > 1 sample
+    return list(order[:usable].split(batch))
+
+
+def evaluate(module: nn.Module, run: _Run, loss_fn, device: torch.device,
+             autocast) -> dict[str, float]:
+    """Validation loss and the task's metric over the whole validation split."""
+    module.eval()
+    images, targets = run.val_set.images, run.val_set.targets
+    if len(images) == 0:
+        return {}
+    total_loss, correct = 0.0, 0
+    classes = len(run.classes)
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(images), EVAL_BATCH):
+            x = images[start:start + EVAL_BATCH].to(device)
+            y = targets[start:start + EVAL_BATCH].to(device)
+            with autocast:
+                scores = _first_output(module(x))
+            scores = scores.float()
+            total_loss += float(loss_fn(scores, y)) * len(x)
+            if run.network.graph.task == "classification":
+                correct += metrics.correct_count(scores, y)
+            elif run.network.graph.task == "segmentation":
+                confusion += metrics.confusion_matrix(scores.cpu(), y.cpu(), classes)
+    result = {"val_loss": total_loss / len(images)}
+    if run.network.graph.task == "classification":
+        result["accuracy"] = correct / len(images)
+    elif run.network.graph.task == "segmentation":
+        result["mean_iou"] = metrics.mean_iou(confusion)
+    return result
+
+
+def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] | None = None,
+          params: dict[str, Any] | None = None, resume: bool = False,
+          init_from: str | None = None, quiet: bool = False) -> RunResult:
+    """Train a network description on a data set; see the module docstring for the steps."""
+    started = time.perf_counter()
+    run_dir = Path(out)
+    stored = checkpoint.load(run_dir / "last.pt") if resume else None
+    if stored is None and (run_dir / "last.pt").exists():
+        raise UserError(f"error: {run_dir} already holds a run\n"
+                        "  hint: add --resume to continue it, or choose another --out")
+    run = prepare(source, data, overrides=overrides or {}, params=params or {}, stored=stored,
+                  quiet=quiet)
+    config = run.config
+    device = _device(config)
+    world = distrib.init_world(device)
+    if world.distributed and config.batch_size % world.size:
+        raise UserError(f"error: batch size {config.batch_size} does not split evenly over "
+                        f"{world.size} processes")
+    module = build_module(run.network.graph, seed=config.seed)
+    if init_from and stored is None:
+        report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
+        for line in report.lines():
+            _say(f"init-from {init_from}: {line}", quiet or not world.is_main)
+    module.to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    task = run.network.graph.task
+    loss_fn = build_loss(config.loss, task=task, num_classes=len(run.classes))
+    optimizer = build_optimizer(module, config.optimizer)
+    train_batches = len(run.train_set) // config.batch_size
+    schedule = build_scheduler(optimizer, config.schedule, epochs=config.epochs,
+                               steps_per_epoch=train_batches)
+    metric_name = config.metric or TASK_METRICS[task]
+    history: list[dict[str, Any]] = []
+    best, best_epoch, first_epoch = None, None, 1
+    if stored is not None:
+        module.load_state_dict(stored["model"])
+        optimizer.load_state_dict(stored["optimizer"])
+        schedule.load_state_dict(stored["scheduler"])
+        history, best, best_epoch = stored["history"], stored["best_metric"], stored["best_epoch"]
+        first_epoch = stored["epoch"] + 1
+    trained = (torch.nn.parallel.DistributedDataParallel(module) if world.distributed
+               else module)
+    autocast, scaler = _autocast(device, config.precision)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
+    writer = _tensorboard(run_dir) if world.is_main else None
+    augment = Augment(config.augment["crop_padding"], config.augment["hflip"])
+    images, targets = run.train_set.images, run.train_set.targets
+    labels = targets if config.balanced_sampling and task == "classification" else None
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
+        generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
+        module.train()
+        _freeze_frozen_norms(module)
+        batches = _batches(len(images), config.batch_size, generator, labels,
+                           config.seed * 1_000_037 + epoch)
+        progress = Progress(len(batches), f"epoch {epoch}/{config.epochs}",
+                            enabled=not quiet and world.is_main)
+        loss_sum, seen = 0.0, 0
+        for step, index in enumerate(batches, 1):
+            x, y = augment(images[index], targets[index], generator)
+            shard = slice(world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size)
+            x, y = x[shard].to(device, non_blocking=True), y[shard].to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                outputs = _first_output(trained(x))
+            loss = loss_fn(outputs.float(), y)
+            if distrib.broadcast_flag(world, not bool(torch.isfinite(loss))):
+                progress.close()
+                raise TrainingDiverged(
+                    f"error: the loss became {float(loss)} at epoch {epoch}, batch {step}; "
+                    f"training stopped\n  hint: lower the learning rate (now {schedule.lr():.3g})"
+                    " or set clip_grad_norm; the last good checkpoint is "
+                    + (str(run_dir / "last.pt") if (run_dir / "last.pt").exists() else "(none yet)"))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                clip_gradients(module, config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                clip_gradients(module, config.clip_grad_norm)
+                optimizer.step()
+            schedule.after_batch()
+            loss_sum += float(loss.detach()) * len(x)
+            seen += len(x)
+            progress.update(step, loss=loss_sum / seen)
+        progress.close()
+        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": schedule.lr()}
+        row.update(evaluate(module, run, loss_fn, device, autocast))
+        schedule.after_epoch(row.get("val_loss"))
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        value = row.get(metric_name, row.get("val_loss", row["loss"]))
+        improved = best is None or (value < best if metric_name == "loss" else value > best)
+        if improved:
+            best, best_epoch = value, epoch
+        history.append(row)
+        if world.is_main:
+            state = _state(run, module, optimizer, schedule, epoch, best, best_epoch, history)
+            checkpoint.save(run_dir / "last.pt", state)
+            if improved:
+                checkpoint.save(run_dir / "best.pt", state)
+            _write_metrics(run_dir, history)
+            if writer is not None:
+                for key, number in row.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, number, epoch)
+            _say(_epoch_line(row, config.epochs, metric_name, improved), quiet)
+        distrib.barrier(world)
+    if writer is not None:
+        writer.close()
+    distrib.shutdown(world)
+    return RunResult(run_dir, metric_name, best, best_epoch, epoch - first_epoch + 1,
+                     time.perf_counter() - started, history)
+
+
+def _state(run: _Run, module: nn.Module, optimizer, schedule, epoch: int, best, best_epoch,
+           history) -> dict[str, Any]:
+    graph = run.network.graph
+    return {
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "epoch": epoch,
+        "best_metric": best,
+        "best_epoch": best_epoch,
+        "history": list(history),
+        "description": graph.source,
+        "description_file": graph.file,
+        "params": run.params,
+        "network": graph.name,
+        "task": graph.task,
+        "labels": run.classes,
+        "preprocessing": run.preprocessing.to_dict(),
+        "config": run.config.to_dict(),
+    }
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    write_atomic(run_dir / "metrics.jsonl", text.encode())
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, metric: str, improved: bool) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
+    if "val_loss" in row:
+        parts.append(f"val_loss {row['val_loss']:.4f}")
+    if metric in row and metric != "loss":
+        parts.append(f"{metric} {row[metric]:.4f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s"]
+    return "  ".join(parts) + ("  *" if improved else "")
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
