@@ -40,7 +40,7 @@ TASK_DEFAULTS = {
 
 
 def _shape(tensor: Tensor) -> str:
-    return f"({', '.join(str(size) for size in tensor.shape)})"
+    return str(tuple(tensor.shape))
 
 
 class Loss:
@@ -56,7 +56,7 @@ class Loss:
         return f"{type(self).__name__}({options})"
 
     def _error(self, message: str, expected: str, found: str) -> UserError:
-        return UserError(f"loss {self.name}: {message} (expected {expected}, found {found})")
+        return UserError(f"error: loss {self.name}: {message} (expected {expected}, found {found})")
 
     def _outputs(self, outputs: Tensor, layout: str, *, dims: int, exact: bool = True,
                  num_classes: int | None = None) -> None:
@@ -78,7 +78,7 @@ class Loss:
                               f"{targets.dtype} {_shape(targets)}")
         if tuple(targets.shape) != shape:
             raise self._error("targets have the wrong shape",
-                              f"{layout} = ({', '.join(map(str, shape))})", _shape(targets))
+                              f"{layout} = {shape}", _shape(targets))
         if num_classes is not None and targets.numel():
             bad = (targets < 0) | (targets >= num_classes)
             if ignore_index is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from netc.errors import ConfigError, InternalError, UserError
+from netc.errors import InternalError, UserError
 from netc.runtime.options import Options, config_error, parse_typed
 
 _COMMON = ("lr", "weight_decay", "decay_norm_and_bias")
@@ -44,7 +44,7 @@ def _param_groups(module: torch.nn.Module, weight_decay: float,
         exempt = param.ndim <= 1 or name.endswith(".bias")
         (no_decay if exempt and not decay_all else decay).append(param)
     if not decay and not no_decay:
-        raise UserError("nothing to train: every parameter of the network is frozen")
+        raise UserError("error: nothing to train: every parameter of the network is frozen")
     if weight_decay == 0:
         return [{"params": decay + no_decay, "weight_decay": 0.0}]
     groups = [{"params": decay, "weight_decay": weight_decay},
@@ -123,6 +123,14 @@ class Schedule:
         """The lr of parameter group 0 for the next optimizer step."""
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def set_base_lr(self, lr: float) -> None:
+        """Give every group the base lr `lr` from now on (an explicit --lr on resume); the
+        steps and epochs done are kept, so warm-up and decay continue from where they were."""
+        self.base_lrs = [float(lr)] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = float(lr)
+        self._apply()
+
     def after_batch(self) -> None:
         """Call after each optimizer step."""
         self.steps += 1
@@ -175,7 +183,7 @@ class Schedule:
 
 
 class StepSchedule(Schedule):
-    """lr = base × gamma^⌊epochs done / step_size⌋; epochs count from the start, warm-up included."""
+    """lr = base × gamma^⌊epochs done / step_size⌋, counting epochs from the start (warm-up too)."""
 
     kind = "step"
 
@@ -246,7 +254,7 @@ class PlateauSchedule(Schedule):
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | str | None, *,
                     epochs: int, steps_per_epoch: int,
                     key: str = "training.schedule") -> Schedule:
-    """The lr schedule a `training.schedule` setting names, for a run of `epochs` × `steps_per_epoch`.
+    """The lr schedule a `training.schedule` setting names, for `epochs` × `steps_per_epoch` steps.
 
     | type | options (defaults) |
     | --- | --- |
@@ -304,5 +312,3 @@ def clip_gradients(module: torch.nn.Module, max_norm: float | None, *,
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return norm
 
-
-__all__ = ["ConfigError", "Schedule", "build_optimizer", "build_scheduler", "clip_gradients"]

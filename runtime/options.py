@@ -134,8 +134,9 @@ def parse_typed(config: Any, key: str, *, types: Mapping[str, Collection[str]],
                            expected="a name or {type: name, ...}", found=describe(config),
                            loc=_loc(config))
     if not isinstance(kind, str) or kind not in types:
+        hint = did_you_mean(str(kind), types) or did_you_mean(str(kind).lower(), types)
         raise config_error(type_key, f"unknown {what}", expected=" or ".join(types),
-                           found=describe(kind), hint=did_you_mean(str(kind), types),
+                           found=describe(kind), hint=hint,
                            loc=_loc(config, "type") if isinstance(config, Mapping) else None)
     allowed = types[kind]
     for name in values:

@@ -52,7 +52,8 @@ class Preprocessing:
         x = images.unsqueeze(0) if single else images
         if x.dim() != 4 or x.shape[1] != len(self.mean):
             raise DataError(
-                f"input images must be (N, {len(self.mean)}, H, W), found {tuple(images.shape)}"
+                f"error: input images must be (N, {len(self.mean)}, H, W), "
+                f"found {tuple(images.shape)}"
             )
         x = x.float()
         if self.input_size is not None and tuple(x.shape[2:]) != tuple(self.input_size):
@@ -81,11 +82,12 @@ class Preprocessing:
         for key in ("mean", "std"):
             if not isinstance(data.get(key), list) or not data[key]:
                 raise DataError(
-                    f"preprocessing: '{key}' must be a non-empty list, found {data.get(key)!r}"
+                    f"error: preprocessing: '{key}' must be a non-empty list, "
+                    f"found {data.get(key)!r}"
                 )
         if len(data["mean"]) != len(data["std"]):
             raise DataError(
-                f"preprocessing: mean has {len(data['mean'])} channels but std has "
+                f"error: preprocessing: mean has {len(data['mean'])} channels but std has "
                 f"{len(data['std'])}"
             )
         size = data.get("input_size")
@@ -104,7 +106,7 @@ def _whiten(x: torch.Tensor, pca: torch.Tensor, pca_mean: torch.Tensor | None) -
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != pca.shape[0]:
         raise DataError(
-            f"whitening expects {pca.shape[0]} values per image (C·H·W), "
+            f"error: whitening expects {pca.shape[0]} values per image (C·H·W), "
             f"found {flat.shape[1]} from images of shape {tuple(x.shape[1:])}"
         )
     if pca_mean is not None:
@@ -129,7 +131,7 @@ def fit_preprocessing(
     """
     if train_images.dim() != 4 or train_images.shape[0] == 0:
         raise DataError(
-            f"cannot fit preprocessing: expected a non-empty (N, C, H, W) training split, "
+            f"error: cannot fit preprocessing: expected a non-empty (N, C, H, W) training split, "
             f"found shape {tuple(train_images.shape)}"
         )
     x = train_images.float()
@@ -243,7 +245,7 @@ def balanced_sampler(labels: torch.Tensor, num_samples: int, seed: int) -> Sampl
             found=f"targets of shape {tuple(labels.shape)}",
         )
     if labels.numel() == 0:
-        raise DataError("cannot balance an empty training split")
+        raise DataError("error: cannot balance an empty training split")
     labels = labels.long().cpu()
     counts = torch.bincount(labels)
     weights = 1.0 / counts[labels].double()

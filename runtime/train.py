@@ -255,6 +255,8 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
         schedule.load_state_dict(stored["scheduler"])
         history, best, best_epoch = stored["history"], stored["best_metric"], stored["best_epoch"]
         first_epoch = stored["epoch"] + 1
+        if (overrides or {}).get("lr") is not None:  # an explicit --lr wins over the saved state
+            schedule.set_base_lr(overrides["lr"])
     trained = (torch.nn.parallel.DistributedDataParallel(module) if world.distributed
                else module)
     autocast, scaler = _autocast(device, config.precision)

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 import netc
@@ -165,6 +165,7 @@ def _compile(inputs: dict[str, tuple], layers: list[dict]) -> netc.Network | Spe
 
 def _check_against_torch(inputs: dict[str, tuple[int, ...]], layers: list[dict]) -> None:
     expected = _oracle(inputs, layers)
+    event("refused" if expected is None else "valid")
     result = _compile(inputs, layers)
     text = _describe(inputs, layers)
     if expected is None:
@@ -359,9 +360,9 @@ def test_errors_name_the_failing_layer():
 
 # --- open sizes ------------------------------------------------------------------------------
 
-@settings(derandomize=True, max_examples=120, deadline=None)
-@given(stack=stacks(1, 4), sizes=st.lists(st.tuples(st.integers(1, 48), st.integers(1, 48)),
-                                         min_size=4, max_size=4))
+@settings(derandomize=True, max_examples=100, deadline=None)
+@given(stack=stacks(1, 4), sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)),
+                                         min_size=3, max_size=3))
 def test_open_sizes_evaluate_to_the_static_shapes(stack, sizes):
     """Compile with [C, null, null]; the symbolic sizes evaluate to torch's at each (H, W)."""
     (channels, _, _), layers = stack

@@ -1,0 +1,168 @@
+"""`netc train` end to end on small nets: checkpoints, metrics, resume, divergence,
+fine-tuning, freezing, bad data, and a 2-process DDP run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close
+
+from netc.cli import main
+from netc.runtime import checkpoint
+from netc.runtime.train import train
+
+TINY = """\
+name: tiny_digits
+params: {num_classes: 10, hidden: 32}
+inputs: {image: [1, 8, 8]}
+layers:
+  - {name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, init: he}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: max_pool, kernel: 2}
+  - {name: flatten, op: flatten}
+  - {name: fc1, op: fc, units: $hidden, init: he}
+  - {name: relu2, op: relu}
+  - {name: fc2, op: fc, units: $num_classes}
+training:
+  epochs: 2
+  batch_size: 64
+  optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+  schedule: none
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().split("\n")
+            if line]
+
+
+def test_training_writes_checkpoints_and_metrics(tiny, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny, "digits", run, quiet=True)
+    assert result.epochs_run == 2 and result.metric == "accuracy"
+    assert result.best_metric > 0.8
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"loss", "val_loss", "accuracy", "lr"} <= set(rows[0])
+    state = checkpoint.load(run / "last.pt")
+    assert state["epoch"] == 2 and state["labels"] == [str(i) for i in range(10)]
+    assert len(state["preprocessing"]["mean"]) == 1
+    assert state["description"] == open(tiny).read()
+    assert (run / "best.pt").exists() and (run / "network.yaml").exists()
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(tiny, "digits", whole, overrides={"epochs": 4}, quiet=True)
+    train(tiny, "digits", split, overrides={"epochs": 2}, quiet=True)
+    train(tiny, "digits", split, overrides={"epochs": 4}, resume=True, quiet=True)
+    assert_close(_losses(split), _losses(whole), rtol=1e-6, atol=0, what="loss per epoch")
+    a, b = checkpoint.load(whole / "last.pt"), checkpoint.load(split / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_an_existing_run_is_not_overwritten(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
+    assert main(["train", tiny, "--data", "digits", "--out", str(run), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
+    before = checkpoint.load(run / "last.pt")
+    code = main(["train", tiny, "--data", "digits", "--out", str(run), "--resume",
+                 "--epochs", "3", "--lr", "1e12", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the loss became" in err and "Traceback" not in err
+    after = checkpoint.load(run / "last.pt")
+    assert after["epoch"] == 1
+    for key in before["model"]:
+        assert torch.equal(before["model"][key], after["model"][key])
+
+
+def test_fine_tuning_reports_loaded_new_and_skipped_layers(tiny, tmp_path, capsys):
+    base = tmp_path / "base"
+    train(tiny, "digits", base, overrides={"epochs": 1}, quiet=True)
+    head = tmp_path / "head.yaml"
+    head.write_text(TINY.replace("{name: fc1, op: fc, units: $hidden, init: he}",
+                                 "{name: fc1, op: fc, units: 48, init: he}")
+                    .replace("{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, init: he}",
+                             "{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, "
+                             "init: he, trainable: false}")
+                    .replace("  - {name: fc2, op: fc, units: $num_classes}",
+                             "  - {name: extra, op: fc, units: 16}\n"
+                             "  - {name: fc2, op: fc, units: $num_classes}"))
+    code = main(["train", str(head), "--data", "digits", "--out", str(tmp_path / "ft"),
+                 "--init-from", str(base), "--epochs", "1"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "loaded 1 layers: conv1" in err
+    assert "new (freshly initialised): extra" in err
+    assert "skipped fc1: shape" in err and "skipped fc2: shape" in err
+    trained = checkpoint.load(tmp_path / "ft" / "last.pt")["model"]
+    original = checkpoint.load(base)["model"]
+    assert torch.equal(trained["conv1.weight"], original["conv1.weight"])  # frozen
+    assert torch.equal(trained["conv1.bias"], original["conv1.bias"])
+
+
+def _npz(tmp_path, x, y, name="data.npz"):
+    path = tmp_path / name
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["missing", "labels", "batch", "channels", "empty"])
+def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    data = {
+        "missing": str(tmp_path / "nowhere"),
+        "labels": _npz(tmp_path, x, np.arange(40) % 12, "labels.npz"),
+        "batch": _npz(tmp_path, x, np.arange(40) % 10, "batch.npz"),
+        "channels": _npz(tmp_path, rng.random((40, 3, 8, 8)).astype(np.float32),
+                         np.arange(40) % 10, "channels.npz"),
+        "empty": str(tmp_path / "empty_dir"),
+    }[case]
+    if case == "empty":
+        (tmp_path / "empty_dir").mkdir()
+    run = tmp_path / "run"
+    code = main(["train", tiny, "--data", data, "--out", str(run), "--quiet",
+                 "--set", "num_classes=10"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") <= 3
+    expected = {"missing": "nowhere", "labels": "has 12", "batch": "batch size 64",
+                "channels": "3-channel", "empty": "empty_dir"}[case]
+    assert expected in err
+    assert not run.exists()
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tiny, tmp_path):
+    net = tmp_path / "ddp.yaml"
+    net.write_text(TINY.replace("epochs: 2", "epochs: 1"))
+    single, double = tmp_path / "single", tmp_path / "double"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [str(net), "--data", "digits", "--quiet", "--device", "cpu"]
+    for out, extra in ((single, []), (double, ["--nproc", "2"])):
+        result = subprocess.run([sys.executable, "-m", "netc", "train", *common, "--out",
+                                 str(out), *extra], capture_output=True, text=True, env=env,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    a, b = checkpoint.load(single / "last.pt"), checkpoint.load(double / "last.pt")
+    for key in a["model"]:
+        # Same global batches; only the order of the gradient all-reduce sum differs.
+        assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, what=key)
