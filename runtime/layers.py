@@ -124,8 +124,16 @@ _MODULES: dict[str, Callable[[Node, list[Shape]], nn.Module]] = {
 FUNCTION_OPS = ("add", "concat", "crop")
 
 
-def make_layer(node: Node, shapes: list[Shape]) -> nn.Module:
-    """The nn.Module computing `node` (for ops not in FUNCTION_OPS)."""
+def make_layer(node: Node, shapes: list[Shape], *, inplace: bool = False) -> nn.Module:
+    """The nn.Module computing `node` (for ops not in FUNCTION_OPS).
+
+    `inplace` lets an activation overwrite its input, which the caller allows
+    only when nothing else reads that input (saves memory and a copy).
+    """
+    if node.op == "relu":
+        return nn.ReLU(inplace=inplace)
+    if node.op == "leaky_relu":
+        return nn.LeakyReLU(node.attrs["slope"], inplace=inplace)
     try:
         return _MODULES[node.op](node, shapes)
     except KeyError:

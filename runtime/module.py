@@ -55,6 +55,8 @@ def build_module(graph: Graph, *, seed: int | None = None) -> fx.GraphModule:
     for name in graph.inputs:
         values[name] = fx_graph.placeholder(_py_name(name))
     shapes = {name: item.shape for name, item in graph.inputs.items()}
+    consumers = graph.consumers()
+    kept = set(graph.inputs) | set(graph.outputs.values())
     for node in graph.nodes:
         args = tuple(values[source] for source in node.inputs)
         in_shapes = [shapes[source] for source in node.inputs]
@@ -65,7 +67,9 @@ def build_module(graph: Graph, *, seed: int | None = None) -> fx.GraphModule:
         elif node.op == "crop":
             value = fx_graph.call_function(layers.crop, (*args, *node.attrs["offset"]))
         else:
-            _register(root, node.name, layers.make_layer(node, in_shapes))
+            sole_reader = (len(node.inputs) == 1 and node.inputs[0] not in kept
+                           and len(consumers[node.inputs[0]]) == 1)
+            _register(root, node.name, layers.make_layer(node, in_shapes, inplace=sole_reader))
             value = fx_graph.call_module(node.name, args)
         value.name = _py_name(node.name)
         values[node.name] = value

@@ -270,7 +270,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | s
         raise InternalError(f"build_scheduler: a run of {epochs} epochs × {steps_per_epoch} steps")
     kind, options = parse_typed(config, key, types=SCHEDULES, default="none", what="schedule")
     warmup_epochs = options.number("warmup_epochs", 0.0, low=0)
-    common = {"warmup_steps": round(warmup_epochs * steps_per_epoch), "key": key}
+    # At least one step for any warm-up asked for; round() absorbs 0.3 * 10 = 3.0000000000000004.
+    warmup_steps = max(1, round(warmup_epochs * steps_per_epoch)) if warmup_epochs else 0
+    common = {"warmup_steps": warmup_steps, "key": key}
     if kind == "step":
         step_size = options.number("step_size", max(1, math.ceil(epochs / 3)), integer=True,
                                    low=1)

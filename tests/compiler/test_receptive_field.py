@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 import netc
 
 SETTINGS = settings(derandomize=True, max_examples=60, deadline=None)
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
 
 def _pair(value) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from netc.compiler import symbolic as sym
 from netc.errors import SpecError
 
 SETTINGS = settings(derandomize=True, max_examples=150, deadline=None)
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 
 
