@@ -22,7 +22,7 @@ import netc
 from netc.compiler import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference"))
-import torch_zoo  # noqa: E402
+import torch_zoo
 
 SIZES = {"lenet5": (1, 32, 32)}
 
@@ -46,18 +46,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'network':<12} {'layers':>6} {'netc best':>10} {'netc p50':>9} "
-          f"{'torch meta':>11} {'ratio':>6}")
+    print(
+        f"{'network':<12} {'layers':>6} {'netc best':>10} {'netc p50':>9} "
+        f"{'torch meta':>11} {'ratio':>6}"
+    )
     worst = 0.0
     for name in zoo.names():
         shape = SIZES.get(name, (3, 224, 224))
-        load = (lambda n=name, s=shape: netc.load(n, input_shape=s))
+        def load(n=name, s=shape):
+            return netc.load(n, input_shape=s)
         layers = len(load().graph.nodes)
         best, median = best_of(args.repeat, load)
         base, _ = best_of(args.repeat, lambda n=name, s=shape: torch_shapes(n, s))
         worst = max(worst, median)
-        print(f"{name:<12} {layers:>6} {best * 1e3:>8.1f}ms {median * 1e3:>7.1f}ms "
-              f"{base * 1e3:>9.1f}ms {best / base:>6.2f}")
+        print(
+            f"{name:<12} {layers:>6} {best * 1e3:>8.1f}ms {median * 1e3:>7.1f}ms "
+            f"{base * 1e3:>9.1f}ms {best / base:>6.2f}"
+        )
     print(f"\nslowest median compile: {worst * 1e3:.1f} ms (target: well under 1 s)")
 
 

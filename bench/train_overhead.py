@@ -21,7 +21,7 @@ import netc
 from netc.runtime.module import build_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference"))
-import torch_zoo  # noqa: E402
+import torch_zoo
 
 CASES = [  # (zoo name, batch, input shape)
     ("lenet5", 32, (1, 32, 32)),
@@ -64,8 +64,11 @@ def main() -> None:
         copy_weights(hand, compiled)
         x = torch.randn(batch, *shape)
         classes = 10 if name == "lenet5" else (4 if name == "tinyseg" else 1000)
-        y = (torch.randint(0, classes, (batch, *shape[1:])) if name == "tinyseg"
-             else torch.randint(0, classes, (batch,)))
+        y = (
+            torch.randint(0, classes, (batch, *shape[1:]))
+            if name == "tinyseg"
+            else torch.randint(0, classes, (batch,))
+        )
         step_time(hand, x, y, 2), step_time(compiled, x, y, 2)  # warm-up
         hand_times, compiled_times = [], []
         for _ in range(args.rounds):

@@ -102,12 +102,19 @@ def analyze(graph: Graph) -> Analysis:
             elements *= d if isinstance(d, int) else 0
         fields[node.name] = rfield.for_node(node, [fields[s] for s in node.inputs], in_shapes)
         shapes[node.name] = node.shape
-        layers.append(LayerStats(
-            name=node.name, op=node.op, inputs=node.inputs, shape=node.shape, params=params,
-            trainable_params=params if node.trainable else 0, macs=macs,
-            activation_bytes=elements * BYTES_PER_ELEMENT if _static(node.shape) else None,
-            field=fields[node.name],
-        ))
+        layers.append(
+            LayerStats(
+                name=node.name,
+                op=node.op,
+                inputs=node.inputs,
+                shape=node.shape,
+                params=params,
+                trainable_params=params if node.trainable else 0,
+                macs=macs,
+                activation_bytes=elements * BYTES_PER_ELEMENT if _static(node.shape) else None,
+                field=fields[node.name],
+            )
+        )
     by_name = {layer.name: layer for layer in layers}
     macs = [layer.macs for layer in layers]
     memory = [layer.activation_bytes for layer in layers]

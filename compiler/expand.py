@@ -89,8 +89,10 @@ def expand(spec: NetworkSpec, overrides: dict[str, Any] | None = None) -> Expans
         outputs = {last.text: state.resolve(last, None)}
     for out, source in outputs.items():
         if source in state.input_names:
-            raise SpecError(f"output '{out}' is a network input, not a layer",
-                            loc=spec.outputs[out][1] if out in spec.outputs else spec.layers.loc)
+            raise SpecError(
+                f"output '{out}' is a network input, not a layer",
+                loc=spec.outputs[out][1] if out in spec.outputs else spec.layers.loc,
+            )
     return Expansion(state.layers, outputs, state.input_names)
 
 
@@ -98,16 +100,20 @@ def _network_params(spec: NetworkSpec, overrides: dict[str, Any]) -> dict[str, A
     env = dict(spec.params)
     for key, value in overrides.items():
         if key not in env:
-            raise SpecError(f"cannot set parameter '{key}': the network has no such parameter",
-                            loc=spec.params_loc,
-                            expected="one of " + (", ".join(env) or "(none)"), found=f"'{key}'",
-                            hint=did_you_mean(key, env))
+            raise SpecError(
+                f"cannot set parameter '{key}': the network has no such parameter",
+                loc=spec.params_loc,
+                expected="one of " + (", ".join(env) or "(none)"),
+                found=f"'{key}'",
+                hint=did_you_mean(key, env),
+            )
         env[key] = value
     return env
 
 
-def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | None,
-               block: str | None = None) -> Any:
+def substitute(
+    value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | None, block: str | None = None
+) -> Any:
     """Replace `$p` (keeping the parameter's type) and `${p}` (inside strings).
 
     `block` names the block whose parameters `env` holds (None: the network's).
@@ -115,11 +121,19 @@ def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | Non
 
     def lookup(name: str) -> Any:
         if name not in env:
-            declare = (f"a block sees only its own params: declare '{name}' in block '{block}'"
-                       if block else f"declare '{name}' in the top-level params")
-            raise SpecError(f"unknown parameter '${name}'", loc=loc, layer=layer,
-                            expected="one of " + (", ".join(f"${p}" for p in env) or "(none)"),
-                            found=f"'${name}'", hint=did_you_mean(name, env) or declare)
+            declare = (
+                f"a block sees only its own params: declare '{name}' in block '{block}'"
+                if block
+                else f"declare '{name}' in the top-level params"
+            )
+            raise SpecError(
+                f"unknown parameter '${name}'",
+                loc=loc,
+                layer=layer,
+                expected="one of " + (", ".join(f"${p}" for p in env) or "(none)"),
+                found=f"'${name}'",
+                hint=did_you_mean(name, env) or declare,
+            )
         return env[name]
 
     if isinstance(value, str):
@@ -134,8 +148,9 @@ def substitute(value: Any, env: dict[str, Any], loc: SourceLoc, layer: str | Non
             result[key] = substitute(item, env, value.value_loc(key), layer, block)
         return result
     if isinstance(value, LocList):
-        result = LocList(substitute(item, env, value.item_loc(i), layer, block)
-                         for i, item in enumerate(value))
+        result = LocList(
+            substitute(item, env, value.item_loc(i), layer, block) for i, item in enumerate(value)
+        )
         result.loc, result.item_locs = value.loc, value.item_locs
         return result
     return value
@@ -151,8 +166,15 @@ class _State:
 
     # -- expansion ----------------------------------------------------------------
 
-    def expand_scope(self, entries: LocList, scope: Scope, env: dict[str, Any],
-                     previous: Ref | None, trainable: bool, stack: tuple[str, ...]) -> Ref:
+    def expand_scope(
+        self,
+        entries: LocList,
+        scope: Scope,
+        env: dict[str, Any],
+        previous: Ref | None,
+        trainable: bool,
+        stack: tuple[str, ...],
+    ) -> Ref:
         seen: dict[str, SourceLoc] = {}
         prepared = [self._prepare(entries, i, scope, env, seen) for i in range(len(entries))]
         scope.locals.update(name for name, _ in prepared)
@@ -161,30 +183,58 @@ class _State:
             last = self._expand_entry(name, entry, scope, last, trainable, stack)
         return last
 
-    def _prepare(self, entries: LocList, index: int, scope: Scope, env: dict[str, Any],
-                 seen: dict[str, SourceLoc]) -> tuple[str, LocMap]:
+    def _prepare(
+        self,
+        entries: LocList,
+        index: int,
+        scope: Scope,
+        env: dict[str, Any],
+        seen: dict[str, SourceLoc],
+    ) -> tuple[str, LocMap]:
         raw, loc = entries[index], entries.item_loc(index)
         if not isinstance(raw, LocMap):
-            raise SpecError("a layer must be a mapping", loc=loc,
-                            expected="{name: ..., op: ...}", found=describe(raw))
+            raise SpecError(
+                "a layer must be a mapping",
+                loc=loc,
+                expected="{name: ..., op: ...}",
+                found=describe(raw),
+            )
         if "name" not in raw:
-            raise SpecError("layer has no name", loc=loc, expected="a 'name' key",
-                            hint="every layer needs a unique name")
+            raise SpecError(
+                "layer has no name",
+                loc=loc,
+                expected="a 'name' key",
+                hint="every layer needs a unique name",
+            )
         label = scope.prefix + raw["name"] if isinstance(raw["name"], str) else None
         entry = substitute(raw, env, loc, label, scope.block)
         name = check_name(entry["name"], entry.value_loc("name"), "layer name")
         if name in seen or name in scope.inputs:
             where = f"block '{scope.block}'" if scope.block else "the network"
-            hint = (f"the first '{name}' is at line {seen[name].line}" if name in seen
-                    else f"'{name}' is already an input of {where}")
-            raise SpecError(f"duplicate layer name '{name}'", loc=entry.value_loc("name"),
-                            layer=scope.prefix + name, hint=hint)
+            hint = (
+                f"the first '{name}' is at line {seen[name].line}"
+                if name in seen
+                else f"'{name}' is already an input of {where}"
+            )
+            raise SpecError(
+                f"duplicate layer name '{name}'",
+                loc=entry.value_loc("name"),
+                layer=scope.prefix + name,
+                hint=hint,
+            )
         seen[name] = entry.value_loc("name")
         scope.locals.add(name)
         return name, entry
 
-    def _expand_entry(self, name: str, entry: LocMap, scope: Scope, previous: Ref | None,
-                      trainable: bool, stack: tuple[str, ...]) -> Ref:
+    def _expand_entry(
+        self,
+        name: str,
+        entry: LocMap,
+        scope: Scope,
+        previous: Ref | None,
+        trainable: bool,
+        stack: tuple[str, ...],
+    ) -> Ref:
         full = scope.prefix + name
         inputs = self._input_refs(entry, scope, previous, full)
         if "trainable" in entry:
@@ -197,40 +247,64 @@ class _State:
             self._expand_repeat(full, entry, scope, inputs, trainable, stack)
         else:
             if "first" in entry:
-                raise SpecError("'first' only applies with 'repeat'", loc=entry.key_loc("first"),
-                                layer=full)
+                raise SpecError(
+                    "'first' only applies with 'repeat'", loc=entry.key_loc("first"), layer=full
+                )
             self._expand_one(full, entry, scope, inputs, trainable, stack)
         return Ref(entry.loc, text=name, scope=scope)
 
-    def _input_refs(self, entry: LocMap, scope: Scope, previous: Ref | None,
-                    full: str) -> list[Ref]:
+    def _input_refs(
+        self, entry: LocMap, scope: Scope, previous: Ref | None, full: str
+    ) -> list[Ref]:
         if "inputs" not in entry:
             if previous is None:
-                raise SpecError("layer has no input", loc=entry.loc, layer=full,
-                                expected="an 'inputs' key")
+                raise SpecError(
+                    "layer has no input", loc=entry.loc, layer=full, expected="an 'inputs' key"
+                )
             return [previous]
         raw, loc = entry["inputs"], entry.value_loc("inputs")
         items = [raw] if isinstance(raw, str) else raw
         if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
-            raise SpecError("'inputs' has the wrong type", loc=loc, layer=full,
-                            expected="a layer name or a non-empty list of them",
-                            found=describe(raw))
+            raise SpecError(
+                "'inputs' has the wrong type",
+                loc=loc,
+                layer=full,
+                expected="a layer name or a non-empty list of them",
+                found=describe(raw),
+            )
         locs = raw.item_locs if isinstance(raw, LocList) else [loc] * len(items)
         return [Ref(locs[i], text=text, scope=scope) for i, text in enumerate(items)]
 
-    def _expand_repeat(self, full: str, entry: LocMap, scope: Scope, inputs: list[Ref],
-                       trainable: bool, stack: tuple[str, ...]) -> None:
+    def _expand_repeat(
+        self,
+        full: str,
+        entry: LocMap,
+        scope: Scope,
+        inputs: list[Ref],
+        trainable: bool,
+        stack: tuple[str, ...],
+    ) -> None:
         count = entry["repeat"]
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise SpecError("'repeat' must be a positive count", loc=entry.value_loc("repeat"),
-                            layer=full, expected="an integer >= 1", found=describe(count))
+            raise SpecError(
+                "'repeat' must be a positive count",
+                loc=entry.value_loc("repeat"),
+                layer=full,
+                expected="an integer >= 1",
+                found=describe(count),
+            )
         first = entry.get("first", LocMap())
         if not isinstance(first, LocMap):
-            raise SpecError("'first' must be a mapping of overrides", layer=full,
-                            loc=entry.value_loc("first"), found=describe(first))
+            raise SpecError(
+                "'first' must be a mapping of overrides",
+                layer=full,
+                loc=entry.value_loc("first"),
+                found=describe(first),
+            )
         for reserved in set(first) & set(RESERVED_KEYS):
-            raise SpecError(f"'first' cannot override '{reserved}'", loc=first.key_loc(reserved),
-                            layer=full)
+            raise SpecError(
+                f"'first' cannot override '{reserved}'", loc=first.key_loc(reserved), layer=full
+            )
         self._define(full, entry.loc)
         for index in range(count):
             copy = _without(entry, ("repeat", "first"))
@@ -243,73 +317,119 @@ class _State:
             self._expand_one(f"{full}.{index}", copy, scope, copy_inputs, trainable, stack)
         self.aliases[full] = Ref(entry.loc, full=f"{full}.{count - 1}")
 
-    def _expand_one(self, full: str, entry: LocMap, scope: Scope, inputs: list[Ref],
-                    trainable: bool, stack: tuple[str, ...]) -> None:
+    def _expand_one(
+        self,
+        full: str,
+        entry: LocMap,
+        scope: Scope,
+        inputs: list[Ref],
+        trainable: bool,
+        stack: tuple[str, ...],
+    ) -> None:
         has_op, has_block = "op" in entry, "block" in entry
         if has_op == has_block:
-            raise SpecError("a layer needs exactly one of 'op' and 'block'", loc=entry.loc,
-                            layer=full, found="both" if has_op else "neither")
+            raise SpecError(
+                "a layer needs exactly one of 'op' and 'block'",
+                loc=entry.loc,
+                layer=full,
+                found="both" if has_op else "neither",
+            )
         if has_block:
             self._expand_block(full, entry, inputs, trainable, stack)
             return
         op = entry["op"]
         if not isinstance(op, str) or op not in OPS:
-            raise SpecError(f"unknown op '{op}'", loc=entry.value_loc("op"), layer=full,
-                            expected="one of " + ", ".join(OPS), found=describe(op),
-                            hint=did_you_mean(str(op), list(OPS) + list(self.spec.blocks)))
+            raise SpecError(
+                f"unknown op '{op}'",
+                loc=entry.value_loc("op"),
+                layer=full,
+                expected="one of " + ", ".join(OPS),
+                found=describe(op),
+                hint=did_you_mean(str(op), list(OPS) + list(self.spec.blocks)),
+            )
         self._define(full, entry.value_loc("name"))
         attrs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
-        self.layers.append(FlatLayer(
-            name=full, op=op, attrs=attrs,
-            attr_locs={k: entry.value_loc(k) for k in attrs},
-            key_locs={k: entry.key_loc(k) for k in attrs},
-            input_refs=inputs, init=entry.get("init"), init_loc=entry.value_loc("init"),
-            trainable=trainable, loc=entry.value_loc("name"),
-        ))
+        self.layers.append(
+            FlatLayer(
+                name=full,
+                op=op,
+                attrs=attrs,
+                attr_locs={k: entry.value_loc(k) for k in attrs},
+                key_locs={k: entry.key_loc(k) for k in attrs},
+                input_refs=inputs,
+                init=entry.get("init"),
+                init_loc=entry.value_loc("init"),
+                trainable=trainable,
+                loc=entry.value_loc("name"),
+            )
+        )
 
-    def _expand_block(self, full: str, entry: LocMap, inputs: list[Ref], trainable: bool,
-                      stack: tuple[str, ...]) -> None:
+    def _expand_block(
+        self, full: str, entry: LocMap, inputs: list[Ref], trainable: bool, stack: tuple[str, ...]
+    ) -> None:
         block_name = entry["block"]
         block = self.spec.blocks.get(block_name) if isinstance(block_name, str) else None
         if block is None:
-            raise SpecError(f"unknown block '{block_name}'", loc=entry.value_loc("block"),
-                            layer=full, expected="one of " + (", ".join(self.spec.blocks) or
-                                                             "(no blocks defined)"),
-                            found=describe(block_name),
-                            hint=did_you_mean(str(block_name), self.spec.blocks))
+            raise SpecError(
+                f"unknown block '{block_name}'",
+                loc=entry.value_loc("block"),
+                layer=full,
+                expected="one of " + (", ".join(self.spec.blocks) or "(no blocks defined)"),
+                found=describe(block_name),
+                hint=did_you_mean(str(block_name), self.spec.blocks),
+            )
         if block_name in stack or len(stack) >= MAX_BLOCK_DEPTH:
-            raise SpecError(f"block '{block_name}' uses itself", loc=entry.value_loc("block"),
-                            layer=full, found=" -> ".join((*stack, block_name)))
+            raise SpecError(
+                f"block '{block_name}' uses itself",
+                loc=entry.value_loc("block"),
+                layer=full,
+                found=" -> ".join((*stack, block_name)),
+            )
         if "init" in entry:
-            raise SpecError("'init' applies to op layers, not to block instances",
-                            loc=entry.key_loc("init"), layer=full)
+            raise SpecError(
+                "'init' applies to op layers, not to block instances",
+                loc=entry.key_loc("init"),
+                layer=full,
+            )
         env = _bind_block_params(block, entry, full)
         if len(inputs) != len(block.inputs):
             raise SpecError(
-                f"block '{block_name}' takes {len(block.inputs)} input(s)", layer=full,
+                f"block '{block_name}' takes {len(block.inputs)} input(s)",
+                layer=full,
                 loc=entry.value_loc("inputs") if "inputs" in entry else entry.loc,
                 expected=f"{len(block.inputs)} ({', '.join(block.inputs)})",
                 found=f"{len(inputs)}",
             )
         self._define(full, entry.value_loc("name"))
-        inner = Scope(prefix=full + ".", locals=set(), inputs=dict(zip(block.inputs, inputs)),
-                      block=block_name)
+        inner = Scope(
+            prefix=full + ".",
+            locals=set(),
+            inputs=dict(zip(block.inputs, inputs)),
+            block=block_name,
+        )
         first = Ref(entry.loc, text=block.inputs[0], scope=inner)
         last = self.expand_scope(block.layers, inner, env, first, trainable, (*stack, block_name))
         if block.output is not None:
             if block.output not in inner.locals:
-                raise SpecError(f"block '{block_name}' output '{block.output}' is not one of its "
-                                "layers", loc=block.loc, expected=", ".join(sorted(inner.locals)),
-                                hint=did_you_mean(block.output, inner.locals))
+                raise SpecError(
+                    f"block '{block_name}' output '{block.output}' is not one of its layers",
+                    loc=block.loc,
+                    expected=", ".join(sorted(inner.locals)),
+                    hint=did_you_mean(block.output, inner.locals),
+                )
             last = Ref(block.loc, text=block.output, scope=inner)
         self.aliases[full] = last
 
     def _define(self, full: str, loc: SourceLoc) -> None:
         if full in self.defined or full in self.input_names:
             where = self.defined.get(full)
-            raise SpecError(f"duplicate layer name '{full}'", loc=loc, layer=full,
-                            hint=f"'{full}' is already defined"
-                            + (f" at line {where.line}" if where else " as a network input"))
+            raise SpecError(
+                f"duplicate layer name '{full}'",
+                loc=loc,
+                layer=full,
+                hint=f"'{full}' is already defined"
+                + (f" at line {where.line}" if where else " as a network input"),
+            )
         self.defined[full] = loc
 
     # -- resolution ---------------------------------------------------------------
@@ -320,8 +440,12 @@ class _State:
             name = ref.full if ref.full is not None else self._lookup(ref, layer)
             if name in self.aliases:
                 if name in seen:
-                    raise SpecError("cycle through removed layers", loc=ref.loc, layer=layer,
-                                    found=" -> ".join([*seen, name]))
+                    raise SpecError(
+                        "cycle through removed layers",
+                        loc=ref.loc,
+                        layer=layer,
+                        found=" -> ".join([*seen, name]),
+                    )
                 seen.append(name)
                 ref = self.aliases[name]
                 continue
@@ -341,28 +465,38 @@ class _State:
             return ref.text
         candidates = sorted(scope.locals | set(scope.inputs))
         raise SpecError(
-            f"unknown {'input' if layer else 'output layer'} '{ref.text}'", loc=ref.loc,
+            f"unknown {'input' if layer else 'output layer'} '{ref.text}'",
+            loc=ref.loc,
             layer=layer,
-            expected="a layer or input " + ("of block '" + scope.block + "'" if scope.block
-                                            else "of the network"),
+            expected="a layer or input "
+            + ("of block '" + scope.block + "'" if scope.block else "of the network"),
             found=f"'{ref.text}'",
-            hint=did_you_mean(ref.text, candidates + (list(self.defined) if not scope.prefix
-                                                      else [])),
+            hint=did_you_mean(
+                ref.text, candidates + (list(self.defined) if not scope.prefix else [])
+            ),
         )
 
 
 def _flag(entry: LocMap, key: str, layer: str) -> bool:
     value = entry[key]
     if not isinstance(value, bool):
-        raise SpecError(f"'{key}' must be true or false", loc=entry.value_loc(key), layer=layer,
-                        expected="true or false", found=describe(value))
+        raise SpecError(
+            f"'{key}' must be true or false",
+            loc=entry.value_loc(key),
+            layer=layer,
+            expected="true or false",
+            found=describe(value),
+        )
     return value
 
 
 def _without(entry: LocMap, keys: tuple[str, ...]) -> LocMap:
     result = LocMap({k: v for k, v in entry.items() if k not in keys})
-    result.loc, result.key_locs, result.value_locs = entry.loc, dict(entry.key_locs), dict(
-        entry.value_locs)
+    result.loc, result.key_locs, result.value_locs = (
+        entry.loc,
+        dict(entry.key_locs),
+        dict(entry.value_locs),
+    )
     return result
 
 
@@ -373,16 +507,22 @@ def _bind_block_params(block: BlockSpec, entry: LocMap, full: str) -> dict[str, 
             continue
         if key not in block.params:
             raise SpecError(
-                f"block '{block.name}' has no parameter '{key}'", loc=entry.key_loc(key),
-                layer=full, expected="one of " + (", ".join(block.params) or "(no parameters)"),
-                found=f"'{key}'", hint=did_you_mean(key, block.params),
+                f"block '{block.name}' has no parameter '{key}'",
+                loc=entry.key_loc(key),
+                layer=full,
+                expected="one of " + (", ".join(block.params) or "(no parameters)"),
+                found=f"'{key}'",
+                hint=did_you_mean(key, block.params),
             )
         env[key] = value
     missing = [key for key, value in env.items() if value is None]
     if missing:
         raise SpecError(
-            f"block '{block.name}' needs parameter '{missing[0]}'", loc=entry.loc, layer=full,
-            expected="values for " + ", ".join(missing), found="no value",
+            f"block '{block.name}' needs parameter '{missing[0]}'",
+            loc=entry.loc,
+            layer=full,
+            expected="values for " + ", ".join(missing),
+            found="no value",
             hint=f"add '{missing[0]}: ...' to layer '{full}'",
         )
     return env

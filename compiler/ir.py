@@ -108,7 +108,8 @@ class Graph:
                     )
             if not node.shape or node.shape[0] != BATCH:
                 raise InternalError(
-                    f"IR: node '{node.name}' shape {node.shape} lacks the batch dim")
+                    f"IR: node '{node.name}' shape {node.shape} lacks the batch dim"
+                )
             defined.add(node.name)
         for out, source in self.outputs.items():
             if source not in defined:

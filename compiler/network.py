@@ -80,8 +80,8 @@ def _with_input_shape(spec: NetworkSpec, shape: tuple[Any, ...]) -> NetworkSpec:
     if len(shape) != len(first.dims):
         raise SpecError(
             f"--input-shape for input '{first.name}' has the wrong rank",
-            expected=f"{len(first.dims)} sizes", found=f"{len(shape)}: {list(shape)}",
+            expected=f"{len(first.dims)} sizes",
+            found=f"{len(shape)}: {list(shape)}",
         )
-    dims = tuple(d if d is not None else default
-                 for d, default in zip(shape, (None, "H", "W")))
+    dims = tuple(d if d is not None else default for d, default in zip(shape, (None, "H", "W")))
     return replace(spec, inputs=[InputSpec(first.name, dims, first.loc), *spec.inputs[1:]])

@@ -34,8 +34,11 @@ class AxisField:
 
     def window(self, kernel: int, stride: int, dilation: int, pad: int) -> AxisField:
         span = dilation * (kernel - 1)
-        return AxisField(self.size + span * self.jump, self.jump * stride,
-                         self.start + (Fraction(span, 2) - pad) * self.jump)
+        return AxisField(
+            self.size + span * self.jump,
+            self.jump * stride,
+            self.start + (Fraction(span, 2) - pad) * self.jump,
+        )
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,14 @@ def for_node(node, inputs: list[Field], in_shapes: list[Shape]) -> Field:
         return Field(inputs[0].height, inputs[0].width, whole=True)
     if kind == "window":
         a = node.attrs
-        return Field(*(inputs[0].axes()[i].window(a["kernel"][i], a["stride"][i],
-                                                   a["dilation"][i], a["padding"][i])
-                       for i in range(2)))
+        return Field(
+            *(
+                inputs[0]
+                .axes()[i]
+                .window(a["kernel"][i], a["stride"][i], a["dilation"][i], a["padding"][i])
+                for i in range(2)
+            )
+        )
     if kind == "flatten":
         x = in_shapes[0]
         if len(x) != 4:
@@ -78,8 +86,10 @@ def for_node(node, inputs: list[Field], in_shapes: list[Shape]) -> Field:
     if kind == "crop":
         oh, ow = node.attrs["offset"]
         h, w = inputs[0].axes()
-        return Field(AxisField(h.size, h.jump, h.start + oh * h.jump),
-                     AxisField(w.size, w.jump, w.start + ow * w.jump))
+        return Field(
+            AxisField(h.size, h.jump, h.start + oh * h.jump),
+            AxisField(w.size, w.jump, w.start + ow * w.jump),
+        )
     if kind == "upsample":
         return _upsample(node, inputs[0], in_shapes[0])
     if kind == "transpose":
@@ -111,8 +121,13 @@ def _upsample(node, field: Field, shape: Shape) -> Field:
     axes = []
     for f, scale in zip(field.axes(), scales):
         extra = f.jump if a["mode"] == "bilinear" else 0  # interpolates 2 neighbours
-        axes.append(AxisField(f.size + extra, f.jump / scale,
-                              f.start + (Fraction(1, 2) / scale - Fraction(1, 2)) * f.jump))
+        axes.append(
+            AxisField(
+                f.size + extra,
+                f.jump / scale,
+                f.start + (Fraction(1, 2) / scale - Fraction(1, 2)) * f.jump,
+            )
+        )
     return Field(*axes)
 
 
@@ -123,29 +138,38 @@ def _transpose(node, field: Field) -> Field:
     for i, f in enumerate(field.axes()):
         k, s, d, p = a["kernel"][i], a["stride"][i], a["dilation"][i], a["padding"][i]
         span = Fraction(d * (k - 1), s)
-        axes.append(AxisField(f.size + span * f.jump, f.jump / s,
-                              f.start + (Fraction(p) - Fraction(d * (k - 1), 2)) / s * f.jump))
+        axes.append(
+            AxisField(
+                f.size + span * f.jump,
+                f.jump / s,
+                f.start + (Fraction(p) - Fraction(d * (k - 1), 2)) / s * f.jump,
+            )
+        )
     return Field(*axes)
 
 
 def crop_offset(x: Field, reference: Field) -> tuple[int, int]:
     """The crop offset that puts x's pixel centres on the reference's (FCN's crop)."""
     if x.whole or reference.whole:
-        raise ShapeError("cannot compute an automatic crop offset after global pooling",
-                         hint="give the crop an explicit offset")
+        raise ShapeError(
+            "cannot compute an automatic crop offset after global pooling",
+            hint="give the crop an explicit offset",
+        )
     offsets = []
     for axis, fx, fr in zip(("height", "width"), x.axes(), reference.axes()):
         if fx.jump != fr.jump:
             raise ShapeError(
                 f"crop inputs have different strides along the {axis}, so no offset aligns them",
-                expected=f"the reference's stride {fr.jump}", found=f"stride {fx.jump}",
+                expected=f"the reference's stride {fr.jump}",
+                found=f"stride {fx.jump}",
                 hint="upsample the input to the reference's resolution first",
             )
         offset = (fr.start - fx.start) / fx.jump
         if offset.denominator != 1 or offset < 0:
             raise ShapeError(
                 f"no whole-pixel crop offset aligns the inputs along the {axis}",
-                expected="a non-negative integer offset", found=f"{offset}",
+                expected="a non-negative integer offset",
+                found=f"{offset}",
                 hint="give the crop an explicit offset",
             )
         offsets.append(int(offset))

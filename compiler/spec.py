@@ -17,8 +17,17 @@ from netc.errors import SourceLoc, SpecError, did_you_mean
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 TASKS = ("classification", "segmentation", "embedding")
-TOP_LEVEL_KEYS = ("name", "description", "task", "params", "inputs", "blocks", "layers",
-                  "outputs", "training")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "task",
+    "params",
+    "inputs",
+    "blocks",
+    "layers",
+    "outputs",
+    "training",
+)
 BLOCK_KEYS = ("params", "inputs", "layers", "output", "description")
 
 
@@ -55,24 +64,33 @@ class NetworkSpec:
     params_loc: SourceLoc | None = None  # the `params` mapping (the document if none)
 
 
-def check_keys(mapping: LocMap, allowed: tuple[str, ...] | list[str], where: str,
-               layer: str | None = None) -> None:
+def check_keys(
+    mapping: LocMap, allowed: tuple[str, ...] | list[str], where: str, layer: str | None = None
+) -> None:
     for key in mapping:
         if key not in allowed:
             raise SpecError(
                 f"unknown key '{key}' in {where}",
-                loc=mapping.key_loc(key), layer=layer,
-                expected="one of " + ", ".join(allowed), found=f"'{key}'",
+                loc=mapping.key_loc(key),
+                layer=layer,
+                expected="one of " + ", ".join(allowed),
+                found=f"'{key}'",
                 hint=did_you_mean(key, allowed),
             )
 
 
-def expect(value: Any, kind: type | tuple[type, ...], what: str, loc: SourceLoc,
-           layer: str | None = None) -> Any:
+def expect(
+    value: Any, kind: type | tuple[type, ...], what: str, loc: SourceLoc, layer: str | None = None
+) -> Any:
     ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
     if not ok:
-        raise SpecError(f"{what} has the wrong type", loc=loc, layer=layer,
-                        expected=_kind_name(kind), found=describe(value))
+        raise SpecError(
+            f"{what} has the wrong type",
+            loc=loc,
+            layer=layer,
+            expected=_kind_name(kind),
+            found=describe(value),
+        )
     return value
 
 
@@ -81,8 +99,13 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
-             bool: "true or false"}
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+    }
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
@@ -90,7 +113,8 @@ def check_name(name: Any, loc: SourceLoc, what: str) -> str:
     expect(name, str, what, loc)
     if not NAME_PATTERN.match(name):
         raise SpecError(
-            f"{what} '{name}' is not a valid name", loc=loc,
+            f"{what} '{name}' is not a valid name",
+            loc=loc,
             expected="letters, digits, '_', '-' and '.', starting with a letter or '_'",
             found=f"'{name}'",
         )
@@ -100,26 +124,36 @@ def check_name(name: Any, loc: SourceLoc, what: str) -> str:
 def parse_network(doc: Any, file: str) -> NetworkSpec:
     """Check the top-level structure of a parsed description."""
     if not isinstance(doc, LocMap):
-        raise SpecError("a network description must be a mapping", loc=SourceLoc(file, 1, 1),
-                        expected="keys name, inputs, layers, ...", found=describe(doc))
+        raise SpecError(
+            "a network description must be a mapping",
+            loc=SourceLoc(file, 1, 1),
+            expected="keys name, inputs, layers, ...",
+            found=describe(doc),
+        )
     check_keys(doc, TOP_LEVEL_KEYS, "the network description")
     for key in ("name", "inputs", "layers"):
         if key not in doc:
-            raise SpecError(f"the description has no '{key}'", loc=doc.loc,
-                            expected=f"a top-level '{key}' key")
+            raise SpecError(
+                f"the description has no '{key}'", loc=doc.loc, expected=f"a top-level '{key}' key"
+            )
     name = check_name(doc["name"], doc.value_loc("name"), "the network name")
     task = doc.get("task", "classification")
     if task not in TASKS:
-        raise SpecError("unknown task", loc=doc.value_loc("task"),
-                        expected=" or ".join(TASKS), found=describe(task),
-                        hint=did_you_mean(str(task), TASKS))
+        raise SpecError(
+            "unknown task",
+            loc=doc.value_loc("task"),
+            expected=" or ".join(TASKS),
+            found=describe(task),
+            hint=did_you_mean(str(task), TASKS),
+        )
     params = doc.get("params", LocMap())
     expect(params, dict, "'params'", doc.value_loc("params"))
     layers = doc["layers"]
     expect(layers, list, "'layers'", doc.value_loc("layers"))
     if not layers:
-        raise SpecError("the network has no layers", loc=doc.value_loc("layers"),
-                        expected="at least one layer")
+        raise SpecError(
+            "the network has no layers", loc=doc.value_loc("layers"), expected="at least one layer"
+        )
     description = doc.get("description", "")
     expect(description, str, "'description'", doc.value_loc("description"))
     return NetworkSpec(
@@ -155,8 +189,9 @@ def _parse_inputs(raw: Any, loc: SourceLoc) -> list[InputSpec]:
         if isinstance(value, LocMap):
             check_keys(value, ("shape",), f"input '{name}'")
             if "shape" not in value:
-                raise SpecError(f"input '{name}' has no shape", loc=where,
-                                expected="shape: [C, H, W]")
+                raise SpecError(
+                    f"input '{name}' has no shape", loc=where, expected="shape: [C, H, W]"
+                )
             where, value = value.value_loc("shape"), value["shape"]
         inputs.append(InputSpec(name, _parse_dims(name, value, where), where))
     return inputs
@@ -164,14 +199,22 @@ def _parse_inputs(raw: Any, loc: SourceLoc) -> list[InputSpec]:
 
 def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
     if not isinstance(value, list) or len(value) not in (1, 3):
-        raise SpecError(f"input '{name}' shape must be [C, H, W] (or [F] for a vector)",
-                        loc=loc, expected="a list of 3 sizes", found=describe(value))
+        raise SpecError(
+            f"input '{name}' shape must be [C, H, W] (or [F] for a vector)",
+            loc=loc,
+            expected="a list of 3 sizes",
+            found=describe(value),
+        )
     item_loc = value.item_loc if isinstance(value, LocList) else lambda index: loc
     channels = value[0]
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise SpecError(f"input '{name}' channel count must be fixed", loc=item_loc(0),
-                        expected="an integer >= 1", found=describe(channels),
-                        hint="only H and W may be open (null)" if channels is None else None)
+        raise SpecError(
+            f"input '{name}' channel count must be fixed",
+            loc=item_loc(0),
+            expected="an integer >= 1",
+            found=describe(channels),
+            hint="only H and W may be open (null)" if channels is None else None,
+        )
     dims: list[Any] = [channels]
     for index, (axis, size) in enumerate(zip(("H", "W"), value[1:]), start=1):
         if size is None:
@@ -181,9 +224,12 @@ def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
         elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:
             dims.append(size)
         else:
-            raise SpecError(f"input '{name}' size {axis} is not valid", loc=item_loc(index),
-                            expected="an integer >= 1, or null for an open size",
-                            found=describe(size))
+            raise SpecError(
+                f"input '{name}' size {axis} is not valid",
+                loc=item_loc(index),
+                expected="an integer >= 1, or null for an open size",
+                found=describe(size),
+            )
     return tuple(dims)
 
 
@@ -199,10 +245,14 @@ def _parse_blocks(raw: Any, loc: SourceLoc) -> dict[str, BlockSpec]:
             raise SpecError(f"block '{name}' has no layers", loc=where, expected="a 'layers' list")
         layers = expect(body["layers"], list, f"block '{name}' layers", body.value_loc("layers"))
         if not layers:
-            raise SpecError(f"block '{name}' has no layers", loc=body.value_loc("layers"),
-                            expected="at least one layer")
-        params = expect(body.get("params", {}), dict, f"block '{name}' params",
-                        body.value_loc("params"))
+            raise SpecError(
+                f"block '{name}' has no layers",
+                loc=body.value_loc("layers"),
+                expected="at least one layer",
+            )
+        params = expect(
+            body.get("params", {}), dict, f"block '{name}' params", body.value_loc("params")
+        )
         inputs = body.get("inputs", ["input"])
         expect(inputs, list, f"block '{name}' inputs", body.value_loc("inputs"))
         for item in inputs:
@@ -224,8 +274,12 @@ def _parse_outputs(raw: Any, loc: SourceLoc) -> dict[str, tuple[str, SourceLoc]]
     elif isinstance(raw, LocMap):
         raw_items = [(key, value, raw.value_loc(key)) for key, value in raw.items()]
     else:
-        raise SpecError("'outputs' has the wrong type", loc=loc,
-                        expected="a layer name, a list of them, or a mapping", found=describe(raw))
+        raise SpecError(
+            "'outputs' has the wrong type",
+            loc=loc,
+            expected="a layer name, a list of them, or a mapping",
+            found=describe(raw),
+        )
     outputs = {}
     for out_name, layer, where in raw_items:
         check_name(out_name, where, "output name")

@@ -53,15 +53,19 @@ def table(network: Network) -> str:
     numeric = {3, 4}
     lines = []
     for index, row in enumerate(rows):
-        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-                 for i, cell in enumerate(row)]
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
-    inputs = ", ".join(f"{name} {'×'.join(str(d) for d in item.shape[1:])}"
-                       for name, item in graph.inputs.items())
-    outputs = ", ".join(f"{name} ({stats.name}: {_shape(stats)})"
-                        for name, stats in analysis.outputs.items())
+    inputs = ", ".join(
+        f"{name} {'×'.join(str(d) for d in item.shape[1:])}" for name, item in graph.inputs.items()
+    )
+    outputs = ", ".join(
+        f"{name} ({stats.name}: {_shape(stats)})" for name, stats in analysis.outputs.items()
+    )
     frozen = analysis.params - analysis.trainable_params
     memory = analysis.activation_bytes
     lines += [
@@ -71,8 +75,12 @@ def table(network: Network) -> str:
         f"outputs     {outputs}",
         f"params      {human(analysis.params)}" + (f", {frozen:,} frozen" if frozen else ""),
         f"MACs        {human(analysis.macs)}",
-        "activations " + (f"{memory / 2**20:.1f} MiB per sample (fp32)" if memory is not None
-                          else "depends on input size"),
+        "activations "
+        + (
+            f"{memory / 2**20:.1f} MiB per sample (fp32)"
+            if memory is not None
+            else "depends on input size"
+        ),
     ]
     return "\n".join(lines)
 
@@ -83,14 +91,17 @@ def to_json(network: Network) -> dict:
     return {
         "name": graph.name,
         "task": graph.task,
-        "inputs": {name: [d if isinstance(d, int) else str(d) for d in item.shape]
-                   for name, item in graph.inputs.items()},
+        "inputs": {
+            name: [d if isinstance(d, int) else str(d) for d in item.shape]
+            for name, item in graph.inputs.items()
+        },
         "outputs": {name: stats.name for name, stats in analysis.outputs.items()},
         "params": analysis.params,
         "trainable_params": analysis.trainable_params,
         "macs": analysis.macs,
         "activation_bytes": analysis.activation_bytes,
-        "output_receptive_fields": {name: field_json(stats.field)
-                                    for name, stats in analysis.outputs.items()},
+        "output_receptive_fields": {
+            name: field_json(stats.field) for name, stats in analysis.outputs.items()
+        },
         "layers": [layer.to_json() for layer in analysis.layers],
     }

@@ -52,22 +52,27 @@ def _loc(node: yaml.Node, file: str) -> SourceLoc:
     return SourceLoc(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader,
-             parents: tuple[yaml.Node, ...] = ()) -> Any:
+def _convert(
+    node: yaml.Node, file: str, constructor: yaml.SafeLoader, parents: tuple[yaml.Node, ...] = ()
+) -> Any:
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         if any(node is parent for parent in parents):
-            raise SpecError("a YAML alias refers to a collection that contains it",
-                            loc=_loc(node, file),
-                            hint="the anchor is here; an alias inside it would repeat it forever")
+            raise SpecError(
+                "a YAML alias refers to a collection that contains it",
+                loc=_loc(node, file),
+                hint="the anchor is here; an alias inside it would repeat it forever",
+            )
         parents = (*parents, node)
     if isinstance(node, yaml.MappingNode):
         result = LocMap()
         result.loc, result.key_locs, result.value_locs = _loc(node, file), {}, {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
-                raise SpecError("YAML merge keys ('<<') are not supported",
-                                loc=_loc(key_node, file),
-                                hint="write the keys out, or make a block of the shared layers")
+                raise SpecError(
+                    "YAML merge keys ('<<') are not supported",
+                    loc=_loc(key_node, file),
+                    hint="write the keys out, or make a block of the shared layers",
+                )
             key = _convert(key_node, file, constructor, parents)
             if not isinstance(key, str):
                 raise SpecError(
@@ -96,9 +101,12 @@ def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader,
     except (yaml.YAMLError, ValueError, TypeError):
         # An explicit tag PyYAML's safe loader rejects (`!foo 3`) or cannot apply (`!!int abc`).
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-        raise SpecError("not valid YAML: cannot read this tagged value", loc=_loc(node, file),
-                        expected="a plain value (netc needs no YAML tags)",
-                        found=f"{tag} {node.value!r}") from None
+        raise SpecError(
+            "not valid YAML: cannot read this tagged value",
+            loc=_loc(node, file),
+            expected="a plain value (netc needs no YAML tags)",
+            found=f"{tag} {node.value!r}",
+        ) from None
 
 
 def load_located(text: str, file: str) -> Any:
@@ -114,8 +122,9 @@ def load_located(text: str, file: str) -> Any:
             # The problem is often found far from its cause: an unclosed `{` lines above.
             context = exc.context_mark
             hint = f"{exc.context} at line {context.line + 1}, column {context.column + 1}"
-        raise SpecError(f"not valid YAML: {exc.problem or exc.context}", loc=loc,
-                        hint=hint) from None
+        raise SpecError(
+            f"not valid YAML: {exc.problem or exc.context}", loc=loc, hint=hint
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", loc=SourceLoc(file, 1, 1)) from None
     finally:

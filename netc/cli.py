@@ -30,7 +30,8 @@ def _input_shape(text: str) -> tuple:
             dims.append(None)
         else:
             raise argparse.ArgumentTypeError(
-                f"'{text}' is not a shape: expected C,H,W with positive integers, e.g. 3,224,224")
+                f"'{text}' is not a shape: expected C,H,W with positive integers, e.g. 3,224,224"
+            )
     return tuple(dims)
 
 
@@ -42,22 +43,42 @@ def _param(text: str) -> tuple[str, object]:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(
-            f"'{text}': the value is not valid YAML (quote a string, close a list)") from None
+            f"'{text}': the value is not valid YAML (quote a string, close a list)"
+        ) from None
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="validate a network, infer shapes, print its analysis",
-                       description="Validate a network description (a file or a zoo name), "
-                       "infer shapes and print per-layer output shape, parameters, MACs and "
-                       "receptive field, with totals.")
+    p = sub.add_parser(
+        "compile",
+        help="validate a network, infer shapes, print its analysis",
+        description="Validate a network description (a file or a zoo name), "
+        "infer shapes and print per-layer output shape, parameters, MACs and "
+        "receptive field, with totals.",
+    )
     p.add_argument("spec", metavar="SPEC_OR_ZOO_NAME")
-    p.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
-                   help="replace the first input's shape (fixes open H and W)")
-    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE",
-                   dest="params", help="override a network parameter, e.g. num_classes=10")
+    p.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        metavar="C,H,W",
+        help="replace the first input's shape (fixes open H and W)",
+    )
+    p.add_argument(
+        "--set",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="params",
+        help="override a network parameter, e.g. num_classes=10",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("-o", "--output", type=Path, metavar="graph.json",
-                   help="also write the JSON analysis to this file")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="graph.json",
+        help="also write the JSON analysis to this file",
+    )
     p.set_defaults(run=_run_compile)
 
 
@@ -87,12 +108,21 @@ def _run_zoo(args: argparse.Namespace) -> int:
         net = load(name)
         item = next(iter(net.graph.inputs.values()))
         shape = "×".join(str(d) for d in item.shape[1:])
-        rows.append((name, net.graph.task, shape, f"{net.analysis.params:,}",
-                     _first_sentence(net.spec.description)))
+        rows.append(
+            (
+                name,
+                net.graph.task,
+                shape,
+                f"{net.analysis.params:,}",
+                _first_sentence(net.spec.description),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
-              f"{row[3]:>{widths[3]}}  {row[4]}".rstrip())
+        print(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
+            f"{row[3]:>{widths[3]}}  {row[4]}".rstrip()
+        )
     return 0
 
 
@@ -103,12 +133,19 @@ def _first_sentence(text: str) -> str:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a network on a data set",
-                       description="Train a network description (a file or a zoo name). "
-                       "Settings come from its `training:` section; these flags override it.")
+    p = sub.add_parser(
+        "train",
+        help="train a network on a data set",
+        description="Train a network description (a file or a zoo name). "
+        "Settings come from its `training:` section; these flags override it.",
+    )
     p.add_argument("spec", metavar="SPEC_OR_ZOO_NAME")
-    p.add_argument("--data", required=True, metavar="DATASET",
-                   help="digits, shapes, an image folder, a segmentation folder or a .npz")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DATASET",
+        help="digits, shapes, an image folder, a segmentation folder or a .npz",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")
@@ -117,13 +154,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, dest="val_fraction")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE",
-                   dest="params", help="override a network parameter, e.g. num_classes=10")
+    p.add_argument(
+        "--set",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="params",
+        help="override a network parameter, e.g. num_classes=10",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
-    p.add_argument("--init-from", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="start from a trained model's weights, matched by layer name")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="train with N processes (DistributedDataParallel through torchrun)")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="start from a trained model's weights, matched by layer name",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train with N processes (DistributedDataParallel through torchrun)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(run=_run_train)
 
@@ -133,13 +184,25 @@ def _run_train(args: argparse.Namespace) -> int:
         return _relaunch_distributed(args.nproc)
     from netc.runtime.train import train
 
-    overrides = {key: getattr(args, key) for key in
-                 ("epochs", "batch_size", "lr", "seed", "val_fraction", "device", "precision")}
-    result = train(args.spec, args.data, args.out, overrides=overrides, params=dict(args.params),
-                   resume=args.resume, init_from=args.init_from, quiet=args.quiet)
+    overrides = {
+        key: getattr(args, key)
+        for key in ("epochs", "batch_size", "lr", "seed", "val_fraction", "device", "precision")
+    }
+    result = train(
+        args.spec,
+        args.data,
+        args.out,
+        overrides=overrides,
+        params=dict(args.params),
+        resume=args.resume,
+        init_from=args.init_from,
+        quiet=args.quiet,
+    )
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
-    print(f"trained {result.epochs_run} epochs in {result.seconds:.1f}s; best {result.metric} "
-          f"{best} at epoch {result.best_epoch}; checkpoints in {result.run_dir}")
+    print(
+        f"trained {result.epochs_run} epochs in {result.seconds:.1f}s; best {result.metric} "
+        f"{best} at epoch {result.best_epoch}; checkpoints in {result.run_dir}"
+    )
     return 0
 
 
@@ -159,14 +222,23 @@ def _relaunch_distributed(nproc: int) -> int:
         if item.startswith("--nproc="):
             continue
         cleaned.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "netc", *cleaned]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "netc",
+        *cleaned,
+    ]
     return subprocess.call(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="netc", description="ConvNet model compiler and inference server.")
+        prog="netc", description="ConvNet model compiler and inference server."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_compile(sub)
     _add_zoo(sub)
@@ -189,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence for our own bugs
         if os.environ.get("NETC_DEBUG"):
             traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc}\n"
-              "  this is a bug in netc; rerun with NETC_DEBUG=1 for the traceback",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug in netc; rerun with NETC_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
         return 1

@@ -90,8 +90,15 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
 class ConfigError(UserError):
     """A bad training setting; `key` is its dotted path, e.g. 'training.optimizer.lr'."""
 
-    def __init__(self, key: str, message: str, *, expected: str | None = None,
-                 found: str | None = None, loc: SourceLoc | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        *,
+        expected: str | None = None,
+        found: str | None = None,
+        loc: SourceLoc | None = None,
+    ) -> None:
         self.key, self.loc = key, loc
         text = f"{loc}: " if loc else ""
         text += f"error: {key}: {message}"

@@ -40,7 +40,7 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"error: no such checkpoint or run directory: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:
         raise UserError(f"error: {path} is not a readable netc checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"error: {path} is not a netc checkpoint (format {FORMAT})")

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from netc.compiler.ops.attrs import describe
-from netc.runtime.options import Options, config_error
 from netc.errors import did_you_mean
+from netc.runtime.options import Options, config_error
 
 TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embedding": "loss"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -61,10 +61,14 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
     section = section or {}
     for key in section:
         if key not in KEYS:
-            raise config_error(f"training.{key}", "unknown training setting",
-                               expected="one of " + ", ".join(KEYS), found=f"'{key}'",
-                               hint=did_you_mean(key, KEYS),
-                               loc=section.key_loc(key) if hasattr(section, "key_loc") else None)
+            raise config_error(
+                f"training.{key}",
+                "unknown training setting",
+                expected="one of " + ", ".join(KEYS),
+                found=f"'{key}'",
+                hint=did_you_mean(key, KEYS),
+                loc=section.key_loc(key) if hasattr(section, "key_loc") else None,
+            )
     values = dict(section)
     for key, value in (overrides or {}).items():
         if value is None:
@@ -76,14 +80,22 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
     read = Options(values, "training")
     augment = values.get("augment") or {}
     if not isinstance(augment, dict):
-        raise config_error("training.augment", "must be a mapping",
-                           expected="{crop_padding: N, hflip: true}", found=describe(augment))
+        raise config_error(
+            "training.augment",
+            "must be a mapping",
+            expected="{crop_padding: N, hflip: true}",
+            found=describe(augment),
+        )
     aug = Options(augment, "training.augment")
     for key in augment:
         if key not in ("crop_padding", "hflip"):
-            raise config_error(f"training.augment.{key}", "unknown augmentation",
-                               expected="crop_padding or hflip", found=f"'{key}'",
-                               hint=did_you_mean(key, ("crop_padding", "hflip")))
+            raise config_error(
+                f"training.augment.{key}",
+                "unknown augmentation",
+                expected="crop_padding or hflip",
+                found=f"'{key}'",
+                hint=did_you_mean(key, ("crop_padding", "hflip")),
+            )
     return TrainConfig(
         epochs=read.number("epochs", 10, low=1, integer=True),
         batch_size=read.number("batch_size", 64, low=1, integer=True),
@@ -96,8 +108,10 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         clip_grad_norm=read.number("clip_grad_norm", None, low=0, low_open=True),
         normalize=read.boolean("normalize", True),
         pca_whitening=read.boolean("pca_whitening", False),
-        augment={"crop_padding": aug.number("crop_padding", 0, low=0, integer=True),
-                 "hflip": aug.boolean("hflip", False)},
+        augment={
+            "crop_padding": aug.number("crop_padding", 0, low=0, integer=True),
+            "hflip": aug.boolean("hflip", False),
+        },
         balanced_sampling=read.boolean("balanced_sampling", False),
         metric=_choice(values, "metric", (*TASK_METRICS.values(),), None),
         device=_device(values.get("device", "auto")),
@@ -118,24 +132,41 @@ def _input_size(value: Any) -> tuple[int, int] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return (value, value)
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         return (value[0], value[1])
-    raise config_error("training.input_size", "must be a size",
-                       expected="an integer or [H, W]", found=describe(value))
+    raise config_error(
+        "training.input_size",
+        "must be a size",
+        expected="an integer or [H, W]",
+        found=describe(value),
+    )
 
 
 def _choice(values: dict, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
     value = values.get(key, default)
     if value is not None and value not in choices:
-        raise config_error(f"training.{key}", "unknown value", expected=" or ".join(choices),
-                           found=describe(value), hint=did_you_mean(str(value), choices))
+        raise config_error(
+            f"training.{key}",
+            "unknown value",
+            expected=" or ".join(choices),
+            found=describe(value),
+            hint=did_you_mean(str(value), choices),
+        )
     return value
 
 
 def _device(value: Any) -> str:
-    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda")
-                                          or value.startswith("cuda:")):
-        raise config_error("training.device", "unknown device",
-                           expected="auto, cpu, cuda or cuda:N", found=describe(value))
+    if not isinstance(value, str) or not (
+        value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
+    ):
+        raise config_error(
+            "training.device",
+            "unknown device",
+            expected="auto, cpu, cuda or cuda:N",
+            found=describe(value),
+        )
     return value

@@ -20,8 +20,10 @@ class LoadReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why)
 
     def lines(self) -> list[str]:
-        out = [f"loaded {len(self.loaded)} layers" + (f": {', '.join(self.loaded)}"
-                                                      if len(self.loaded) <= 12 else "")]
+        out = [
+            f"loaded {len(self.loaded)} layers"
+            + (f": {', '.join(self.loaded)}" if len(self.loaded) <= 12 else "")
+        ]
         if self.new:
             out.append(f"new (freshly initialised): {', '.join(self.new)}")
         for layer, why in self.skipped:
@@ -49,8 +51,13 @@ def load_by_name(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadRepor
         mismatch = [k for k in present if state[k].shape != target[k].shape]
         if mismatch:
             k = mismatch[0]
-            report.skipped.append((layer, f"shape {tuple(state[k].shape)} in the checkpoint, "
-                                          f"{tuple(target[k].shape)} here ({k.rsplit('.', 1)[1]})"))
+            report.skipped.append(
+                (
+                    layer,
+                    f"shape {tuple(state[k].shape)} in the checkpoint, "
+                    f"{tuple(target[k].shape)} here ({k.rsplit('.', 1)[1]})",
+                )
+            )
             continue
         updated.update({k: state[k] for k in present})
         report.loaded.append(layer)

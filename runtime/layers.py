@@ -50,7 +50,7 @@ class PaddedConv2d(nn.Conv2d):
 
 def crop(x: torch.Tensor, reference: torch.Tensor, top: int, left: int) -> torch.Tensor:
     """x[:, :, top:top+H_ref, left:left+W_ref]"""
-    return x[:, :, top:top + reference.shape[2], left:left + reference.shape[3]]
+    return x[:, :, top : top + reference.shape[2], left : left + reference.shape[3]]
 
 
 def add(*inputs: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,15 @@ def add(*inputs: torch.Tensor) -> torch.Tensor:
 def _conv(node: Node, shapes: list[Shape]) -> nn.Module:
     a = node.attrs
     top, left, bottom, right = a["padding"]
-    common = dict(in_channels=shapes[0][1], out_channels=a["channels"], kernel_size=a["kernel"],
-                  stride=a["stride"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
+    common = dict(
+        in_channels=shapes[0][1],
+        out_channels=a["channels"],
+        kernel_size=a["kernel"],
+        stride=a["stride"],
+        dilation=a["dilation"],
+        groups=a["groups"],
+        bias=a["bias"],
+    )
     if (top, left) == (bottom, right):
         return nn.Conv2d(padding=(top, left), **common)
     return PaddedConv2d(pads=a["padding"], **common)
@@ -69,17 +76,30 @@ def _conv(node: Node, shapes: list[Shape]) -> nn.Module:
 
 def _conv_transpose(node: Node, shapes: list[Shape]) -> nn.Module:
     a = node.attrs
-    return nn.ConvTranspose2d(shapes[0][1], a["channels"], a["kernel"], stride=a["stride"],
-                              padding=a["padding"][:2], output_padding=a["output_padding"],
-                              groups=a["groups"], bias=a["bias"], dilation=a["dilation"])
+    return nn.ConvTranspose2d(
+        shapes[0][1],
+        a["channels"],
+        a["kernel"],
+        stride=a["stride"],
+        padding=a["padding"][:2],
+        output_padding=a["output_padding"],
+        groups=a["groups"],
+        bias=a["bias"],
+        dilation=a["dilation"],
+    )
 
 
 def _pool(node: Node, shapes: list[Shape]) -> nn.Module:
     a = node.attrs
     if node.op == "max_pool":
         return nn.MaxPool2d(a["kernel"], a["stride"], a["padding"][:2], ceil_mode=a["ceil_mode"])
-    return nn.AvgPool2d(a["kernel"], a["stride"], a["padding"][:2], ceil_mode=a["ceil_mode"],
-                        count_include_pad=a["count_include_pad"])
+    return nn.AvgPool2d(
+        a["kernel"],
+        a["stride"],
+        a["padding"][:2],
+        ceil_mode=a["ceil_mode"],
+        count_include_pad=a["count_include_pad"],
+    )
 
 
 def _batch_norm(node: Node, shapes: list[Shape]) -> nn.Module:
@@ -93,8 +113,9 @@ def _upsample(node: Node, shapes: list[Shape]) -> nn.Module:
     align = a["align_corners"] if a["mode"] == "bilinear" else None
     if a["size"] is not None:
         return nn.Upsample(size=a["size"], mode=a["mode"], align_corners=align)
-    return nn.Upsample(scale_factor=tuple(float(s) for s in a["scale"]), mode=a["mode"],
-                       align_corners=align)
+    return nn.Upsample(
+        scale_factor=tuple(float(s) for s in a["scale"]), mode=a["mode"], align_corners=align
+    )
 
 
 _MODULES: dict[str, Callable[[Node, list[Shape]], nn.Module]] = {
@@ -108,8 +129,9 @@ _MODULES: dict[str, Callable[[Node, list[Shape]], nn.Module]] = {
     "adaptive_max_pool": lambda n, s: nn.AdaptiveMaxPool2d(n.attrs["output"]),
     "spp": lambda n, s: SpatialPyramidPool(n.attrs["levels"], n.attrs["mode"]),
     "batch_norm": _batch_norm,
-    "lrn": lambda n, s: nn.LocalResponseNorm(n.attrs["size"], n.attrs["alpha"], n.attrs["beta"],
-                                             n.attrs["k"]),
+    "lrn": lambda n, s: nn.LocalResponseNorm(
+        n.attrs["size"], n.attrs["alpha"], n.attrs["beta"], n.attrs["k"]
+    ),
     "relu": lambda n, s: nn.ReLU(),
     "leaky_relu": lambda n, s: nn.LeakyReLU(n.attrs["slope"]),
     "sigmoid": lambda n, s: nn.Sigmoid(),
@@ -137,4 +159,6 @@ def make_layer(node: Node, shapes: list[Shape], *, inplace: bool = False) -> nn.
     try:
         return _MODULES[node.op](node, shapes)
     except KeyError:
-        raise InternalError(f"no PyTorch lowering for op '{node.op}' (node '{node.name}')") from None
+        raise InternalError(
+            f"no PyTorch lowering for op '{node.op}' (node '{node.name}')"
+        ) from None

@@ -58,27 +58,46 @@ class Loss:
     def _error(self, message: str, expected: str, found: str) -> UserError:
         return UserError(f"error: loss {self.name}: {message} (expected {expected}, found {found})")
 
-    def _outputs(self, outputs: Tensor, layout: str, *, dims: int, exact: bool = True,
-                 num_classes: int | None = None) -> None:
+    def _outputs(
+        self,
+        outputs: Tensor,
+        layout: str,
+        *,
+        dims: int,
+        exact: bool = True,
+        num_classes: int | None = None,
+    ) -> None:
         """Check the network's outputs: `dims` dimensions (at least, unless `exact`) and
         `num_classes` scores along dimension 1."""
         if outputs.dim() < dims or (exact and outputs.dim() != dims):
-            raise self._error("the network's outputs have the wrong shape", layout,
-                              _shape(outputs))
+            raise self._error("the network's outputs have the wrong shape", layout, _shape(outputs))
         if num_classes is not None and outputs.shape[1] != num_classes:
-            raise self._error(f"the network gives {outputs.shape[1]} scores per example, "
-                              f"the data has {num_classes} classes",
-                              f"{num_classes} along dimension 1", _shape(outputs))
+            raise self._error(
+                f"the network gives {outputs.shape[1]} scores per example, "
+                f"the data has {num_classes} classes",
+                f"{num_classes} along dimension 1",
+                _shape(outputs),
+            )
 
-    def _labels(self, targets: Tensor, shape: tuple[int, ...], layout: str,
-                num_classes: int | None, ignore_index: int | None = None) -> Tensor:
+    def _labels(
+        self,
+        targets: Tensor,
+        shape: tuple[int, ...],
+        layout: str,
+        num_classes: int | None,
+        ignore_index: int | None = None,
+    ) -> Tensor:
         """Integer targets of `shape`, each in [0, num_classes) or `ignore_index`, as int64."""
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-            raise self._error("targets must be integer class labels", f"integer labels {layout}",
-                              f"{targets.dtype} {_shape(targets)}")
+            raise self._error(
+                "targets must be integer class labels",
+                f"integer labels {layout}",
+                f"{targets.dtype} {_shape(targets)}",
+            )
         if tuple(targets.shape) != shape:
-            raise self._error("targets have the wrong shape",
-                              f"{layout} = {shape}", _shape(targets))
+            raise self._error(
+                "targets have the wrong shape", f"{layout} = {shape}", _shape(targets)
+            )
         if num_classes is not None and targets.numel():
             bad = (targets < 0) | (targets >= num_classes)
             if ignore_index is not None:
@@ -87,8 +106,11 @@ class Loss:
                 expected = f"labels in 0..{num_classes - 1}"
                 if ignore_index is not None:
                     expected += f" or {ignore_index} (ignore_index)"
-                raise self._error("a target is not a class index", expected,
-                                  f"label {int(targets[bad].flatten()[0])}")
+                raise self._error(
+                    "a target is not a class index",
+                    expected,
+                    f"label {int(targets[bad].flatten()[0])}",
+                )
         return targets.long()
 
 
@@ -104,16 +126,21 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
 
-    def __init__(self, num_classes: int, label_smoothing: float,
-                 class_weights: list[float] | None) -> None:
+    def __init__(
+        self, num_classes: int, label_smoothing: float, class_weights: list[float] | None
+    ) -> None:
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         self.class_weights = class_weights
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         self._outputs(outputs, "(N, K)", dims=2, num_classes=self.num_classes)
         labels = self._labels(targets, tuple(outputs.shape[:1]), "(N,)", self.num_classes)
-        return F.cross_entropy(outputs, labels, weight=_weights(self.class_weights, outputs),
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            outputs,
+            labels,
+            weight=_weights(self.class_weights, outputs),
+            label_smoothing=self.label_smoothing,
+        )
 
 
 class Hinge(Loss):
@@ -156,12 +183,12 @@ class Regression(Loss):
         self._outputs(outputs, "(N, K, ...)", dims=2, exact=False)
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
-                raise self._error("float targets must have the outputs' shape",
-                                  _shape(outputs), _shape(targets))
+                raise self._error(
+                    "float targets must have the outputs' shape", _shape(outputs), _shape(targets)
+                )
             goal = targets.to(outputs.dtype)
         else:
-            self._outputs(outputs, "(N, K, ...)", dims=2, exact=False,
-                          num_classes=self.num_classes)
+            self._outputs(outputs, "(N, K, ...)", dims=2, exact=False, num_classes=self.num_classes)
             shape = (outputs.shape[0], *outputs.shape[2:])
             layout = "(N,)" if outputs.dim() == 2 else "(N, H, W)"
             labels = self._labels(targets, shape, layout, self.num_classes)
@@ -174,8 +201,7 @@ class Regression(Loss):
 def _distances(embeddings: Tensor) -> Tensor:
     """Pairwise squared Euclidean distances (N, N), from differences, not the Gram trick,
     which loses precision for near neighbours; cdist's gradient is 0 at distance 0."""
-    return torch.cdist(embeddings, embeddings,
-                       compute_mode="donot_use_mm_for_euclid_dist").square()
+    return torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
 class Contrastive(Loss):
@@ -246,8 +272,9 @@ class PixelCrossEntropy(Loss):
 
     name = "pixel_cross_entropy"
 
-    def __init__(self, num_classes: int, ignore_index: int,
-                 class_weights: list[float] | None) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int, class_weights: list[float] | None
+    ) -> None:
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.class_weights = class_weights
 
@@ -258,12 +285,14 @@ class PixelCrossEntropy(Loss):
                 "shape mismatch between the network's output and the masks: the output "
                 "must have the masks' height and width",
                 f"output {outputs.shape[2]}x{outputs.shape[3]} (H x W)",
-                f"masks {targets.shape[1]}x{targets.shape[2]}")
+                f"masks {targets.shape[1]}x{targets.shape[2]}",
+            )
         shape = (outputs.shape[0], *outputs.shape[2:])
         labels = self._labels(targets, shape, "(N, H, W)", self.num_classes, self.ignore_index)
         weight = _weights(self.class_weights, outputs)
-        total = F.cross_entropy(outputs, labels, weight=weight, ignore_index=self.ignore_index,
-                                reduction="sum")
+        total = F.cross_entropy(
+            outputs, labels, weight=weight, ignore_index=self.ignore_index, reduction="sum"
+        )
         counted = labels != self.ignore_index
         if weight is None:
             denominator = counted.sum().to(total.dtype)
@@ -290,8 +319,11 @@ def _class_weights(options: Options, num_classes: int) -> list[float] | None:
 
 def _make(name: str, options: Options, num_classes: int) -> Loss:
     if name == "cross_entropy":
-        return CrossEntropy(num_classes, options.number("label_smoothing", 0.0, low=0, high=1),
-                            _class_weights(options, num_classes))
+        return CrossEntropy(
+            num_classes,
+            options.number("label_smoothing", 0.0, low=0, high=1),
+            _class_weights(options, num_classes),
+        )
     if name == "hinge":
         margin = options.number("margin", 1.0, low=0, low_open=True)
         p = options.number("p", 1, integer=True, low=1, high=2)
@@ -299,17 +331,22 @@ def _make(name: str, options: Options, num_classes: int) -> Loss:
     if name in ("l1", "l2"):
         return Regression(name, num_classes)
     if name in ("contrastive", "triplet"):
-        margin = options.number("margin", 1.0 if name == "contrastive" else 0.2, low=0,
-                                low_open=True)
+        margin = options.number(
+            "margin", 1.0 if name == "contrastive" else 0.2, low=0, low_open=True
+        )
         return Contrastive(margin) if name == "contrastive" else Triplet(margin)
     if name == "pixel_cross_entropy":
-        return PixelCrossEntropy(num_classes, options.number("ignore_index", 255, integer=True),
-                                 _class_weights(options, num_classes))
+        return PixelCrossEntropy(
+            num_classes,
+            options.number("ignore_index", 255, integer=True),
+            _class_weights(options, num_classes),
+        )
     raise InternalError(f"loss '{name}' is listed but has no builder")
 
 
-def build_loss(config: str | dict[str, Any] | None, *, task: str, num_classes: int,
-               key: str = "training.loss") -> Loss:
+def build_loss(
+    config: str | dict[str, Any] | None, *, task: str, num_classes: int, key: str = "training.loss"
+) -> Loss:
     """The loss a `training.loss` setting names: `name` or `{type: name, option: value}`.
 
     Unset (or a mapping without `type`), the task picks it: classification →
@@ -320,13 +357,16 @@ def build_loss(config: str | dict[str, Any] | None, *, task: str, num_classes: i
     if task not in TASK_DEFAULTS:
         raise InternalError(f"build_loss: unknown task '{task}'")
     types = {name: options for name, (_, options) in LOSSES.items()}
-    name, options = parse_typed(config, key, types=types, default=TASK_DEFAULTS[task],
-                                what="loss")
+    name, options = parse_typed(config, key, types=types, default=TASK_DEFAULTS[task], what="loss")
     tasks = LOSSES[name][0]
     if task not in tasks:
         hint = "pixel_cross_entropy is cross-entropy per pixel" if name == "cross_entropy" else None
         type_key = f"{key}.type" if isinstance(config, dict) else key
-        raise config_error(type_key, f"loss '{name}' does not fit a {task} network",
-                           expected=" or ".join(n for n, (t, _) in LOSSES.items() if task in t),
-                           found=f"'{name}' (a {' / '.join(tasks)} loss)", hint=hint)
+        raise config_error(
+            type_key,
+            f"loss '{name}' does not fit a {task} network",
+            expected=" or ".join(n for n, (t, _) in LOSSES.items() if task in t),
+            found=f"'{name}' (a {' / '.join(tasks)} loss)",
+            hint=hint,
+        )
     return _make(name, options, num_classes)

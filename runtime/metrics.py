@@ -17,8 +17,7 @@ def confusion_matrix(scores: torch.Tensor, masks: torch.Tensor, num_classes: int
     truth = masks.flatten()
     keep = truth != IGNORE_INDEX
     index = truth[keep] * num_classes + predicted[keep]
-    return torch.bincount(index, minlength=num_classes * num_classes).view(
-        num_classes, num_classes)
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
 def mean_iou(confusion: torch.Tensor) -> float:

@@ -67,8 +67,11 @@ def build_module(graph: Graph, *, seed: int | None = None) -> fx.GraphModule:
         elif node.op == "crop":
             value = fx_graph.call_function(layers.crop, (*args, *node.attrs["offset"]))
         else:
-            sole_reader = (len(node.inputs) == 1 and node.inputs[0] not in kept
-                           and len(consumers[node.inputs[0]]) == 1)
+            sole_reader = (
+                len(node.inputs) == 1
+                and node.inputs[0] not in kept
+                and len(consumers[node.inputs[0]]) == 1
+            )
             _register(root, node.name, layers.make_layer(node, in_shapes, inplace=sole_reader))
             value = fx_graph.call_module(node.name, args)
         value.name = _py_name(node.name)

@@ -33,8 +33,9 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
 DEFAULT_LR = {"sgd": 0.01, "rmsprop": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
 
-def _param_groups(module: torch.nn.Module, weight_decay: float,
-                  decay_all: bool) -> list[dict[str, Any]]:
+def _param_groups(
+    module: torch.nn.Module, weight_decay: float, decay_all: bool
+) -> list[dict[str, Any]]:
     """Trainable parameters in a decayed group and an undecayed one (biases and
     normalisation scales/shifts: every parameter of at most one dimension, as timm does)."""
     decay, no_decay = [], []
@@ -47,13 +48,16 @@ def _param_groups(module: torch.nn.Module, weight_decay: float,
         raise UserError("error: nothing to train: every parameter of the network is frozen")
     if weight_decay == 0:
         return [{"params": decay + no_decay, "weight_decay": 0.0}]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(module: torch.nn.Module, config: dict[str, Any] | str | None, *,
-                    key: str = "training.optimizer") -> torch.optim.Optimizer:
+def build_optimizer(
+    module: torch.nn.Module, config: dict[str, Any] | str | None, *, key: str = "training.optimizer"
+) -> torch.optim.Optimizer:
     """The optimizer a `training.optimizer` setting names, over the trainable parameters.
 
     | type | options (defaults) |
@@ -76,8 +80,12 @@ def build_optimizer(module: torch.nn.Module, config: dict[str, Any] | str | None
         momentum = options.number("momentum", 0.9, low=0, high=1, high_open=True)
         nesterov = options.boolean("nesterov", False)
         if nesterov and momentum == 0:
-            raise config_error(f"{key}.nesterov", "Nesterov momentum needs momentum > 0",
-                               expected="momentum > 0", found="momentum 0")
+            raise config_error(
+                f"{key}.nesterov",
+                "Nesterov momentum needs momentum > 0",
+                expected="momentum > 0",
+                found="momentum 0",
+            )
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     eps = options.number("eps", 1e-8, low=0, low_open=True)
     if kind == "rmsprop":
@@ -110,11 +118,11 @@ class Schedule:
 
     kind = "none"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, warmup_steps: int,
-                 key: str) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, *, warmup_steps: int, key: str) -> None:
         self.optimizer, self.warmup_steps, self.key = optimizer, warmup_steps, key
-        self.base_lrs = [group.setdefault("initial_lr", group["lr"])
-                         for group in optimizer.param_groups]
+        self.base_lrs = [
+            group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups
+        ]
         self.steps = 0
         self.epochs = 0
         self._apply()
@@ -158,21 +166,30 @@ class Schedule:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "steps": self.steps, "epochs": self.epochs,
-                "base_lrs": list(self.base_lrs), **self._extra_state()}
+        return {
+            "type": self.kind,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "base_lrs": list(self.base_lrs),
+            **self._extra_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a saved run: the lrs that follow are the ones it would have used."""
         if state.get("type") != self.kind:
-            raise config_error(self.key, "the checkpoint was trained with another schedule",
-                               expected=f"'{state.get('type')}' (the checkpoint's)",
-                               found=f"'{self.kind}'",
-                               hint="resume with the run's schedule, or start a new run "
-                                    "with --init-from")
+            raise config_error(
+                self.key,
+                "the checkpoint was trained with another schedule",
+                expected=f"'{state.get('type')}' (the checkpoint's)",
+                found=f"'{self.kind}'",
+                hint="resume with the run's schedule, or start a new run with --init-from",
+            )
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
-            raise UserError(f"error: the checkpoint's schedule has {len(state['base_lrs'])} "
-                            f"parameter groups, this optimizer "
-                            f"{len(self.optimizer.param_groups)}: was weight_decay changed?")
+            raise UserError(
+                f"error: the checkpoint's schedule has {len(state['base_lrs'])} "
+                f"parameter groups, this optimizer "
+                f"{len(self.optimizer.param_groups)}: was weight_decay changed?"
+            )
         self.steps, self.epochs = int(state["steps"]), int(state["epochs"])
         self.base_lrs = [float(lr) for lr in state["base_lrs"]]
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
@@ -187,8 +204,9 @@ class StepSchedule(Schedule):
 
     kind = "step"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, step_size: int, gamma: float,
-                 **common: Any) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, step_size: int, gamma: float, **common: Any
+    ) -> None:
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer, **common)
 
@@ -202,8 +220,9 @@ class CosineSchedule(Schedule):
 
     kind = "cosine"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, min_lr: float,
-                 **common: Any) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, total_steps: int, min_lr: float, **common: Any
+    ) -> None:
         self.min_lr = min_lr
         self.cosine_steps = total_steps - common["warmup_steps"]
         super().__init__(optimizer, **common)
@@ -224,17 +243,20 @@ class PlateauSchedule(Schedule):
     kind = "plateau"
     threshold = 1e-4
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float, patience: int,
-                 **common: Any) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, factor: float, patience: int, **common: Any
+    ) -> None:
         self.factor, self.patience = factor, patience
         self.best, self.bad_epochs, self.scale = math.inf, 0, 1.0
         super().__init__(optimizer, **common)
 
     def _end_epoch(self, metric: float | None) -> None:
         if metric is None:
-            raise config_error(self.key, "the plateau schedule needs a validation loss "
-                                         "every epoch, and this run has none",
-                               hint="set training.val_fraction above 0, or use another schedule")
+            raise config_error(
+                self.key,
+                "the plateau schedule needs a validation loss every epoch, and this run has none",
+                hint="set training.val_fraction above 0, or use another schedule",
+            )
         metric = float(metric)
         if metric < self.best * (1 - self.threshold):  # NaN never improves
             self.best, self.bad_epochs = metric, 0
@@ -251,9 +273,14 @@ class PlateauSchedule(Schedule):
         return {"best": self.best, "bad_epochs": self.bad_epochs, "scale": self.scale}
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | str | None, *,
-                    epochs: int, steps_per_epoch: int,
-                    key: str = "training.schedule") -> Schedule:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any] | str | None,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    key: str = "training.schedule",
+) -> Schedule:
     """The lr schedule a `training.schedule` setting names, for `epochs` × `steps_per_epoch` steps.
 
     | type | options (defaults) |
@@ -274,18 +301,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | s
     warmup_steps = max(1, round(warmup_epochs * steps_per_epoch)) if warmup_epochs else 0
     common = {"warmup_steps": warmup_steps, "key": key}
     if kind == "step":
-        step_size = options.number("step_size", max(1, math.ceil(epochs / 3)), integer=True,
-                                   low=1)
+        step_size = options.number("step_size", max(1, math.ceil(epochs / 3)), integer=True, low=1)
         gamma = options.number("gamma", 0.1, low=0, high=1, low_open=True)
         return StepSchedule(optimizer, step_size=step_size, gamma=gamma, **common)
     if kind == "cosine":
         min_lr = options.number("min_lr", 0.0, low=0)
         lowest = min(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
         if min_lr > lowest:
-            raise config_error(f"{key}.min_lr", "must not exceed the optimizer's lr",
-                               expected=f"<= {lowest:g}", found=f"{min_lr:g}")
-        return CosineSchedule(optimizer, total_steps=epochs * steps_per_epoch, min_lr=min_lr,
-                              **common)
+            raise config_error(
+                f"{key}.min_lr",
+                "must not exceed the optimizer's lr",
+                expected=f"<= {lowest:g}",
+                found=f"{min_lr:g}",
+            )
+        return CosineSchedule(
+            optimizer, total_steps=epochs * steps_per_epoch, min_lr=min_lr, **common
+        )
     if kind == "plateau":
         factor = options.number("factor", 0.1, low=0, high=1, low_open=True, high_open=True)
         patience = options.number("patience", 5, integer=True, low=0)
@@ -293,8 +324,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any] | s
     return Schedule(optimizer, **common)
 
 
-def clip_gradients(module: torch.nn.Module, max_norm: float | None, *,
-                   key: str = "training.clip_grad_norm") -> float | None:
+def clip_gradients(
+    module: torch.nn.Module, max_norm: float | None, *, key: str = "training.clip_grad_norm"
+) -> float | None:
     """Scale all gradients down so their global L2 norm is at most `max_norm`.
 
     Returns the norm before clipping (None when `max_norm` is None: nothing is
@@ -313,4 +345,3 @@ def clip_gradients(module: torch.nn.Module, max_norm: float | None, *,
     if math.isfinite(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return norm
-

@@ -18,9 +18,15 @@ from netc.compiler.ops.attrs import describe
 from netc.errors import ConfigError, SourceLoc, did_you_mean
 
 
-def config_error(key: str, message: str, *, expected: str | None = None,
-                 found: str | None = None, hint: str | None = None,
-                 loc: SourceLoc | None = None) -> ConfigError:
+def config_error(
+    key: str,
+    message: str,
+    *,
+    expected: str | None = None,
+    found: str | None = None,
+    hint: str | None = None,
+    loc: SourceLoc | None = None,
+) -> ConfigError:
     """A ConfigError whose text ends with `hint: ...` on its own line, like SpecError's."""
     error = ConfigError(key, message, expected=expected, found=found, loc=loc)
     error.hint = hint
@@ -70,54 +76,92 @@ class Options:
     def _error(self, name: str, message: str, **details: Any) -> ConfigError:
         return config_error(f"{self.key}.{name}", message, loc=_loc(self.values, name), **details)
 
-    def number(self, name: str, default: float | None, *, low: float | None = None,
-               high: float | None = None, low_open: bool = False, high_open: bool = False,
-               integer: bool = False) -> float | None:
+    def number(
+        self,
+        name: str,
+        default: float | None,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: bool = False,
+    ) -> float | None:
         """A finite number in the given interval (an int when `integer`); `default` when unset."""
         value = self.values.get(name, default)
         if value is None and default is None:
             return None
         kind = "an integer" if integer else "a number"
         if not _is_number(value) or (integer and not float(value).is_integer()):
-            raise self._error(name, f"must be {kind}", expected=kind, found=describe(value),
-                              hint=_number_hint(value))
+            raise self._error(
+                name,
+                f"must be {kind}",
+                expected=kind,
+                found=describe(value),
+                hint=_number_hint(value),
+            )
         if not math.isfinite(value):
             raise self._error(name, "must be finite", expected=kind, found=describe(value))
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
-            raise self._error(name, "out of range",
-                              expected=_interval(low, high, low_open, high_open),
-                              found=describe(value))
+            raise self._error(
+                name,
+                "out of range",
+                expected=_interval(low, high, low_open, high_open),
+                found=describe(value),
+            )
         return int(value) if integer else float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.values.get(name, default)
         if not isinstance(value, bool):
-            raise self._error(name, "must be true or false", expected="true or false",
-                              found=describe(value))
+            raise self._error(
+                name, "must be true or false", expected="true or false", found=describe(value)
+            )
         return value
 
-    def numbers(self, name: str, default: list[float] | None, *, length: int,
-                low: float | None = None, high: float | None = None, low_open: bool = False,
-                high_open: bool = False) -> list[float] | None:
+    def numbers(
+        self,
+        name: str,
+        default: list[float] | None,
+        *,
+        length: int,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> list[float] | None:
         """A list of `length` numbers, each in the interval; `default` when unset."""
         value = self.values.get(name, default)
         if value is None:
             return None
         if not isinstance(value, (list, tuple)):
-            raise self._error(name, f"must be a list of {length} numbers",
-                              expected=f"a list of {length} numbers", found=describe(value))
+            raise self._error(
+                name,
+                f"must be a list of {length} numbers",
+                expected=f"a list of {length} numbers",
+                found=describe(value),
+            )
         if len(value) != length:
-            raise self._error(name, f"must have {length} entries", expected=f"{length} entries",
-                              found=f"{len(value)} entries")
+            raise self._error(
+                name,
+                f"must have {length} entries",
+                expected=f"{length} entries",
+                found=f"{len(value)} entries",
+            )
         items = Options({f"{name}[{i}]": v for i, v in enumerate(value)}, self.key)
-        return [items.number(f"{name}[{i}]", None, low=low, high=high, low_open=low_open,
-                             high_open=high_open) for i in range(length)]
+        return [
+            items.number(
+                f"{name}[{i}]", None, low=low, high=high, low_open=low_open, high_open=high_open
+            )
+            for i in range(length)
+        ]
 
 
-def parse_typed(config: Any, key: str, *, types: Mapping[str, Collection[str]],
-                default: str, what: str) -> tuple[str, Options]:
+def parse_typed(
+    config: Any, key: str, *, types: Mapping[str, Collection[str]], default: str, what: str
+) -> tuple[str, Options]:
     """Split a setting into its type and options; `types` maps each type to its option names.
 
     A setting is `None` (the default type), a type name, or a mapping with an
@@ -130,20 +174,33 @@ def parse_typed(config: Any, key: str, *, types: Mapping[str, Collection[str]],
     elif isinstance(config, Mapping):
         kind, values, type_key = config.get("type", default), config, f"{key}.type"
     else:
-        raise config_error(key, f"must be a {what} name or a mapping",
-                           expected="a name or {type: name, ...}", found=describe(config),
-                           loc=_loc(config))
+        raise config_error(
+            key,
+            f"must be a {what} name or a mapping",
+            expected="a name or {type: name, ...}",
+            found=describe(config),
+            loc=_loc(config),
+        )
     if not isinstance(kind, str) or kind not in types:
         hint = did_you_mean(str(kind), types) or did_you_mean(str(kind).lower(), types)
-        raise config_error(type_key, f"unknown {what}", expected=" or ".join(types),
-                           found=describe(kind), hint=hint,
-                           loc=_loc(config, "type") if isinstance(config, Mapping) else None)
+        raise config_error(
+            type_key,
+            f"unknown {what}",
+            expected=" or ".join(types),
+            found=describe(kind),
+            hint=hint,
+            loc=_loc(config, "type") if isinstance(config, Mapping) else None,
+        )
     allowed = types[kind]
     for name in values:
         if name != "type" and name not in allowed:
             expected = f"one of {', '.join(sorted(allowed))}" if allowed else "no options"
-            raise config_error(f"{key}.{name}", f"unknown option for {what} '{kind}'",
-                               expected=expected, found=f"'{name}'",
-                               hint=did_you_mean(str(name), allowed),
-                               loc=config.key_loc(name) if hasattr(config, "key_loc") else None)
+            raise config_error(
+                f"{key}.{name}",
+                f"unknown option for {what} '{kind}'",
+                expected=expected,
+                found=f"'{name}'",
+                hint=did_you_mean(str(name), allowed),
+                loc=config.key_loc(name) if hasattr(config, "key_loc") else None,
+            )
     return kind, Options(values, key)

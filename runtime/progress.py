@@ -21,8 +21,10 @@ class Progress:
         width = 24
         filled = int(width * done / max(self.total, 1))
         stats = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-        sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{self.total}  {stats}  {now - self.start:.1f}s\033[K")
+        sys.stderr.write(
+            f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{done}/{self.total}  {stats}  {now - self.start:.1f}s\033[K"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -75,8 +75,9 @@ def _say(message: str, quiet: bool) -> None:
 
 def _compile(source: str, params: dict[str, Any], stored: dict[str, Any] | None) -> Network:
     if stored is not None:
-        return load_string(stored["description"], file=stored["description_file"],
-                           params=stored["params"])
+        return load_string(
+            stored["description"], file=stored["description_file"], params=stored["params"]
+        )
     return load(source, params=params)
 
 
@@ -85,8 +86,9 @@ def _network_classes(network: Network) -> int:
     return shape[1]
 
 
-def _fit_to_data(network: Network, source: str, params: dict[str, Any],
-                 data: ArrayDataset, quiet: bool) -> tuple[Network, dict[str, Any]]:
+def _fit_to_data(
+    network: Network, source: str, params: dict[str, Any], data: ArrayDataset, quiet: bool
+) -> tuple[Network, dict[str, Any]]:
     """Match the head to the data: set the network's num_classes when it has one."""
     classes = len(data.classes)
     if network.graph.task == "embedding" or _network_classes(network) == classes:
@@ -98,20 +100,24 @@ def _fit_to_data(network: Network, source: str, params: dict[str, Any],
     raise DataError(
         f"error: the network's output has {_network_classes(network)} classes but the data "
         f"set {data.source} has {classes}\n  hint: set the head's size, e.g. "
-        f"--set num_classes={classes}")
+        f"--set num_classes={classes}"
+    )
 
 
 def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> ArrayDataset:
     graph = network.graph
     task = graph.task
     if task != "embedding" and data.task != task:
-        raise DataError(f"error: {graph.name} is a {task} network but {data.source} is a "
-                        f"{data.task} data set")
+        raise DataError(
+            f"error: {graph.name} is a {task} network but {data.source} is a {data.task} data set"
+        )
     shape = next(iter(graph.inputs.values())).shape
     channels = data.images.shape[1]
     if shape[1] != channels:
-        raise DataError(f"error: {graph.name} takes {shape[1]}-channel input but {data.source} "
-                        f"has {channels}-channel images")
+        raise DataError(
+            f"error: {graph.name} takes {shape[1]}-channel input but {data.source} "
+            f"has {channels}-channel images"
+        )
     size = config.input_size
     if size is None and all(isinstance(d, int) for d in shape[2:]):
         size = (shape[2], shape[3])
@@ -120,8 +126,15 @@ def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> Ar
     return data
 
 
-def prepare(source: str, data_spec: str, *, overrides: dict[str, Any], params: dict[str, Any],
-            stored: dict[str, Any] | None, quiet: bool) -> _Run:
+def prepare(
+    source: str,
+    data_spec: str,
+    *,
+    overrides: dict[str, Any],
+    params: dict[str, Any],
+    stored: dict[str, Any] | None,
+    quiet: bool,
+) -> _Run:
     """Steps 1-2: the network, its settings and the data, all checked."""
     network = _compile(source, params, stored)
     config = parse_training(network.spec.training, overrides)
@@ -135,12 +148,17 @@ def prepare(source: str, data_spec: str, *, overrides: dict[str, Any], params: d
     data = _check_data(network, data, config)
     train_set, val_set = split(data, config.val_fraction, config.seed)
     if len(train_set) < config.batch_size:
-        raise DataError(f"error: batch size {config.batch_size} is larger than the training "
-                        f"split ({len(train_set)} samples of {data.source})\n"
-                        f"  hint: --batch-size {max(1, len(train_set) // 4)}")
-    preprocessing = fit_preprocessing(train_set.images, normalize=config.normalize,
-                                      pca_whitening=config.pca_whitening,
-                                      input_size=tuple(train_set.images.shape[2:]))
+        raise DataError(
+            f"error: batch size {config.batch_size} is larger than the training "
+            f"split ({len(train_set)} samples of {data.source})\n"
+            f"  hint: --batch-size {max(1, len(train_set) // 4)}"
+        )
+    preprocessing = fit_preprocessing(
+        train_set.images,
+        normalize=config.normalize,
+        pca_whitening=config.pca_whitening,
+        input_size=tuple(train_set.images.shape[2:]),
+    )
     return _Run(network, config, train_set, val_set, preprocessing, list(data.classes), params)
 
 
@@ -169,13 +187,21 @@ def _first_output(outputs: Any) -> torch.Tensor:
 def _freeze_frozen_norms(module: nn.Module) -> None:
     """Frozen batch norms keep their running statistics too (eval mode in training)."""
     for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine \
-                and not any(p.requires_grad for p in layer.parameters(recurse=False)):
+        if (
+            isinstance(layer, nn.modules.batchnorm._BatchNorm)
+            and layer.affine
+            and not any(p.requires_grad for p in layer.parameters(recurse=False))
+        ):
             layer.eval()
 
 
-def _batches(count: int, batch: int, generator: torch.Generator,
-             sampler_labels: torch.Tensor | None, seed: int) -> list[torch.Tensor]:
+def _batches(
+    count: int,
+    batch: int,
+    generator: torch.Generator,
+    sampler_labels: torch.Tensor | None,
+    seed: int,
+) -> list[torch.Tensor]:
     if sampler_labels is not None:
         order = torch.tensor(list(balanced_sampler(sampler_labels, count, seed)))
     else:
@@ -184,8 +210,9 @@ def _batches(count: int, batch: int, generator: torch.Generator,
     return list(order[:usable].split(batch))
 
 
-def evaluate(module: nn.Module, run: _Run, loss_fn, device: torch.device,
-             autocast) -> dict[str, float]:
+def evaluate(
+    module: nn.Module, run: _Run, loss_fn, device: torch.device, autocast
+) -> dict[str, float]:
     """Validation loss and the task's metric over the whole validation split."""
     module.eval()
     images, targets = run.val_set.images, run.val_set.targets
@@ -196,8 +223,8 @@ def evaluate(module: nn.Module, run: _Run, loss_fn, device: torch.device,
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     with torch.no_grad():
         for start in range(0, len(images), EVAL_BATCH):
-            x = images[start:start + EVAL_BATCH].to(device)
-            y = targets[start:start + EVAL_BATCH].to(device)
+            x = images[start : start + EVAL_BATCH].to(device)
+            y = targets[start : start + EVAL_BATCH].to(device)
             with autocast:
                 scores = _first_output(module(x))
             scores = scores.float()
@@ -214,24 +241,37 @@ def evaluate(module: nn.Module, run: _Run, loss_fn, device: torch.device,
     return result
 
 
-def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] | None = None,
-          params: dict[str, Any] | None = None, resume: bool = False,
-          init_from: str | None = None, quiet: bool = False) -> RunResult:
+def train(
+    source: str,
+    data: str,
+    out: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    resume: bool = False,
+    init_from: str | None = None,
+    quiet: bool = False,
+) -> RunResult:
     """Train a network description on a data set; see the module docstring for the steps."""
     started = time.perf_counter()
     run_dir = Path(out)
     stored = checkpoint.load(run_dir / "last.pt") if resume else None
     if stored is None and (run_dir / "last.pt").exists():
-        raise UserError(f"error: {run_dir} already holds a run\n"
-                        "  hint: add --resume to continue it, or choose another --out")
-    run = prepare(source, data, overrides=overrides or {}, params=params or {}, stored=stored,
-                  quiet=quiet)
+        raise UserError(
+            f"error: {run_dir} already holds a run\n"
+            "  hint: add --resume to continue it, or choose another --out"
+        )
+    run = prepare(
+        source, data, overrides=overrides or {}, params=params or {}, stored=stored, quiet=quiet
+    )
     config = run.config
     device = _device(config)
     world = distrib.init_world(device)
     if world.distributed and config.batch_size % world.size:
-        raise UserError(f"error: batch size {config.batch_size} does not split evenly over "
-                        f"{world.size} processes")
+        raise UserError(
+            f"error: batch size {config.batch_size} does not split evenly over "
+            f"{world.size} processes"
+        )
     module = build_module(run.network.graph, seed=config.seed)
     if init_from and stored is None:
         report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
@@ -244,8 +284,9 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
     loss_fn = build_loss(config.loss, task=task, num_classes=len(run.classes))
     optimizer = build_optimizer(module, config.optimizer)
     train_batches = len(run.train_set) // config.batch_size
-    schedule = build_scheduler(optimizer, config.schedule, epochs=config.epochs,
-                               steps_per_epoch=train_batches)
+    schedule = build_scheduler(
+        optimizer, config.schedule, epochs=config.epochs, steps_per_epoch=train_batches
+    )
     metric_name = config.metric or TASK_METRICS[task]
     history: list[dict[str, Any]] = []
     best, best_epoch, first_epoch = None, None, 1
@@ -257,8 +298,7 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
         first_epoch = stored["epoch"] + 1
         if (overrides or {}).get("lr") is not None:  # an explicit --lr wins over the saved state
             schedule.set_base_lr(overrides["lr"])
-    trained = (torch.nn.parallel.DistributedDataParallel(module) if world.distributed
-               else module)
+    trained = torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
     autocast, scaler = _autocast(device, config.precision)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,14 +313,18 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
         generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
         module.train()
         _freeze_frozen_norms(module)
-        batches = _batches(len(images), config.batch_size, generator, labels,
-                           config.seed * 1_000_037 + epoch)
-        progress = Progress(len(batches), f"epoch {epoch}/{config.epochs}",
-                            enabled=not quiet and world.is_main)
+        batches = _batches(
+            len(images), config.batch_size, generator, labels, config.seed * 1_000_037 + epoch
+        )
+        progress = Progress(
+            len(batches), f"epoch {epoch}/{config.epochs}", enabled=not quiet and world.is_main
+        )
         loss_sum, seen = 0.0, 0
         for step, index in enumerate(batches, 1):
             x, y = augment(images[index], targets[index], generator)
-            shard = slice(world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size)
+            shard = slice(
+                world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
+            )
             x, y = x[shard].to(device, non_blocking=True), y[shard].to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -293,7 +337,8 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
                     f"error: the loss became {float(loss)} at epoch {epoch}, batch {step}; "
                     f"training stopped\n  hint: lower the learning rate (now {schedule.lr():.3g})"
                     " or set clip_grad_norm; the last good checkpoint is "
-                    + (str(run_dir / "last.pt") if (run_dir / "last.pt").exists() else "(none yet)"))
+                    + (str(run_dir / "last.pt") if (run_dir / "last.pt").exists() else "(none yet)")
+                )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -334,12 +379,20 @@ def train(source: str, data: str, out: str | Path, *, overrides: dict[str, Any] 
     if writer is not None:
         writer.close()
     distrib.shutdown(world)
-    return RunResult(run_dir, metric_name, best, best_epoch, epoch - first_epoch + 1,
-                     time.perf_counter() - started, history)
+    return RunResult(
+        run_dir,
+        metric_name,
+        best,
+        best_epoch,
+        epoch - first_epoch + 1,
+        time.perf_counter() - started,
+        history,
+    )
 
 
-def _state(run: _Run, module: nn.Module, optimizer, schedule, epoch: int, best, best_epoch,
-           history) -> dict[str, Any]:
+def _state(
+    run: _Run, module: nn.Module, optimizer, schedule, epoch: int, best, best_epoch, history
+) -> dict[str, Any]:
     graph = run.network.graph
     return {
         "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},

@@ -37,7 +37,11 @@ def test_compile_json_and_output_file_agree(tmp_path, capsys):
     assert printed["params"] == 475 and printed["macs"] == 1728
     assert [layer["name"] for layer in printed["layers"]] == ["conv", "relu", "flat", "fc"]
     assert printed["layers"][0]["receptive_field"] == {
-        "size": [3, 3], "stride": [1, 1], "offset": [1, 1], "whole_input": False}
+        "size": [3, 3],
+        "stride": [1, 1],
+        "offset": [1, 1],
+        "whole_input": False,
+    }
 
 
 def test_input_shape_fixes_open_sizes(capsys):
@@ -60,14 +64,20 @@ def test_zoo_lists_networks(capsys):
 
 
 def test_bad_input_shape_is_a_usage_error(capsys):
-    result = subprocess.run([sys.executable, "-m", "netc", "compile", "lenet5",
-                             "--input-shape", "3,x,224"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "netc", "compile", "lenet5", "--input-shape", "3,x,224"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "not a shape" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_file_exits_2_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "netc", "compile",
-                             str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "netc", "compile", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "no such network file" in result.stderr and "Traceback" not in result.stderr

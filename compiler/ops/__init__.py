@@ -26,12 +26,29 @@ from netc.compiler.ops.structure import ADD, CONCAT, CROP, FC, FLATTEN, UPSAMPLE
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in (
-        CONV, CONV_TRANSPOSE,
-        MAX_POOL, AVG_POOL, GLOBAL_AVG_POOL, GLOBAL_MAX_POOL, ADAPTIVE_AVG_POOL, ADAPTIVE_MAX_POOL,
+        CONV,
+        CONV_TRANSPOSE,
+        MAX_POOL,
+        AVG_POOL,
+        GLOBAL_AVG_POOL,
+        GLOBAL_MAX_POOL,
+        ADAPTIVE_AVG_POOL,
+        ADAPTIVE_MAX_POOL,
         SPP,
-        BATCH_NORM, LRN,
-        RELU, LEAKY_RELU, SIGMOID, TANH, SOFTMAX, DROPOUT,
-        FLATTEN, FC, CONCAT, ADD, CROP, UPSAMPLE,
+        BATCH_NORM,
+        LRN,
+        RELU,
+        LEAKY_RELU,
+        SIGMOID,
+        TANH,
+        SOFTMAX,
+        DROPOUT,
+        FLATTEN,
+        FC,
+        CONCAT,
+        ADD,
+        CROP,
+        UPSAMPLE,
     )
 }
 

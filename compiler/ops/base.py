@@ -21,8 +21,13 @@ class ShapeError(ValueError):
     """
 
     def __init__(
-        self, message: str, *, expected: str | None = None, found: str | None = None,
-        hint: str | None = None, attr: str | None = None,
+        self,
+        message: str,
+        *,
+        expected: str | None = None,
+        found: str | None = None,
+        hint: str | None = None,
+        attr: str | None = None,
     ) -> None:
         self.message, self.expected, self.found, self.hint = message, expected, found, hint
         self.attr = attr

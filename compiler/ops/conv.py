@@ -20,8 +20,12 @@ def _check_groups(attrs: Attrs, in_channels: int, what: str) -> None:
 
 
 def _normalize_conv(attrs: Attrs) -> Attrs:
-    return {**attrs, "padding": resolve_padding(
-        attrs["padding"], attrs["kernel"], attrs["dilation"], attrs["stride"])}
+    return {
+        **attrs,
+        "padding": resolve_padding(
+            attrs["padding"], attrs["kernel"], attrs["dilation"], attrs["stride"]
+        ),
+    }
 
 
 def _infer_conv(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -31,8 +35,16 @@ def _infer_conv(attrs: Attrs, inputs: list[Shape]) -> Shape:
     top, left, bottom, right = attrs["padding"]
     pads = ((top, bottom), (left, right))
     spatial = tuple(
-        window_out(x[2 + i], attrs["kernel"][i], attrs["stride"][i], attrs["dilation"][i],
-                   pads[i][0], pads[i][1], False, AXES[i])
+        window_out(
+            x[2 + i],
+            attrs["kernel"][i],
+            attrs["stride"][i],
+            attrs["dilation"][i],
+            pads[i][0],
+            pads[i][1],
+            False,
+            AXES[i],
+        )
         for i in range(2)
     )
     return (x[0], attrs["channels"], *spatial)
@@ -87,12 +99,14 @@ def _infer_transpose(attrs: Attrs, inputs: list[Shape]) -> Shape:
         if out_pad >= max(s, d):
             raise ShapeError(
                 f"output_padding along the {AXES[i]} must be smaller than stride or dilation",
-                expected=f"output_padding < {max(s, d)}", found=str(out_pad),
+                expected=f"output_padding < {max(s, d)}",
+                found=str(out_pad),
                 attr="output_padding",
             )
         # (x - 1)·s - 2p + d·(k - 1) + output_padding + 1
-        size = sym.add(sym.mul(sym.add(x[2 + i], -1), s),
-                       -2 * attrs["padding"][i] + d * (k - 1) + out_pad + 1)
+        size = sym.add(
+            sym.mul(sym.add(x[2 + i], -1), s), -2 * attrs["padding"][i] + d * (k - 1) + out_pad + 1
+        )
         spatial.append(check_positive(size, f"conv_transpose output {AXES[i]}"))
     return (x[0], attrs["channels"], *spatial)
 

@@ -17,8 +17,9 @@ def _feature_map(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 def _bn_shape(attrs: Attrs, inputs: list[Shape]) -> Shape:
     if len(inputs[0]) not in (2, 4):
-        raise ShapeError("batch_norm needs (N, C) or (N, C, H, W) input",
-                         found=f"rank {len(inputs[0])}")
+        raise ShapeError(
+            "batch_norm needs (N, C) or (N, C, H, W) input", found=f"rank {len(inputs[0])}"
+        )
     return inputs[0]
 
 
@@ -35,7 +36,7 @@ def _bn_buffers(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]]
 BATCH_NORM = OpDef(
     name="batch_norm",
     doc="y = (x - mean) / sqrt(var + eps) · γ + β per channel; batch statistics in "
-        "training, running statistics (updated with momentum) at inference.",
+    "training, running statistics (updated with momentum) at inference.",
     attrs={
         "eps": a.Attr(a.number(low=0.0), 1e-5),
         "momentum": a.Attr(a.number(0.0, 1.0), 0.1),
@@ -51,7 +52,7 @@ BATCH_NORM = OpDef(
 LRN = OpDef(
     name="lrn",
     doc="Local response normalisation across `size` neighbouring channels: "
-        "y = x / (k + α/size · Σ x²)^β (PyTorch's and ONNX's convention).",
+    "y = x / (k + α/size · Σ x²)^β (PyTorch's and ONNX's convention).",
     attrs={
         "size": a.Attr(a.positive_int),
         "alpha": a.Attr(a.number(), 1e-4),
@@ -64,8 +65,11 @@ LRN = OpDef(
 
 RELU = OpDef(name="relu", doc="max(x, 0)", attrs={}, infer=_same_shape, rf="pointwise")
 LEAKY_RELU = OpDef(
-    name="leaky_relu", doc="x if x > 0 else slope·x",
-    attrs={"slope": a.Attr(a.number(), 0.01)}, infer=_same_shape, rf="pointwise",
+    name="leaky_relu",
+    doc="x if x > 0 else slope·x",
+    attrs={"slope": a.Attr(a.number(), 0.01)},
+    infer=_same_shape,
+    rf="pointwise",
 )
 SIGMOID = OpDef(name="sigmoid", doc="1 / (1 + e^-x)", attrs={}, infer=_same_shape, rf="pointwise")
 TANH = OpDef(name="tanh", doc="tanh(x)", attrs={}, infer=_same_shape, rf="pointwise")
@@ -74,18 +78,27 @@ TANH = OpDef(name="tanh", doc="tanh(x)", attrs={}, infer=_same_shape, rf="pointw
 def _softmax_shape(attrs: Attrs, inputs: list[Shape]) -> Shape:
     rank = len(inputs[0])
     if not -rank <= attrs["axis"] < rank or attrs["axis"] % rank == 0:
-        raise ShapeError("softmax axis out of range (or the batch axis)",
-                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]),
-                         attr="axis")
+        raise ShapeError(
+            "softmax axis out of range (or the batch axis)",
+            expected=f"an axis in 1..{rank - 1}",
+            found=str(attrs["axis"]),
+            attr="axis",
+        )
     return inputs[0]
 
 
 SOFTMAX = OpDef(
-    name="softmax", doc="exp(x) / Σ exp(x) along `axis` (default: channels)",
-    attrs={"axis": a.Attr(a.any_int, 1)}, infer=_softmax_shape, rf="pointwise",
+    name="softmax",
+    doc="exp(x) / Σ exp(x) along `axis` (default: channels)",
+    attrs={"axis": a.Attr(a.any_int, 1)},
+    infer=_softmax_shape,
+    rf="pointwise",
 )
 DROPOUT = OpDef(
-    name="dropout", doc="Zeroes elements with probability p in training (scaling the rest by "
-        "1/(1-p)); the identity at inference.",
-    attrs={"p": a.Attr(a.number(0.0, 1.0), 0.5)}, infer=_same_shape, rf="pointwise",
+    name="dropout",
+    doc="Zeroes elements with probability p in training (scaling the rest by "
+    "1/(1-p)); the identity at inference.",
+    attrs={"p": a.Attr(a.number(0.0, 1.0), 0.5)},
+    infer=_same_shape,
+    rf="pointwise",
 )

@@ -21,11 +21,20 @@ def _infer_pool(attrs: Attrs, inputs: list[Shape]) -> Shape:
             raise ShapeError(
                 f"pool padding along the {AXES[i]} must be at most half the kernel",
                 expected=f"padding <= {attrs['kernel'][i] // 2}",
-                found=str(attrs["padding"][i]), attr="padding",
+                found=str(attrs["padding"][i]),
+                attr="padding",
             )
     spatial = tuple(
-        window_out(x[2 + i], attrs["kernel"][i], attrs["stride"][i], 1,
-                   attrs["padding"][i], attrs["padding"][i + 2], attrs["ceil_mode"], AXES[i])
+        window_out(
+            x[2 + i],
+            attrs["kernel"][i],
+            attrs["stride"][i],
+            1,
+            attrs["padding"][i],
+            attrs["padding"][i + 2],
+            attrs["ceil_mode"],
+            AXES[i],
+        )
         for i in range(2)
     )
     return (x[0], x[1], *spatial)
@@ -64,12 +73,18 @@ def _infer_global(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 GLOBAL_AVG_POOL = OpDef(
-    name="global_avg_pool", doc="Mean over all of H×W; output C×1×1.",
-    attrs={}, infer=_infer_global, rf="global",
+    name="global_avg_pool",
+    doc="Mean over all of H×W; output C×1×1.",
+    attrs={},
+    infer=_infer_global,
+    rf="global",
 )
 GLOBAL_MAX_POOL = OpDef(
-    name="global_max_pool", doc="Maximum over all of H×W; output C×1×1.",
-    attrs={}, infer=_infer_global, rf="global",
+    name="global_max_pool",
+    doc="Maximum over all of H×W; output C×1×1.",
+    attrs={},
+    infer=_infer_global,
+    rf="global",
 )
 
 
@@ -82,12 +97,16 @@ def _infer_adaptive(attrs: Attrs, inputs: list[Shape]) -> Shape:
 ADAPTIVE_AVG_POOL = OpDef(
     name="adaptive_avg_pool",
     doc="Mean over bins [floor(i·H/h), ceil((i+1)·H/h)) giving an h×w output (PyTorch's rule).",
-    attrs={"output": a.Attr(a.positive_pair)}, infer=_infer_adaptive, rf="global",
+    attrs={"output": a.Attr(a.positive_pair)},
+    infer=_infer_adaptive,
+    rf="global",
 )
 ADAPTIVE_MAX_POOL = OpDef(
     name="adaptive_max_pool",
     doc="Maximum over the same bins as adaptive_avg_pool.",
-    attrs={"output": a.Attr(a.positive_pair)}, infer=_infer_adaptive, rf="global",
+    attrs={"output": a.Attr(a.positive_pair)},
+    infer=_infer_adaptive,
+    rf="global",
 )
 
 
@@ -100,7 +119,7 @@ def _infer_spp(attrs: Attrs, inputs: list[Shape]) -> Shape:
 SPP = OpDef(
     name="spp",
     doc="Spatial pyramid pooling (He et al. 2014): for each level l an adaptive pool to "
-        "l×l, flattened (channel-major) and concatenated in level order; a vector of C·Σl².",
+    "l×l, flattened (channel-major) and concatenated in level order; a vector of C·Σl².",
     attrs={"levels": a.Attr(a.positive_int_list), "mode": a.Attr(a.one_of("max", "avg"), "max")},
     infer=_infer_spp,
     rf="global",

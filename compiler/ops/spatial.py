@@ -31,8 +31,14 @@ def resolve_padding(padding, kernel, dilation, stride) -> tuple[int, int, int, i
 
 
 def window_out(
-    size: Dim, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int,
-    ceil_mode: bool, axis: str,
+    size: Dim,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    pad_begin: int,
+    pad_end: int,
+    ceil_mode: bool,
+    axis: str,
 ) -> Dim:
     """floor-or-ceil((size + pads - d·(k-1) - 1) / s) + 1, checked."""
     span = dilation * (kernel - 1) + 1
@@ -41,7 +47,8 @@ def window_out(
     least = span - (stride - 1 if ceil_mode else 0)
     if isinstance(padded, int) and padded < least:
         rule = f"kernel {kernel}, dilation {dilation}" + (
-            f", stride {stride} with ceil_mode" if ceil_mode else "")
+            f", stride {stride} with ceil_mode" if ceil_mode else ""
+        )
         raise ShapeError(
             f"kernel is larger than its padded input along the {axis}",
             expected=f"a padded {axis} of at least {least} ({rule})",
@@ -73,6 +80,8 @@ def window_out(
 def check_positive(size: Dim, what: str) -> Dim:
     if isinstance(size, int) and size <= 0:
         raise ShapeError(
-            f"{what} would be empty", expected="an output size >= 1", found=f"{size}",
+            f"{what} would be empty",
+            expected="an output size >= 1",
+            found=f"{size}",
         )
     return size

@@ -16,7 +16,7 @@ def _infer_flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
             "flatten needs a fixed size, but the input's height and width are open",
             found=f"shape {format_shape(x)}",
             hint="give the network input a fixed H and W, or pool to a fixed size first "
-                 "(global_avg_pool, adaptive_avg_pool or spp)",
+            "(global_avg_pool, adaptive_avg_pool or spp)",
         )
     features = 1
     for d in x[1:]:
@@ -25,8 +25,11 @@ def _infer_flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 FLATTEN = OpDef(
-    name="flatten", doc="N×C×H×W → N×(C·H·W), channel-major (PyTorch's order).",
-    attrs={}, infer=_infer_flatten, rf="flatten",
+    name="flatten",
+    doc="N×C×H×W → N×(C·H·W), channel-major (PyTorch's order).",
+    attrs={},
+    infer=_infer_flatten,
+    rf="flatten",
 )
 
 
@@ -44,9 +47,12 @@ def _fc_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]]:
 
 
 FC = OpDef(
-    name="fc", doc="Fully connected: y = W·x + b, W of shape (units, F).",
+    name="fc",
+    doc="Fully connected: y = W·x + b, W of shape (units, F).",
     attrs={"units": a.Attr(a.positive_int), "bias": a.Attr(a.boolean, True)},
-    infer=_infer_fc, rf="dense", params=_fc_params,
+    infer=_infer_fc,
+    rf="dense",
+    params=_fc_params,
     macs=lambda attrs, inputs, out: inputs[0][1] * attrs["units"],
     tags=frozenset({"weighted"}),
 )
@@ -57,7 +63,8 @@ def _mismatch(index: int, shape: Shape, first: Shape, what: str) -> ShapeError:
         f"{what} inputs disagree: input {index + 1} does not match input 1",
         expected=f"{format_shape(first)} (input 1)",
         found=f"{format_shape(shape)} (input {index + 1})",
-        hint="insert a crop, pool or conv so the shapes agree" if what == "add"
+        hint="insert a crop, pool or conv so the shapes agree"
+        if what == "add"
         else "all dimensions but the concat axis must match",
     )
 
@@ -67,9 +74,12 @@ def _infer_concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     rank = len(first)
     axis = attrs["axis"] % rank if -rank <= attrs["axis"] < rank else None
     if axis in (None, 0):
-        raise ShapeError("concat axis out of range (or the batch axis)",
-                         expected=f"an axis in 1..{rank - 1}", found=str(attrs["axis"]),
-                         attr="axis")
+        raise ShapeError(
+            "concat axis out of range (or the batch axis)",
+            expected=f"an axis in 1..{rank - 1}",
+            found=str(attrs["axis"]),
+            attr="axis",
+        )
     for index, shape in enumerate(inputs):
         if len(shape) != rank or not all(
             sym.probably_equal(shape[i], first[i]) for i in range(rank) if i != axis
@@ -77,16 +87,22 @@ def _infer_concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
             raise _mismatch(index, shape, first, "concat")
     sizes = [shape[axis] for shape in inputs]
     if not all(sym.is_static(size) for size in sizes):
-        raise ShapeError("concat along an open (H or W) axis is not supported",
-                         found="sizes " + ", ".join(map(str, sizes)),
-                         hint="concatenate along channels (axis 1)")
-    return (*first[:axis], sum(sizes), *first[axis + 1:])
+        raise ShapeError(
+            "concat along an open (H or W) axis is not supported",
+            found="sizes " + ", ".join(map(str, sizes)),
+            hint="concatenate along channels (axis 1)",
+        )
+    return (*first[:axis], sum(sizes), *first[axis + 1 :])
 
 
 CONCAT = OpDef(
-    name="concat", doc="Joins inputs along `axis` (default: channels).",
-    attrs={"axis": a.Attr(a.any_int, 1)}, infer=_infer_concat, rf="merge",
-    min_inputs=2, max_inputs=None,
+    name="concat",
+    doc="Joins inputs along `axis` (default: channels).",
+    attrs={"axis": a.Attr(a.any_int, 1)},
+    infer=_infer_concat,
+    rf="merge",
+    min_inputs=2,
+    max_inputs=None,
 )
 
 
@@ -101,8 +117,13 @@ def _infer_add(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 ADD = OpDef(
-    name="add", doc="Elementwise sum of inputs of one shape.", attrs={}, infer=_infer_add,
-    rf="merge", min_inputs=2, max_inputs=None,
+    name="add",
+    doc="Elementwise sum of inputs of one shape.",
+    attrs={},
+    infer=_infer_add,
+    rf="merge",
+    min_inputs=2,
+    max_inputs=None,
 )
 
 
@@ -115,9 +136,11 @@ def _infer_crop(attrs: Attrs, inputs: list[Shape]) -> Shape:
         raise ShapeError("crop offset was not resolved")  # lowering resolves 'auto' first
     for i, axis in enumerate(("height", "width")):
         end_x, end_ref = x[2 + i], sym.add(ref[2 + i], offset[i])
-        fits = [sym.evaluate(end_x, env) >= sym.evaluate(end_ref, env)
-                for n in sym.SAMPLE_SIZES
-                for env in [dict.fromkeys(sym.variables(end_x) | sym.variables(end_ref), n)]]
+        fits = [
+            sym.evaluate(end_x, env) >= sym.evaluate(end_ref, env)
+            for n in sym.SAMPLE_SIZES
+            for env in [dict.fromkeys(sym.variables(end_x) | sym.variables(end_ref), n)]
+        ]
         if not all(fits):
             raise ShapeError(
                 f"crop window does not fit inside the input along the {axis}",
@@ -130,19 +153,27 @@ def _infer_crop(attrs: Attrs, inputs: list[Shape]) -> Shape:
 CROP = OpDef(
     name="crop",
     doc="x[:, :, oh:oh+H_ref, ow:ow+W_ref] for inputs [x, reference]; offset 'auto' aligns "
-        "the two receptive fields (as FCN's crop layers do).",
-    attrs={"offset": a.Attr(a.crop_offset, "auto")}, infer=_infer_crop, rf="crop",
-    min_inputs=2, max_inputs=2,
+    "the two receptive fields (as FCN's crop layers do).",
+    attrs={"offset": a.Attr(a.crop_offset, "auto")},
+    infer=_infer_crop,
+    rf="crop",
+    min_inputs=2,
+    max_inputs=2,
 )
 
 
 def _normalize_upsample(attrs: Attrs) -> Attrs:
     if (attrs["scale"] is None) == (attrs["size"] is None):
-        raise ShapeError("upsample needs exactly one of 'scale' and 'size'",
-                         found="both" if attrs["scale"] is not None else "neither")
+        raise ShapeError(
+            "upsample needs exactly one of 'scale' and 'size'",
+            found="both" if attrs["scale"] is not None else "neither",
+        )
     if attrs["align_corners"] and attrs["mode"] == "nearest":
-        raise ShapeError("align_corners applies to bilinear mode only", found="mode 'nearest'",
-                         attr="align_corners")
+        raise ShapeError(
+            "align_corners applies to bilinear mode only",
+            found="mode 'nearest'",
+            attr="align_corners",
+        )
     return attrs
 
 
@@ -152,19 +183,25 @@ def _infer_upsample(attrs: Attrs, inputs: list[Shape]) -> Shape:
     if attrs["size"] is not None:
         return (x[0], x[1], *attrs["size"])
     sh, sw = attrs["scale"]
-    return (x[0], x[1], check_positive(sym.mul(x[2], sh), "upsample height"),
-            check_positive(sym.mul(x[3], sw), "upsample width"))
+    return (
+        x[0],
+        x[1],
+        check_positive(sym.mul(x[2], sh), "upsample height"),
+        check_positive(sym.mul(x[3], sw), "upsample width"),
+    )
 
 
 UPSAMPLE = OpDef(
     name="upsample",
     doc="Resizes H×W by an integer `scale` or to a fixed `size`, nearest or bilinear "
-        "(half-pixel centres unless align_corners).",
+    "(half-pixel centres unless align_corners).",
     attrs={
         "scale": a.Attr(a.optional(a.positive_pair), None),
         "size": a.Attr(a.optional(a.positive_pair), None),
         "mode": a.Attr(a.one_of("nearest", "bilinear"), "nearest"),
         "align_corners": a.Attr(a.boolean, False),
     },
-    infer=_infer_upsample, rf="upsample", normalize=_normalize_upsample,
+    infer=_infer_upsample,
+    rf="upsample",
+    normalize=_normalize_upsample,
 )

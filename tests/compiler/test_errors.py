@@ -33,99 +33,258 @@ class Case:
 CASES: dict[str, Case] = {
     # -- YAML and the document's outer structure ---------------------------------------------
     "empty": Case(1, 1, None, ("the description is empty",)),
-    "invalid_yaml": Case(6, 5, None, (
-        "not valid YAML", "expected ',' or '}'",
-        "while parsing a flow mapping at line 5, column 5")),
-    "duplicate_yaml_key": Case(9, 5, None, (
-        "key 'channels' appears twice", "the first 'channels' is at line 7")),
+    "invalid_yaml": Case(
+        6,
+        5,
+        None,
+        (
+            "not valid YAML",
+            "expected ',' or '}'",
+            "while parsing a flow mapping at line 5, column 5",
+        ),
+    ),
+    "duplicate_yaml_key": Case(
+        9, 5, None, ("key 'channels' appears twice", "the first 'channels' is at line 7")
+    ),
     "yaml_tag": Case(8, 13, None, ("not valid YAML", "found !!int 'three'")),
     "yaml_recursive_alias": Case(4, 9, None, ("alias refers to a collection that contains it",)),
-    "yaml_merge_key": Case(6, 6, None, (
-        "merge keys ('<<') are not supported", "write the keys out")),
-    "unknown_top_level_key": Case(4, 1, None, (
-        "unknown key 'layer'", "expected one of name,", "found 'layer'",
-        "did you mean 'layers'?")),
+    "yaml_merge_key": Case(
+        6, 6, None, ("merge keys ('<<') are not supported", "write the keys out")
+    ),
+    "unknown_top_level_key": Case(
+        4,
+        1,
+        None,
+        ("unknown key 'layer'", "expected one of name,", "found 'layer'", "did you mean 'layers'?"),
+    ),
     "missing_layers": Case(1, 1, None, ("has no 'layers'", "expected a top-level 'layers' key")),
-    "input_open_channels": Case(3, 11, None, (
-        "input 'image' channel count must be fixed", "expected an integer >= 1",
-        "found nothing (null)", "only H and W may be open")),
-    "unknown_output": Case(8, 11, None, (
-        "unknown output layer 'logit'", "found 'logit'", "did you mean 'logits'?")),
+    "input_open_channels": Case(
+        3,
+        11,
+        None,
+        (
+            "input 'image' channel count must be fixed",
+            "expected an integer >= 1",
+            "found nothing (null)",
+            "only H and W may be open",
+        ),
+    ),
+    "unknown_output": Case(
+        8, 11, None, ("unknown output layer 'logit'", "found 'logit'", "did you mean 'logits'?")
+    ),
     # -- layers and references ---------------------------------------------------------------
     "layer_missing_name": Case(6, 5, None, ("layer has no name", "expected a 'name' key")),
-    "duplicate_layer": Case(7, 12, "conv1", (
-        "duplicate layer name 'conv1'", "the first 'conv1' is at line 5")),
-    "layer_named_like_input": Case(6, 12, "image", (
-        "duplicate layer name 'image'", "'image' is already an input of the network")),
-    "unknown_op": Case(6, 9, "conv1", (
-        "unknown op 'cnov'", "expected one of conv,", "found string 'cnov'",
-        "did you mean 'conv'?")),
+    "duplicate_layer": Case(
+        7, 12, "conv1", ("duplicate layer name 'conv1'", "the first 'conv1' is at line 5")
+    ),
+    "layer_named_like_input": Case(
+        6,
+        12,
+        "image",
+        ("duplicate layer name 'image'", "'image' is already an input of the network"),
+    ),
+    "unknown_op": Case(
+        6,
+        9,
+        "conv1",
+        (
+            "unknown op 'cnov'",
+            "expected one of conv,",
+            "found string 'cnov'",
+            "did you mean 'conv'?",
+        ),
+    ),
     "op_not_a_name": Case(5, 23, "conv1", ("unknown op", "found list ['conv']")),
-    "unknown_input": Case(9, 23, "merge", (
-        "unknown input 'conv_3_1'", "found 'conv_3_1'", "did you mean 'conv3_1'?")),
-    "cycle": Case(6, 12, "a", (
-        "the layers form a cycle", "expected a directed acyclic graph",
-        "found cycle a -> b -> c -> a")),
-    "repeat_not_integer": Case(6, 73, "body", (
-        "'repeat' must be a positive count", "expected an integer >= 1", "found number 2.5")),
+    "unknown_input": Case(
+        9, 23, "merge", ("unknown input 'conv_3_1'", "found 'conv_3_1'", "did you mean 'conv3_1'?")
+    ),
+    "cycle": Case(
+        6,
+        12,
+        "a",
+        (
+            "the layers form a cycle",
+            "expected a directed acyclic graph",
+            "found cycle a -> b -> c -> a",
+        ),
+    ),
+    "repeat_not_integer": Case(
+        6,
+        73,
+        "body",
+        ("'repeat' must be a positive count", "expected an integer >= 1", "found number 2.5"),
+    ),
     # -- parameters and blocks ---------------------------------------------------------------
-    "unknown_parameter": Case(10, 31, "fc", (
-        "unknown parameter '$num_clases'", "expected one of $num_classes",
-        "did you mean 'num_classes'?")),
-    "set_unknown_param": Case(3, 3, None, (
-        "cannot set parameter 'num_clases'", "expected one of num_classes",
-        "did you mean 'num_classes'?"), args=("--set", "num_clases=26")),
-    "block_uses_network_param": Case(10, 42, "stage1.conv", (
-        "unknown parameter '$width'", "expected one of $stride",
-        "a block sees only its own params: declare 'width' in block 'unit'")),
-    "unknown_block": Case(12, 27, "stage1", (
-        "unknown block 'basci'", "expected one of basic", "did you mean 'basic'?")),
-    "block_unknown_param": Case(12, 47, "stage1", (
-        "block 'unit' has no parameter 'strides'", "expected one of channels, stride",
-        "found 'strides'", "did you mean 'stride'?")),
-    "block_missing_param": Case(12, 5, "stage1", (
-        "block 'unit' needs parameter 'channels'", "found no value",
-        "add 'channels: ...' to layer 'stage1'")),
-    "block_input_count": Case(13, 42, "joined", (
-        "block 'merge' takes 2 input(s)", "expected 2 (left, right)", "found 3")),
+    "unknown_parameter": Case(
+        10,
+        31,
+        "fc",
+        (
+            "unknown parameter '$num_clases'",
+            "expected one of $num_classes",
+            "did you mean 'num_classes'?",
+        ),
+    ),
+    "set_unknown_param": Case(
+        3,
+        3,
+        None,
+        (
+            "cannot set parameter 'num_clases'",
+            "expected one of num_classes",
+            "did you mean 'num_classes'?",
+        ),
+        args=("--set", "num_clases=26"),
+    ),
+    "block_uses_network_param": Case(
+        10,
+        42,
+        "stage1.conv",
+        (
+            "unknown parameter '$width'",
+            "expected one of $stride",
+            "a block sees only its own params: declare 'width' in block 'unit'",
+        ),
+    ),
+    "unknown_block": Case(
+        12,
+        27,
+        "stage1",
+        ("unknown block 'basci'", "expected one of basic", "did you mean 'basic'?"),
+    ),
+    "block_unknown_param": Case(
+        12,
+        47,
+        "stage1",
+        (
+            "block 'unit' has no parameter 'strides'",
+            "expected one of channels, stride",
+            "found 'strides'",
+            "did you mean 'stride'?",
+        ),
+    ),
+    "block_missing_param": Case(
+        12,
+        5,
+        "stage1",
+        (
+            "block 'unit' needs parameter 'channels'",
+            "found no value",
+            "add 'channels: ...' to layer 'stage1'",
+        ),
+    ),
+    "block_input_count": Case(
+        13, 42, "joined", ("block 'merge' takes 2 input(s)", "expected 2 (left, right)", "found 3")
+    ),
     # -- attributes and init -----------------------------------------------------------------
-    "unknown_attribute": Case(7, 43, "conv2", (
-        "unknown attribute 'kernal' for op 'conv'", "found 'kernal'", "did you mean 'kernel'?")),
-    "kernel_string": Case(8, 13, "conv1", (
-        "attribute 'kernel'", "expected an integer >= 1 or an [h, w] pair", "found string '3'")),
-    "bias_integer": Case(8, 42, "fc1", (
-        "attribute 'bias'", "expected true or false", "found integer 1")),
-    "attribute_nan": Case(6, 34, "drop", (
-        "attribute 'p'", "expected a number in", "found number nan")),
-    "init_unknown_type": Case(10, 18, "conv2", (
-        "unknown init type 'gausian'", "found string 'gausian'", "did you mean 'gaussian'?")),
+    "unknown_attribute": Case(
+        7,
+        43,
+        "conv2",
+        ("unknown attribute 'kernal' for op 'conv'", "found 'kernal'", "did you mean 'kernel'?"),
+    ),
+    "kernel_string": Case(
+        8,
+        13,
+        "conv1",
+        ("attribute 'kernel'", "expected an integer >= 1 or an [h, w] pair", "found string '3'"),
+    ),
+    "bias_integer": Case(
+        8, 42, "fc1", ("attribute 'bias'", "expected true or false", "found integer 1")
+    ),
+    "attribute_nan": Case(
+        6, 34, "drop", ("attribute 'p'", "expected a number in", "found number nan")
+    ),
+    "init_unknown_type": Case(
+        10,
+        18,
+        "conv2",
+        ("unknown init type 'gausian'", "found string 'gausian'", "did you mean 'gaussian'?"),
+    ),
     # -- shapes ------------------------------------------------------------------------------
-    "concat_spatial_mismatch": Case(7, 12, "joined", (
-        "concat inputs disagree", "expected (N, 16, 32, 32)", "found (N, 16, 30, 30)",
-        "all dimensions but the concat axis must match")),
-    "add_channel_mismatch": Case(7, 12, "residual", (
-        "add inputs disagree", "expected (N, 16, 32, 32)", "found (N, 32, 32, 32)",
-        "insert a crop, pool or conv")),
-    "kernel_too_large": Case(7, 51, "conv2", (
-        "kernel is larger than its padded input along the height",
-        "expected a padded height of at least 5", "found 3 (input 3 + padding 0)")),
-    "conv_transpose_empty": Case(6, 12, "up", (
-        "conv_transpose output height would be empty", "expected an output size >= 1",
-        "found -22")),
-    "fc_on_feature_map": Case(8, 12, "fc1", (
-        "fc needs a vector (N, F) input", "found shape (N, 8, 12, 12)",
-        "add a flatten layer before fc")),
-    "flatten_open_size": Case(7, 12, "flatten", (
-        "flatten needs a fixed size", "found shape (N, 16, H, W)", "global_avg_pool")),
-    "same_padding_stride2": Case(6, 74, "conv2", (
-        "padding 'same' needs stride 1", "found stride [2, 2]", "give the padding explicitly")),
-    "crop_auto_impossible": Case(8, 12, "crop", (
-        "no offset aligns them", "expected the reference's stride 1", "found stride 2",
-        "upsample the input")),
+    "concat_spatial_mismatch": Case(
+        7,
+        12,
+        "joined",
+        (
+            "concat inputs disagree",
+            "expected (N, 16, 32, 32)",
+            "found (N, 16, 30, 30)",
+            "all dimensions but the concat axis must match",
+        ),
+    ),
+    "add_channel_mismatch": Case(
+        7,
+        12,
+        "residual",
+        (
+            "add inputs disagree",
+            "expected (N, 16, 32, 32)",
+            "found (N, 32, 32, 32)",
+            "insert a crop, pool or conv",
+        ),
+    ),
+    "kernel_too_large": Case(
+        7,
+        51,
+        "conv2",
+        (
+            "kernel is larger than its padded input along the height",
+            "expected a padded height of at least 5",
+            "found 3 (input 3 + padding 0)",
+        ),
+    ),
+    "conv_transpose_empty": Case(
+        6,
+        12,
+        "up",
+        (
+            "conv_transpose output height would be empty",
+            "expected an output size >= 1",
+            "found -22",
+        ),
+    ),
+    "fc_on_feature_map": Case(
+        8,
+        12,
+        "fc1",
+        (
+            "fc needs a vector (N, F) input",
+            "found shape (N, 8, 12, 12)",
+            "add a flatten layer before fc",
+        ),
+    ),
+    "flatten_open_size": Case(
+        7,
+        12,
+        "flatten",
+        ("flatten needs a fixed size", "found shape (N, 16, H, W)", "global_avg_pool"),
+    ),
+    "same_padding_stride2": Case(
+        6,
+        74,
+        "conv2",
+        ("padding 'same' needs stride 1", "found stride [2, 2]", "give the padding explicitly"),
+    ),
+    "crop_auto_impossible": Case(
+        8,
+        12,
+        "crop",
+        (
+            "no offset aligns them",
+            "expected the reference's stride 1",
+            "found stride 2",
+            "upsample the input",
+        ),
+    ),
     # -- the command line --------------------------------------------------------------------
-    "unknown_zoo_name": Case(None, None, None, (
-        "'resnt18' is neither a network file nor a zoo network", "did you mean 'resnet18'?"),
-        spec="resnt18"),
+    "unknown_zoo_name": Case(
+        None,
+        None,
+        None,
+        ("'resnt18' is neither a network file nor a zoo network", "did you mean 'resnet18'?"),
+        spec="resnt18",
+    ),
 }
 
 
@@ -166,8 +325,11 @@ def test_malformed_description_gives_one_located_message(name, capsys):
 
 @pytest.mark.parametrize("name", ["invalid_yaml", "same_padding_stride2", "unknown_zoo_name"])
 def test_real_process_exits_2_without_traceback(name):
-    result = subprocess.run([sys.executable, "-m", "netc", "compile", _spec(name),
-                             *CASES[name].args], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "netc", "compile", _spec(name), *CASES[name].args],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     _check_message(name, result.stderr)

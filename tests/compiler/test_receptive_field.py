@@ -36,8 +36,14 @@ def pairs(low: int, high: int):
 
 @st.composite
 def convs(draw):
-    layer = {"op": "conv", "channels": 1, "kernel": draw(pairs(1, 5)),
-             "stride": draw(pairs(1, 3)), "dilation": draw(pairs(1, 2)), "bias": False}
+    layer = {
+        "op": "conv",
+        "channels": 1,
+        "kernel": draw(pairs(1, 5)),
+        "stride": draw(pairs(1, 3)),
+        "dilation": draw(pairs(1, 2)),
+        "bias": False,
+    }
     same = _pair(layer["stride"]) == (1, 1) and draw(st.booleans())
     layer["padding"] = "same" if same else draw(st.one_of(pairs(0, 3), st.just("valid")))
     return layer
@@ -45,8 +51,11 @@ def convs(draw):
 
 @st.composite
 def pools(draw):
-    layer = {"op": draw(st.sampled_from(["max_pool", "avg_pool"])), "kernel": draw(pairs(1, 4)),
-             "ceil_mode": draw(st.booleans())}
+    layer = {
+        "op": draw(st.sampled_from(["max_pool", "avg_pool"])),
+        "kernel": draw(pairs(1, 4)),
+        "ceil_mode": draw(st.booleans()),
+    }
     if draw(st.booleans()):
         layer["stride"] = draw(pairs(1, 3))
     kh, kw = _pair(layer["kernel"])
@@ -56,9 +65,15 @@ def pools(draw):
 
 @st.composite
 def transposes(draw):
-    return {"op": "conv_transpose", "channels": 1, "kernel": draw(pairs(1, 5)),
-            "stride": draw(pairs(1, 3)), "padding": draw(pairs(0, 2)),
-            "dilation": draw(pairs(1, 2)), "bias": False}
+    return {
+        "op": "conv_transpose",
+        "channels": 1,
+        "kernel": draw(pairs(1, 5)),
+        "stride": draw(pairs(1, 3)),
+        "padding": draw(pairs(0, 2)),
+        "dilation": draw(pairs(1, 2)),
+        "bias": False,
+    }
 
 
 def _run(layer: dict, x: torch.Tensor) -> torch.Tensor:
@@ -67,11 +82,25 @@ def _run(layer: dict, x: torch.Tensor) -> torch.Tensor:
     if layer["op"] == "conv":
         padding = layer["padding"]
         padding = padding if isinstance(padding, str) else _pair(padding)
-        return F.conv2d(x, x.new_ones(1, 1, *kernel), None, _pair(layer["stride"]), padding,
-                        _pair(layer["dilation"]))
+        return F.conv2d(
+            x,
+            x.new_ones(1, 1, *kernel),
+            None,
+            _pair(layer["stride"]),
+            padding,
+            _pair(layer["dilation"]),
+        )
     if layer["op"] == "conv_transpose":
-        return F.conv_transpose2d(x, x.new_ones(1, 1, *kernel), None, _pair(layer["stride"]),
-                                  _pair(layer["padding"]), 0, 1, _pair(layer["dilation"]))
+        return F.conv_transpose2d(
+            x,
+            x.new_ones(1, 1, *kernel),
+            None,
+            _pair(layer["stride"]),
+            _pair(layer["padding"]),
+            0,
+            1,
+            _pair(layer["dilation"]),
+        )
     stride = _pair(layer["stride"]) if "stride" in layer else kernel
     return F.avg_pool2d(x, kernel, stride, _pair(layer["padding"]), layer["ceil_mode"])
 
@@ -89,8 +118,9 @@ def _extent_bound(layers: list[dict], axis: int) -> tuple[int, int]:
 
 def _compile(layers: list[dict], height: int, width: int) -> netc.Network:
     named = [{"name": f"l{i}", **layer} for i, layer in enumerate(layers)]
-    return netc.load_string(json.dumps(
-        {"name": "rf", "inputs": {"x": [1, height, width]}, "layers": named}))
+    return netc.load_string(
+        json.dumps({"name": "rf", "inputs": {"x": [1, height, width]}, "layers": named})
+    )
 
 
 def _measure(layers: list[dict], height: int, width: int, positions):
@@ -146,8 +176,14 @@ def test_field_through_transposed_convs_bounds_the_measurement(layers):
     positions = [(out_h // 2 + k, out_w // 2 + k) for k in range(3)]
     shape, spans = _measure(layers, height, width, positions)
     assert shape == (out_h, out_w)
-    exact = [all(_pair(layer.get("stride", layer["kernel"]))[axis] == 1
-                 for layer in layers if layer["op"] == "conv_transpose") for axis in range(2)]
+    exact = [
+        all(
+            _pair(layer.get("stride", layer["kernel"]))[axis] == 1
+            for layer in layers
+            if layer["op"] == "conv_transpose"
+        )
+        for axis in range(2)
+    ]
     for (i, j), span in zip(positions, spans):
         if span is None:  # a stride larger than the kernel leaves outputs nothing reaches
             continue
@@ -167,8 +203,9 @@ def test_add_takes_the_union_of_its_inputs_fields(first, second):
     branches = [{**layer, "stride": 1, "padding": "same"} for layer in (first, second)]
     layers = [{"name": f"b{k}", "inputs": "x", **layer} for k, layer in enumerate(branches)]
     layers.append({"name": "sum", "op": "add", "inputs": ["b0", "b1"]})
-    net = netc.load_string(json.dumps(
-        {"name": "rf", "inputs": {"x": [1, 32, 32]}, "layers": layers}))
+    net = netc.load_string(
+        json.dumps({"name": "rf", "inputs": {"x": [1, 32, 32]}, "layers": layers})
+    )
     field = net.analysis.layers[-1].field
     x = torch.ones(1, 1, 32, 32, dtype=torch.float64, requires_grad=True)
     y = _run(branches[0], x) + _run(branches[1], x)
@@ -180,11 +217,15 @@ def test_add_takes_the_union_of_its_inputs_fields(first, second):
 
 
 def test_global_pools_see_the_whole_input():
-    layers = [{"name": "c", "op": "conv", "channels": 2, "kernel": 3},
-              {"name": "g", "op": "global_avg_pool"},
-              {"name": "f", "op": "flatten"}, {"name": "fc", "op": "fc", "units": 3}]
-    net = netc.load_string(json.dumps(
-        {"name": "rf", "inputs": {"x": [1, None, None]}, "layers": layers}))
+    layers = [
+        {"name": "c", "op": "conv", "channels": 2, "kernel": 3},
+        {"name": "g", "op": "global_avg_pool"},
+        {"name": "f", "op": "flatten"},
+        {"name": "fc", "op": "fc", "units": 3},
+    ]
+    net = netc.load_string(
+        json.dumps({"name": "rf", "inputs": {"x": [1, None, None]}, "layers": layers})
+    )
     by_name = {layer.name: layer.field for layer in net.analysis.layers}
     assert not by_name["c"].whole
     assert by_name["g"].whole and by_name["fc"].whole

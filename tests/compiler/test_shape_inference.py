@@ -36,6 +36,7 @@ def _pair(value) -> tuple[int, int]:
 
 # --- the oracle ------------------------------------------------------------------------------
 
+
 def _conv(layer, x):
     groups = layer.get("groups", 1)
     kh, kw = _pair(layer["kernel"])
@@ -43,8 +44,15 @@ def _conv(layer, x):
     bias = torch.randn(layer["channels"]) if layer.get("bias", True) else None
     padding = layer.get("padding", 0)
     padding = padding if isinstance(padding, str) else _pair(padding)
-    return F.conv2d(x, weight, bias, _pair(layer.get("stride", 1)), padding,
-                    _pair(layer.get("dilation", 1)), groups)
+    return F.conv2d(
+        x,
+        weight,
+        bias,
+        _pair(layer.get("stride", 1)),
+        padding,
+        _pair(layer.get("dilation", 1)),
+        groups,
+    )
 
 
 def _conv_transpose(layer, x):
@@ -55,8 +63,15 @@ def _conv_transpose(layer, x):
     weight = torch.randn(x.shape[1], layer["channels"] // groups, kh, kw)
     bias = torch.randn(layer["channels"]) if layer.get("bias", True) else None
     return F.conv_transpose2d(
-        x, weight, bias, _pair(layer.get("stride", 1)), _pair(layer.get("padding", 0)),
-        _pair(layer.get("output_padding", 0)), groups, _pair(layer.get("dilation", 1)))
+        x,
+        weight,
+        bias,
+        _pair(layer.get("stride", 1)),
+        _pair(layer.get("padding", 0)),
+        _pair(layer.get("output_padding", 0)),
+        groups,
+        _pair(layer.get("dilation", 1)),
+    )
 
 
 def _pool(layer, x):
@@ -65,8 +80,11 @@ def _pool(layer, x):
     args = (x, kernel, stride, _pair(layer.get("padding", 0)))
     if layer["op"] == "max_pool":
         return F.max_pool2d(*args, ceil_mode=layer.get("ceil_mode", False))
-    return F.avg_pool2d(*args, ceil_mode=layer.get("ceil_mode", False),
-                        count_include_pad=layer.get("count_include_pad", True))
+    return F.avg_pool2d(
+        *args,
+        ceil_mode=layer.get("ceil_mode", False),
+        count_include_pad=layer.get("count_include_pad", True),
+    )
 
 
 def _spp(layer, x):
@@ -78,16 +96,22 @@ def _upsample(layer, x):
     mode = layer.get("mode", "nearest")
     scale = layer.get("scale")
     return F.interpolate(
-        x, size=_pair(layer["size"]) if "size" in layer else None,
+        x,
+        size=_pair(layer["size"]) if "size" in layer else None,
         scale_factor=tuple(float(s) for s in _pair(scale)) if scale is not None else None,
-        mode=mode, align_corners=layer.get("align_corners", False) if mode == "bilinear" else None)
+        mode=mode,
+        align_corners=layer.get("align_corners", False) if mode == "bilinear" else None,
+    )
 
 
 def _fc(layer, x):
     if x.dim() != 2:
         raise Refused("fc takes a vector; F.linear would broadcast over H and W")
-    return F.linear(x, torch.randn(layer["units"], x.shape[1]),
-                    torch.randn(layer["units"]) if layer.get("bias", True) else None)
+    return F.linear(
+        x,
+        torch.randn(layer["units"], x.shape[1]),
+        torch.randn(layer["units"]) if layer.get("bias", True) else None,
+    )
 
 
 def _concat(layer, xs):
@@ -108,7 +132,7 @@ def _crop(layer, xs):
     (oh, ow), (h, w) = _pair(layer["offset"]), ref.shape[2:]
     if oh + h > x.shape[2] or ow + w > x.shape[3]:
         raise Refused("a slice past the end would silently shrink")
-    return x[:, :, oh:oh + h, ow:ow + w]
+    return x[:, :, oh : oh + h, ow : ow + w]
 
 
 UNARY = {
@@ -150,10 +174,12 @@ def _oracle(inputs: dict[str, tuple[int, ...]], layers: list[dict]) -> dict[str,
 
 # --- compiling -------------------------------------------------------------------------------
 
+
 def _describe(inputs: dict[str, tuple], layers: list[dict]) -> str:
     """A description as YAML text (JSON is YAML)."""
-    return json.dumps({"name": "random", "inputs": {k: list(v) for k, v in inputs.items()},
-                       "layers": layers})
+    return json.dumps(
+        {"name": "random", "inputs": {k: list(v) for k, v in inputs.items()}, "layers": layers}
+    )
 
 
 def _compile(inputs: dict[str, tuple], layers: list[dict]) -> netc.Network | SpecError:
@@ -198,8 +224,11 @@ def _groups(draw, channels: int) -> int:
 @st.composite
 def conv_layers(draw, in_channels: int):
     groups = _groups(draw, in_channels)
-    layer = {"op": "conv", "channels": groups * draw(st.integers(1, 3)),
-             "kernel": draw(pairs(1, 6))}
+    layer = {
+        "op": "conv",
+        "channels": groups * draw(st.integers(1, 3)),
+        "kernel": draw(pairs(1, 6)),
+    }
     if draw(st.booleans()):
         layer["stride"] = draw(pairs(1, 3))
     layer["padding"] = draw(st.one_of(pairs(0, 3), st.sampled_from(["same", "valid"])))
@@ -213,10 +242,17 @@ def conv_layers(draw, in_channels: int):
 @st.composite
 def conv_transpose_layers(draw, in_channels: int):
     groups = _groups(draw, in_channels)
-    layer = {"op": "conv_transpose", "channels": groups * draw(st.integers(1, 3)),
-             "kernel": draw(pairs(1, 5)), "stride": draw(pairs(1, 3)),
-             "padding": draw(pairs(0, 3)), "output_padding": draw(pairs(0, 2)),
-             "dilation": draw(pairs(1, 2)), "groups": groups, "bias": draw(st.booleans())}
+    layer = {
+        "op": "conv_transpose",
+        "channels": groups * draw(st.integers(1, 3)),
+        "kernel": draw(pairs(1, 5)),
+        "stride": draw(pairs(1, 3)),
+        "padding": draw(pairs(0, 3)),
+        "output_padding": draw(pairs(0, 2)),
+        "dilation": draw(pairs(1, 2)),
+        "groups": groups,
+        "bias": draw(st.booleans()),
+    }
     return layer
 
 
@@ -250,8 +286,11 @@ def upsample_layers(draw, in_channels: int = 0):
 
 @st.composite
 def whole_map_layers(draw, in_channels: int = 0):
-    op = draw(st.sampled_from(["global_avg_pool", "global_max_pool", "adaptive_avg_pool",
-                               "adaptive_max_pool"]))
+    op = draw(
+        st.sampled_from(
+            ["global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool"]
+        )
+    )
     return {"op": op, "output": draw(pairs(1, 8))} if op.startswith("adaptive") else {"op": op}
 
 
@@ -276,8 +315,8 @@ def stacks(draw, min_layers: int = 1, max_layers: int = 4, *, resize: bool = Tru
     return shape, layers
 
 
-
 # --- single layers ---------------------------------------------------------------------------
+
 
 @SETTINGS
 @given(data=st.data(), shape=SIZES)
@@ -306,25 +345,39 @@ def test_whole_map_pools_and_upsample(layer, shape):
 
 
 @settings(derandomize=True, max_examples=60, deadline=None)
-@given(data=st.data(), shape=SIZES, levels=st.lists(st.integers(1, 4), min_size=1, max_size=3),
-       mode=st.sampled_from(["max", "avg"]), units=st.integers(1, 10))
+@given(
+    data=st.data(),
+    shape=SIZES,
+    levels=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    mode=st.sampled_from(["max", "avg"]),
+    units=st.integers(1, 10),
+)
 def test_spp_and_flatten_fc(data, shape, levels, mode, units):
     first = {"name": "l0", **data.draw(spatial_layers(shape[0]))}
-    tail = data.draw(st.sampled_from([
-        [{"name": "l1", "op": "spp", "levels": levels, "mode": mode}],
-        [{"name": "l1", "op": "flatten"}],
-        [{"name": "l1", "op": "fc", "units": units}],  # not a vector: refused by both
-    ]))
+    tail = data.draw(
+        st.sampled_from(
+            [
+                [{"name": "l1", "op": "spp", "levels": levels, "mode": mode}],
+                [{"name": "l1", "op": "flatten"}],
+                [{"name": "l1", "op": "fc", "units": units}],  # not a vector: refused by both
+            ]
+        )
+    )
     _check_against_torch({"x": shape}, [first, *tail, {"name": "out", "op": "fc", "units": units}])
 
 
 @SETTINGS
-@given(data=st.data(), shape=SIZES, merge=st.sampled_from(["concat", "add"]),
-       axis=st.sampled_from([1, 1, 1, 2, 3, -1, -3, 0, 4]))
+@given(
+    data=st.data(),
+    shape=SIZES,
+    merge=st.sampled_from(["concat", "add"]),
+    axis=st.sampled_from([1, 1, 1, 2, 3, -1, -3, 0, 4]),
+)
 def test_concat_and_add(data, shape, merge, axis):
     """Two single-layer branches off one input, merged."""
-    branches = [{"name": f"b{i}", "inputs": "x", **data.draw(spatial_layers(shape[0]))}
-                for i in range(2)]
+    branches = [
+        {"name": f"b{i}", "inputs": "x", **data.draw(spatial_layers(shape[0]))} for i in range(2)
+    ]
     if data.draw(st.booleans()):  # the same layer twice: the shapes agree
         branches[1] = {**branches[0], "name": "b1"}
     merged = {"name": "m", "op": merge, "inputs": ["b0", "b1"]}
@@ -337,12 +390,15 @@ def test_concat_and_add(data, shape, merge, axis):
 @given(x=SIZES, ref=SIZES, offset=pairs(0, 8), data=st.data())
 def test_crop_with_explicit_offset(x, ref, offset, data):
     reference = data.draw(st.sampled_from(["r", "pooled"]))
-    layers = [{"name": "pooled", "op": "max_pool", "inputs": "x", "kernel": 2},
-              {"name": "c", "op": "crop", "inputs": ["x", reference], "offset": offset}]
+    layers = [
+        {"name": "pooled", "op": "max_pool", "inputs": "x", "kernel": 2},
+        {"name": "c", "op": "crop", "inputs": ["x", reference], "offset": offset},
+    ]
     _check_against_torch({"x": x, "r": ref}, layers)
 
 
 # --- stacks ----------------------------------------------------------------------------------
+
 
 @SETTINGS
 @given(stack=stacks(3, 4))
@@ -352,8 +408,10 @@ def test_random_stacks(stack):
 
 
 def test_errors_name_the_failing_layer():
-    layers = [{"name": "small", "op": "max_pool", "kernel": 4},
-              {"name": "big", "op": "conv", "channels": 2, "kernel": 5}]
+    layers = [
+        {"name": "small", "op": "max_pool", "kernel": 4},
+        {"name": "big", "op": "conv", "channels": 2, "kernel": 5},
+    ]
     with pytest.raises(SpecError) as info:
         netc.load_string(_describe({"x": (1, 16, 16)}, layers))
     assert info.value.layer == "big"
@@ -361,9 +419,12 @@ def test_errors_name_the_failing_layer():
 
 # --- open sizes ------------------------------------------------------------------------------
 
+
 @settings(derandomize=True, max_examples=100, deadline=None)
-@given(stack=stacks(1, 4), sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)),
-                                         min_size=3, max_size=3))
+@given(
+    stack=stacks(1, 4),
+    sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=3, max_size=3),
+)
 def test_open_sizes_evaluate_to_the_static_shapes(stack, sizes):
     """Compile with [C, null, null]; the symbolic sizes evaluate to torch's at each (H, W)."""
     (channels, _, _), layers = stack
@@ -391,9 +452,11 @@ def test_open_sizes_evaluate_to_the_static_shapes(stack, sizes):
 
 
 def test_open_sizes_render_as_expressions():
-    layers = [{"name": "c", "op": "conv", "channels": 4, "kernel": 3, "stride": 2, "padding": 1},
-              {"name": "p", "op": "max_pool", "kernel": 3, "stride": 2, "ceil_mode": True},
-              {"name": "u", "op": "upsample", "scale": [1, 2]}]
+    layers = [
+        {"name": "c", "op": "conv", "channels": 4, "kernel": 3, "stride": 2, "padding": 1},
+        {"name": "p", "op": "max_pool", "kernel": 3, "stride": 2, "ceil_mode": True},
+        {"name": "u", "op": "upsample", "scale": [1, 2]},
+    ]
     net = netc.load_string(_describe({"x": (3, None, None)}, layers))
     assert [str(d) for d in net.graph.node("c").shape] == ["N", "4", "(H+1)//2", "(W+1)//2"]
     assert [str(d) for d in net.graph.node("p").shape] == ["N", "4", "(H+1)//4", "(W+1)//4"]

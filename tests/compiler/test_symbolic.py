@@ -16,6 +16,7 @@ W = Sym.var("W")
 
 # --- the rules, one by one -------------------------------------------------------------------
 
+
 def test_add_folds_into_the_numerator():
     # floor((a·x + b)/d) + c = floor((a·x + b + c·d)/d)
     assert sym.add(H, 3) == Sym("H", 1, 3, 1)

@@ -29,8 +29,22 @@ ROUNDED_GMACS = {"densenet121": 2.834, "googlenet": 1.498}
 
 
 def test_zoo_lists_every_required_network():
-    required = {"lenet5", "alexnet", "vgg11", "vgg16", "vgg19", "googlenet", "resnet18",
-                "resnet34", "resnet50", "densenet121", "tinyseg", "fcn32s", "fcn8s", "sppnet"}
+    required = {
+        "lenet5",
+        "alexnet",
+        "vgg11",
+        "vgg16",
+        "vgg19",
+        "googlenet",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "densenet121",
+        "tinyseg",
+        "fcn32s",
+        "fcn8s",
+        "sppnet",
+    }
     assert required <= set(zoo.names())
 
 
@@ -55,8 +69,11 @@ def test_every_zoo_network_compiles_and_verifies(name):
 
 
 def test_fcn_crop_offsets_match_the_caffe_reference_models():
-    offsets = {node.name: node.attrs["offset"] for node in netc.load("fcn8s").graph.nodes
-               if node.op == "crop"}
+    offsets = {
+        node.name: node.attrs["offset"]
+        for node in netc.load("fcn8s").graph.nodes
+        if node.op == "crop"
+    }
     assert offsets == {"score_pool4c": (5, 5), "score_pool3c": (9, 9), "score": (31, 31)}
     (crop,) = [node for node in netc.load("fcn32s").graph.nodes if node.op == "crop"]
     assert crop.attrs["offset"] == (19, 19)

@@ -18,13 +18,13 @@ Public API:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NAMES", "INPUT_SHAPES", "build", "count_params", "count_macs"]
+__all__ = ["INPUT_SHAPES", "NAMES", "build", "count_macs", "count_params"]
 
 
 # --------------------------------------------------------------------------
@@ -77,8 +77,29 @@ VGG_CFGS: dict[str, list[str | int]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-          512, 512, 512, 512, "M"],
+    "E": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],
 }
 
 
@@ -134,9 +155,19 @@ def make_vgg_layers(cfg: list[str | int]) -> nn.Sequential:
 # --------------------------------------------------------------------------
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
-                     groups=groups, bias=False, dilation=dilation)
+def conv3x3(
+    in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1
+) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -146,7 +177,9 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -174,8 +207,16 @@ class Bottleneck(nn.Module):
     # v1.5: the stride is on the 3x3 conv (conv2), not on conv1.
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
@@ -206,7 +247,9 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int = 1000) -> None:
+    def __init__(
+        self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int = 1000
+    ) -> None:
         super().__init__()
         self.inplanes = 64
         self.dilation = 1
@@ -228,7 +271,9 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -262,14 +307,20 @@ class ResNet(nn.Module):
 
 
 class _DenseLayer(nn.Module):
-    def __init__(self, num_input_features: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+    def __init__(
+        self, num_input_features: int, growth_rate: int, bn_size: int, drop_rate: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(num_input_features)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
+        self.conv1 = nn.Conv2d(
+            num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False
+        )
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False
+        )
         self.drop_rate = float(drop_rate)
 
     def bn_function(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -286,16 +337,27 @@ class _DenseLayer(nn.Module):
 
 
 class _DenseBlock(nn.ModuleDict):
-    def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int, drop_rate: float) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_input_features: int,
+        bn_size: int,
+        growth_rate: int,
+        drop_rate: float,
+    ) -> None:
         super().__init__()
         for i in range(num_layers):
-            layer = _DenseLayer(num_input_features + i * growth_rate, growth_rate=growth_rate,
-                                bn_size=bn_size, drop_rate=drop_rate)
-            self.add_module("denselayer%d" % (i + 1), layer)
+            layer = _DenseLayer(
+                num_input_features + i * growth_rate,
+                growth_rate=growth_rate,
+                bn_size=bn_size,
+                drop_rate=drop_rate,
+            )
+            self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
         features = [init_features]
-        for name, layer in self.items():
+        for _name, layer in self.items():
             new_features = layer(features)
             features.append(new_features)
         return torch.cat(features, 1)
@@ -306,7 +368,9 @@ class _Transition(nn.Sequential):
         super().__init__()
         self.norm = nn.BatchNorm2d(num_input_features)
         self.relu = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
+        self.conv = nn.Conv2d(
+            num_input_features, num_output_features, kernel_size=1, stride=1, bias=False
+        )
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
@@ -314,27 +378,49 @@ class DenseNet(nn.Module):
     """torchvision's DenseNet.  The YAML drops the `features.` prefix and names
     features.denseblockB.denselayerL as denseblockB.{L-1}."""
 
-    def __init__(self, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, drop_rate: float = 0,
-                 num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0,
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         from collections import OrderedDict
 
-        self.features = nn.Sequential(OrderedDict([
-            ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
-            ("norm0", nn.BatchNorm2d(num_init_features)),
-            ("relu0", nn.ReLU(inplace=True)),
-            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    (
+                        "conv0",
+                        nn.Conv2d(
+                            3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False
+                        ),
+                    ),
+                    ("norm0", nn.BatchNorm2d(num_init_features)),
+                    ("relu0", nn.ReLU(inplace=True)),
+                    ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+                ]
+            )
+        )
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            block = _DenseBlock(num_layers=num_layers, num_input_features=num_features,
-                                bn_size=bn_size, growth_rate=growth_rate, drop_rate=drop_rate)
-            self.features.add_module("denseblock%d" % (i + 1), block)
+            block = _DenseBlock(
+                num_layers=num_layers,
+                num_input_features=num_features,
+                bn_size=bn_size,
+                growth_rate=growth_rate,
+                drop_rate=drop_rate,
+            )
+            self.features.add_module(f"denseblock{i + 1}", block)
             num_features = num_features + num_layers * growth_rate
             if i != len(block_config) - 1:
-                trans = _Transition(num_input_features=num_features, num_output_features=num_features // 2)
-                self.features.add_module("transition%d" % (i + 1), trans)
+                trans = _Transition(
+                    num_input_features=num_features, num_output_features=num_features // 2
+                )
+                self.features.add_module(f"transition{i + 1}", trans)
                 num_features = num_features // 2
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)
@@ -376,8 +462,16 @@ class BasicConv2d(nn.Module):
 
 
 class Inception(nn.Module):
-    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
-                 pool_proj: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        ch1x1: int,
+        ch3x3red: int,
+        ch3x3: int,
+        ch5x5red: int,
+        ch5x5: int,
+        pool_proj: int,
+    ) -> None:
         super().__init__()
         self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
         self.branch2 = nn.Sequential(
@@ -493,9 +587,13 @@ class LeNet5(nn.Module):
 
 
 class ConvBNReLU(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1, padding: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, dilation: int = 1, padding: int = 1
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=padding, dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size=3, padding=padding, dilation=dilation, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -538,7 +636,7 @@ def _crop(x: torch.Tensor, ref: torch.Tensor, offset: int) -> torch.Tensor:
     h, w = ref.shape[2], ref.shape[3]
     if x.shape[2] < offset + h or x.shape[3] < offset + w:
         raise ValueError(f"crop: {tuple(x.shape[2:])} at offset {offset} cannot cover {(h, w)}")
-    return x[:, :, offset:offset + h, offset:offset + w]
+    return x[:, :, offset : offset + h, offset : offset + w]
 
 
 class _FCNBase(nn.Module):
@@ -579,7 +677,9 @@ class FCN32s(_FCNBase):
     def __init__(self, num_classes: int = 21) -> None:
         super().__init__()
         self._make_trunk(num_classes)
-        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=64, stride=32, bias=False)
+        self.upscore = nn.ConvTranspose2d(
+            num_classes, num_classes, kernel_size=64, stride=32, bias=False
+        )
         with torch.no_grad():
             self.upscore.weight.copy_(bilinear_kernel(num_classes, num_classes, 64))
         self.upscore.weight.requires_grad_(False)
@@ -594,11 +694,17 @@ class FCN8s(_FCNBase):
     def __init__(self, num_classes: int = 21) -> None:
         super().__init__()
         self._make_trunk(num_classes)
-        self.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=4, stride=2, bias=False)
+        self.upscore2 = nn.ConvTranspose2d(
+            num_classes, num_classes, kernel_size=4, stride=2, bias=False
+        )
         self.score_pool4 = nn.Conv2d(512, num_classes, kernel_size=1)
-        self.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=4, stride=2, bias=False)
+        self.upscore_pool4 = nn.ConvTranspose2d(
+            num_classes, num_classes, kernel_size=4, stride=2, bias=False
+        )
         self.score_pool3 = nn.Conv2d(256, num_classes, kernel_size=1)
-        self.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=16, stride=8, bias=False)
+        self.upscore8 = nn.ConvTranspose2d(
+            num_classes, num_classes, kernel_size=16, stride=8, bias=False
+        )
         with torch.no_grad():
             for m in (self.upscore2, self.upscore_pool4, self.upscore8):
                 m.weight.copy_(bilinear_kernel(num_classes, num_classes, m.kernel_size[0]))
@@ -627,7 +733,7 @@ class SPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = F.adaptive_max_pool2d if self.mode == "max" else F.adaptive_avg_pool2d
-        return torch.cat([torch.flatten(pool(x, l), 1) for l in self.levels], 1)
+        return torch.cat([torch.flatten(pool(x, level), 1) for level in self.levels], 1)
 
 
 class SPPNet(nn.Module):
@@ -685,7 +791,10 @@ _BUILDERS = {
     "resnet18": (lambda num_classes: ResNet(BasicBlock, [2, 2, 2, 2], num_classes), 1000),
     "resnet34": (lambda num_classes: ResNet(BasicBlock, [3, 4, 6, 3], num_classes), 1000),
     "resnet50": (lambda num_classes: ResNet(Bottleneck, [3, 4, 6, 3], num_classes), 1000),
-    "densenet121": (lambda num_classes: DenseNet(32, (6, 12, 24, 16), 64, num_classes=num_classes), 1000),
+    "densenet121": (
+        lambda num_classes: DenseNet(32, (6, 12, 24, 16), 64, num_classes=num_classes),
+        1000,
+    ),
     "tinyseg": (TinySeg, 4),
     "fcn32s": (FCN32s, 21),
     "fcn8s": (FCN8s, 21),
@@ -702,8 +811,20 @@ INPUT_SHAPES: dict[str, tuple[int | None, int | None, int | None]] = {
     "fcn32s": (3, None, None),
     "fcn8s": (3, None, None),
     "sppnet": (3, None, None),
-    **{n: (3, 224, 224) for n in ("alexnet", "vgg11", "vgg16", "vgg19", "googlenet",
-                                  "resnet18", "resnet34", "resnet50", "densenet121")},
+    **{
+        n: (3, 224, 224)
+        for n in (
+            "alexnet",
+            "vgg11",
+            "vgg16",
+            "vgg19",
+            "googlenet",
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "densenet121",
+        )
+    },
 }
 
 
@@ -739,15 +860,27 @@ def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
         if isinstance(m, nn.ConvTranspose2d):
             x = inputs[0]
             kh, kw = m.kernel_size
-            total += m.in_channels * x.shape[2] * x.shape[3] * (m.out_channels // m.groups) * kh * kw
+            total += (
+                m.in_channels * x.shape[2] * x.shape[3] * (m.out_channels // m.groups) * kh * kw
+            )
         elif isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
-            total += m.out_channels * output.shape[2] * output.shape[3] * (m.in_channels // m.groups) * kh * kw
+            total += (
+                m.out_channels
+                * output.shape[2]
+                * output.shape[3]
+                * (m.in_channels // m.groups)
+                * kh
+                * kw
+            )
         elif isinstance(m, nn.Linear):
             total += m.in_features * m.out_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+    ]
     was_training = module.training
     try:
         module.eval()
@@ -766,4 +899,7 @@ if __name__ == "__main__":  # pragma: no cover - manual check
     shapes = {n: [s if s is not None else 224 for s in INPUT_SHAPES[n]] for n in NAMES}
     for n in sys.argv[1:] or NAMES:
         m = build(n)
-        print(f"{n:12s} params {count_params(m):>13,d}  macs {count_macs(m, shapes[n]):>17,d}  @ {shapes[n]}")
+        print(
+            f"{n:12s} params {count_params(m):>13,d}  "
+            f"macs {count_macs(m, shapes[n]):>17,d}  @ {shapes[n]}"
+        )

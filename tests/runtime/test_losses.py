@@ -92,29 +92,39 @@ def test_cross_entropy_matches_reference(smoothing, weights):
     if weights:
         config["class_weights"] = weights
     loss = build_loss(config, task="classification", num_classes=5)
-    assert_close(_value(loss, scores, labels),
-                 ref_cross_entropy(scores.astype(np.float64), labels, smoothing, weights),
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        _value(loss, scores, labels),
+        ref_cross_entropy(scores.astype(np.float64), labels, smoothing, weights),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_class_weights_favour_the_weighted_class():
     scores, labels = _scores(n=64, seed=2)
     plain = build_loss("cross_entropy", task="classification", num_classes=5)
-    heavy = build_loss({"type": "cross_entropy", "class_weights": [100, 1, 1, 1, 1]},
-                       task="classification", num_classes=5)
+    heavy = build_loss(
+        {"type": "cross_entropy", "class_weights": [100, 1, 1, 1, 1]},
+        task="classification",
+        num_classes=5,
+    )
     # Raising class 0's score lowers the weighted loss more than the plain one.
     better = scores.copy()
     better[labels == 0, 0] += 2.0
-    assert (_value(heavy, scores, labels) - _value(heavy, better, labels)
-            > _value(plain, scores, labels) - _value(plain, better, labels) > 0)
+    assert (
+        _value(heavy, scores, labels) - _value(heavy, better, labels)
+        > _value(plain, scores, labels) - _value(plain, better, labels)
+        > 0
+    )
 
 
 def test_label_smoothing_penalises_overconfidence():
     scores = np.array([[20.0, 0.0, 0.0]], dtype=np.float32)
     labels = np.array([0])
     plain = build_loss("cross_entropy", task="classification", num_classes=3)
-    smooth = build_loss({"type": "cross_entropy", "label_smoothing": 0.3},
-                        task="classification", num_classes=3)
+    smooth = build_loss(
+        {"type": "cross_entropy", "label_smoothing": 0.3}, task="classification", num_classes=3
+    )
     assert _value(plain, scores, labels) < 1e-6
     assert _value(smooth, scores, labels) > 1.0
 
@@ -122,21 +132,31 @@ def test_label_smoothing_penalises_overconfidence():
 @pytest.mark.parametrize(("margin", "p"), [(1.0, 1), (0.5, 2), (2.0, 1)])
 def test_hinge_matches_reference(margin, p):
     scores, labels = _scores(seed=3, spread=1.0)
-    loss = build_loss({"type": "hinge", "margin": margin, "p": p}, task="classification",
-                      num_classes=5)
-    assert_close(_value(loss, scores, labels),
-                 ref_hinge(scores.astype(np.float64), labels, margin, p), rtol=1e-5, atol=1e-6)
+    loss = build_loss(
+        {"type": "hinge", "margin": margin, "p": p}, task="classification", num_classes=5
+    )
+    assert_close(
+        _value(loss, scores, labels),
+        ref_hinge(scores.astype(np.float64), labels, margin, p),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     # The documented scale: C times torch's multi_margin_loss.
-    torch_value = 5 * F.multi_margin_loss(torch.from_numpy(scores), torch.from_numpy(labels),
-                                          p=p, margin=margin)
+    torch_value = 5 * F.multi_margin_loss(
+        torch.from_numpy(scores), torch.from_numpy(labels), p=p, margin=margin
+    )
     assert_close(_value(loss, scores, labels), float(torch_value), rtol=1e-5, atol=1e-6)
 
 
 def test_hinge_cs231n_example():
     # CS231n's worked example: scores (3.2, 5.1, -1.7) for a cat (class 0) → 2.9.
     loss = build_loss("hinge", task="classification", num_classes=3)
-    assert_close(_value(loss, np.array([[3.2, 5.1, -1.7]], np.float32), np.array([0])), 2.9,
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        _value(loss, np.array([[3.2, 5.1, -1.7]], np.float32), np.array([0])),
+        2.9,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", ["l1", "l2"])
@@ -165,8 +185,9 @@ def test_l2_onto_segmentation_masks():
     masks = rng.integers(0, 3, (2, 4, 5))
     one_hot = np.eye(3)[masks].transpose(0, 3, 1, 2)
     loss = build_loss("l2", task="segmentation", num_classes=3)
-    assert_close(_value(loss, outputs, masks), ((outputs - one_hot) ** 2).mean(),
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        _value(loss, outputs, masks), ((outputs - one_hot) ** 2).mean(), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("margin", [1.0, 3.0])
@@ -174,10 +195,13 @@ def test_contrastive_matches_reference(margin):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(10, 4)).astype(np.float32)
     labels = rng.integers(0, 3, 10)
-    loss = build_loss({"type": "contrastive", "margin": margin}, task="embedding",
-                      num_classes=3)
-    assert_close(_value(loss, x, labels), ref_contrastive(x.astype(np.float64), labels, margin),
-                 rtol=1e-5, atol=1e-6)
+    loss = build_loss({"type": "contrastive", "margin": margin}, task="embedding", num_classes=3)
+    assert_close(
+        _value(loss, x, labels),
+        ref_contrastive(x.astype(np.float64), labels, margin),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_contrastive_by_hand():
@@ -193,15 +217,22 @@ def test_triplet_matches_reference(margin):
     x = rng.normal(size=(12, 3)).astype(np.float32)
     labels = rng.integers(0, 3, 12)
     loss = build_loss({"type": "triplet", "margin": margin}, task="embedding", num_classes=3)
-    assert_close(_value(loss, x, labels), ref_triplet(x.astype(np.float64), labels, margin),
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        _value(loss, x, labels),
+        ref_triplet(x.astype(np.float64), labels, margin),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize(("margin", "expected"), [
-    # Triplets (a, p, n): (0, 1, 2): 1 - 1.5 + m; (1, 0, 2): 1 - 0.5 + m.
-    (1.0, (0.5 + 1.5) / 2),
-    (0.2, 0.7),  # (0, 1, 2) gives max(0, -0.3) = 0 and is not counted in the mean
-])
+@pytest.mark.parametrize(
+    ("margin", "expected"),
+    [
+        # Triplets (a, p, n): (0, 1, 2): 1 - 1.5 + m; (1, 0, 2): 1 - 0.5 + m.
+        (1.0, (0.5 + 1.5) / 2),
+        (0.2, 0.7),  # (0, 1, 2) gives max(0, -0.3) = 0 and is not counted in the mean
+    ],
+)
 def test_triplet_by_hand(margin, expected):
     x = np.array([[0.0], [1.0], [1.5]], np.float32)
     loss = build_loss({"type": "triplet", "margin": margin}, task="embedding", num_classes=2)
@@ -225,9 +256,12 @@ def test_pixel_cross_entropy_matches_reference(weights):
     masks[rng.random(masks.shape) < 0.3] = 255
     config = {"type": "pixel_cross_entropy"} | ({"class_weights": weights} if weights else {})
     loss = build_loss(config, task="segmentation", num_classes=4)
-    assert_close(_value(loss, scores, masks),
-                 ref_pixel_cross_entropy(scores.astype(np.float64), masks, 255, weights),
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        _value(loss, scores, masks),
+        ref_pixel_cross_entropy(scores.astype(np.float64), masks, 255, weights),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_pixel_cross_entropy_ignores_pixels():
@@ -235,8 +269,9 @@ def test_pixel_cross_entropy_ignores_pixels():
     scores = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
     masks = rng.integers(0, 3, (1, 4, 4))
     masks[0, :2] = 7
-    loss = build_loss({"type": "pixel_cross_entropy", "ignore_index": 7}, task="segmentation",
-                      num_classes=3)
+    loss = build_loss(
+        {"type": "pixel_cross_entropy", "ignore_index": 7}, task="segmentation", num_classes=3
+    )
     changed = scores.copy()
     changed[0, :, :2] = 100 * rng.normal(size=(3, 2, 4))
     assert _value(loss, scores, masks) == _value(loss, changed, masks)
@@ -255,8 +290,12 @@ def test_pixel_cross_entropy_shape_mismatch():
 
 GRADIENT_CASES = [
     ("cross_entropy", "classification", (6, 4), lambda: torch.randint(0, 4, (6,))),
-    ({"type": "cross_entropy", "label_smoothing": 0.1, "class_weights": [1, 2, 3, 4]},
-     "classification", (6, 4), lambda: torch.randint(0, 4, (6,))),
+    (
+        {"type": "cross_entropy", "label_smoothing": 0.1, "class_weights": [1, 2, 3, 4]},
+        "classification",
+        (6, 4),
+        lambda: torch.randint(0, 4, (6,)),
+    ),
     ({"type": "hinge", "p": 2}, "classification", (6, 4), lambda: torch.randint(0, 4, (6,))),
     ("l1", "classification", (6, 4), lambda: torch.randint(0, 4, (6,))),
     ("l2", "segmentation", (2, 4, 3, 3), lambda: torch.randn(2, 4, 3, 3)),
@@ -291,9 +330,14 @@ def test_identical_embeddings_give_finite_gradients(name):
 # --- defaults and names ---
 
 
-@pytest.mark.parametrize(("task", "name"), [("classification", "cross_entropy"),
-                                            ("segmentation", "pixel_cross_entropy"),
-                                            ("embedding", "triplet")])
+@pytest.mark.parametrize(
+    ("task", "name"),
+    [
+        ("classification", "cross_entropy"),
+        ("segmentation", "pixel_cross_entropy"),
+        ("embedding", "triplet"),
+    ],
+)
 def test_default_loss_by_task(task, name):
     assert build_loss(None, task=task, num_classes=3).name == name
     assert build_loss({}, task=task, num_classes=3).name == name
@@ -312,26 +356,74 @@ def test_triplet_default_margin():
 # --- bad targets: UserError naming expected and found ---
 
 
-@pytest.mark.parametrize(("config", "task", "outputs", "targets", "words"), [
-    ("cross_entropy", "classification", torch.zeros(4, 3), torch.zeros(5, dtype=torch.long),
-     ["wrong shape", "(N,) = (4,)", "found (5,)"]),
-    ("cross_entropy", "classification", torch.zeros(4, 3), torch.zeros(4),
-     ["integer class labels", "torch.float32 (4,)"]),
-    ("cross_entropy", "classification", torch.zeros(4, 3), torch.tensor([0, 1, 3, 2]),
-     ["not a class index", "labels in 0..2", "label 3"]),
-    ("cross_entropy", "classification", torch.zeros(4, 5), torch.zeros(4, dtype=torch.long),
-     ["5 scores", "3 classes"]),
-    ("hinge", "classification", torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long),
-     ["(N, K)", "found (4, 3, 2)"]),
-    ("l2", "classification", torch.zeros(4, 3), torch.zeros(4, 2),
-     ["outputs' shape", "expected (4, 3)", "found (4, 2)"]),
-    ("triplet", "embedding", torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long),
-     ["wrong shape", "found (4, 1)"]),
-    ("pixel_cross_entropy", "segmentation", torch.zeros(2, 3, 4, 4),
-     torch.full((2, 4, 4), 9), ["label 9", "255 (ignore_index)"]),
-    ("pixel_cross_entropy", "segmentation", torch.zeros(2, 3, 4, 4),
-     torch.zeros(2, 1, 4, 4, dtype=torch.long), ["(N, H, W)", "found (2, 1, 4, 4)"]),
-])
+@pytest.mark.parametrize(
+    ("config", "task", "outputs", "targets", "words"),
+    [
+        (
+            "cross_entropy",
+            "classification",
+            torch.zeros(4, 3),
+            torch.zeros(5, dtype=torch.long),
+            ["wrong shape", "(N,) = (4,)", "found (5,)"],
+        ),
+        (
+            "cross_entropy",
+            "classification",
+            torch.zeros(4, 3),
+            torch.zeros(4),
+            ["integer class labels", "torch.float32 (4,)"],
+        ),
+        (
+            "cross_entropy",
+            "classification",
+            torch.zeros(4, 3),
+            torch.tensor([0, 1, 3, 2]),
+            ["not a class index", "labels in 0..2", "label 3"],
+        ),
+        (
+            "cross_entropy",
+            "classification",
+            torch.zeros(4, 5),
+            torch.zeros(4, dtype=torch.long),
+            ["5 scores", "3 classes"],
+        ),
+        (
+            "hinge",
+            "classification",
+            torch.zeros(4, 3, 2),
+            torch.zeros(4, dtype=torch.long),
+            ["(N, K)", "found (4, 3, 2)"],
+        ),
+        (
+            "l2",
+            "classification",
+            torch.zeros(4, 3),
+            torch.zeros(4, 2),
+            ["outputs' shape", "expected (4, 3)", "found (4, 2)"],
+        ),
+        (
+            "triplet",
+            "embedding",
+            torch.zeros(4, 3),
+            torch.zeros(4, 1, dtype=torch.long),
+            ["wrong shape", "found (4, 1)"],
+        ),
+        (
+            "pixel_cross_entropy",
+            "segmentation",
+            torch.zeros(2, 3, 4, 4),
+            torch.full((2, 4, 4), 9),
+            ["label 9", "255 (ignore_index)"],
+        ),
+        (
+            "pixel_cross_entropy",
+            "segmentation",
+            torch.zeros(2, 3, 4, 4),
+            torch.zeros(2, 1, 4, 4, dtype=torch.long),
+            ["(N, H, W)", "found (2, 1, 4, 4)"],
+        ),
+    ],
+)
 def test_bad_targets(config, task, outputs, targets, words):
     loss = build_loss(config, task=task, num_classes=3)
     with pytest.raises(UserError) as error:
@@ -346,41 +438,91 @@ def test_bad_targets(config, task, outputs, targets, words):
 # --- bad settings: ConfigError on the dotted key ---
 
 
-@pytest.mark.parametrize(("config", "task", "key", "words"), [
-    ("crossentropy", "classification", "training.loss", ["unknown loss",
-                                                         "did you mean 'cross_entropy'"]),
-    ({"type": "tripplet"}, "embedding", "training.loss.type", ["did you mean 'triplet'"]),
-    (7, "classification", "training.loss", ["integer 7"]),
-    ({"type": "cross_entropy", "smoothing": 0.1}, "classification", "training.loss.smoothing",
-     ["unknown option", "did you mean 'label_smoothing'"]),
-    ({"type": "cross_entropy", "label_smoothing": 1.5}, "classification",
-     "training.loss.label_smoothing", ["[0, 1]", "number 1.5"]),
-    ({"type": "cross_entropy", "label_smoothing": "0.1"}, "classification",
-     "training.loss.label_smoothing", ["must be a number", "string '0.1'"]),
-    ({"type": "cross_entropy", "class_weights": [1, 2]}, "classification",
-     "training.loss.class_weights", ["expected 3 entries", "found 2 entries"]),
-    ({"type": "cross_entropy", "class_weights": [1, 0, 2]}, "classification",
-     "training.loss.class_weights[1]", ["> 0", "integer 0"]),
-    ({"type": "cross_entropy", "class_weights": 2}, "classification",
-     "training.loss.class_weights", ["a list of 3 numbers"]),
-    ({"type": "hinge", "p": 3}, "classification", "training.loss.p", ["[1, 2]", "integer 3"]),
-    ({"type": "hinge", "p": 1.5}, "classification", "training.loss.p", ["an integer"]),
-    ({"type": "hinge", "margin": -1}, "classification", "training.loss.margin", ["> 0"]),
-    ({"type": "hinge", "margin": True}, "classification", "training.loss.margin",
-     ["boolean true"]),
-    ({"type": "triplet", "margin": "1e-3"}, "embedding", "training.loss.margin",
-     ["1.0e-3"]),
-    ({"type": "contrastive", "margin": float("nan")}, "embedding", "training.loss.margin",
-     ["finite"]),
-    ({"type": "l1", "margin": 1}, "classification", "training.loss.margin",
-     ["expected no options"]),
-    ({"type": "pixel_cross_entropy", "ignore_index": 2.5}, "segmentation",
-     "training.loss.ignore_index", ["an integer"]),
-    ("cross_entropy", "segmentation", "training.loss", ["does not fit a segmentation network",
-                                                        "pixel_cross_entropy"]),
-    ({"type": "triplet"}, "classification", "training.loss.type", ["does not fit"]),
-    ("pixel_cross_entropy", "embedding", "training.loss", ["expected contrastive or triplet"]),
-])
+@pytest.mark.parametrize(
+    ("config", "task", "key", "words"),
+    [
+        (
+            "crossentropy",
+            "classification",
+            "training.loss",
+            ["unknown loss", "did you mean 'cross_entropy'"],
+        ),
+        ({"type": "tripplet"}, "embedding", "training.loss.type", ["did you mean 'triplet'"]),
+        (7, "classification", "training.loss", ["integer 7"]),
+        (
+            {"type": "cross_entropy", "smoothing": 0.1},
+            "classification",
+            "training.loss.smoothing",
+            ["unknown option", "did you mean 'label_smoothing'"],
+        ),
+        (
+            {"type": "cross_entropy", "label_smoothing": 1.5},
+            "classification",
+            "training.loss.label_smoothing",
+            ["[0, 1]", "number 1.5"],
+        ),
+        (
+            {"type": "cross_entropy", "label_smoothing": "0.1"},
+            "classification",
+            "training.loss.label_smoothing",
+            ["must be a number", "string '0.1'"],
+        ),
+        (
+            {"type": "cross_entropy", "class_weights": [1, 2]},
+            "classification",
+            "training.loss.class_weights",
+            ["expected 3 entries", "found 2 entries"],
+        ),
+        (
+            {"type": "cross_entropy", "class_weights": [1, 0, 2]},
+            "classification",
+            "training.loss.class_weights[1]",
+            ["> 0", "integer 0"],
+        ),
+        (
+            {"type": "cross_entropy", "class_weights": 2},
+            "classification",
+            "training.loss.class_weights",
+            ["a list of 3 numbers"],
+        ),
+        ({"type": "hinge", "p": 3}, "classification", "training.loss.p", ["[1, 2]", "integer 3"]),
+        ({"type": "hinge", "p": 1.5}, "classification", "training.loss.p", ["an integer"]),
+        ({"type": "hinge", "margin": -1}, "classification", "training.loss.margin", ["> 0"]),
+        (
+            {"type": "hinge", "margin": True},
+            "classification",
+            "training.loss.margin",
+            ["boolean true"],
+        ),
+        ({"type": "triplet", "margin": "1e-3"}, "embedding", "training.loss.margin", ["1.0e-3"]),
+        (
+            {"type": "contrastive", "margin": float("nan")},
+            "embedding",
+            "training.loss.margin",
+            ["finite"],
+        ),
+        (
+            {"type": "l1", "margin": 1},
+            "classification",
+            "training.loss.margin",
+            ["expected no options"],
+        ),
+        (
+            {"type": "pixel_cross_entropy", "ignore_index": 2.5},
+            "segmentation",
+            "training.loss.ignore_index",
+            ["an integer"],
+        ),
+        (
+            "cross_entropy",
+            "segmentation",
+            "training.loss",
+            ["does not fit a segmentation network", "pixel_cross_entropy"],
+        ),
+        ({"type": "triplet"}, "classification", "training.loss.type", ["does not fit"]),
+        ("pixel_cross_entropy", "embedding", "training.loss", ["expected contrastive or triplet"]),
+    ],
+)
 def test_bad_settings(config, task, key, words):
     with pytest.raises(ConfigError) as error:
         build_loss(config, task=task, num_classes=3)

@@ -59,8 +59,13 @@ def test_compiled_module_matches_the_torch_reference(name):
 def test_state_dict_names_come_from_the_description():
     module = build_module(netc.load("resnet18").graph)
     keys = set(module.state_dict())
-    assert {"conv1.weight", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-            "layer2.0.downsample.1.running_var", "fc.bias"} <= keys
+    assert {
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_var",
+        "fc.bias",
+    } <= keys
     assert not any(key.startswith("layer1.0.downsample") for key in keys)
 
 

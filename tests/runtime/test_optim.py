@@ -29,8 +29,9 @@ class Quadratic(torch.nn.Module):
 
 def _net() -> torch.nn.Sequential:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
-                               torch.nn.Linear(6, 2))
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 2)
+    )
 
 
 OPTIMIZER_CONFIGS = [
@@ -150,38 +151,45 @@ def test_none_is_constant():
 
 def test_warmup_is_a_linear_ramp_per_batch():
     optimizer = _optimizer()
-    schedule = build_scheduler(optimizer, {"type": "none", "warmup_epochs": 1.5},
-                               epochs=EPOCHS, steps_per_epoch=STEPS)
+    schedule = build_scheduler(
+        optimizer, {"type": "none", "warmup_epochs": 1.5}, epochs=EPOCHS, steps_per_epoch=STEPS
+    )
     lrs = _run(schedule, 3, STEPS)
     assert_close(lrs, [0.1 * i / 6 for i in range(1, 7)] + [0.1] * 6, rtol=1e-12, atol=0)
     assert all(group["lr"] == lrs[-1] for group in optimizer.param_groups)
 
 
 def test_step_drops_every_step_size_epochs():
-    schedule = build_scheduler(_optimizer(), {"type": "step", "step_size": 2, "gamma": 0.5},
-                               epochs=EPOCHS, steps_per_epoch=STEPS)
+    schedule = build_scheduler(
+        _optimizer(),
+        {"type": "step", "step_size": 2, "gamma": 0.5},
+        epochs=EPOCHS,
+        steps_per_epoch=STEPS,
+    )
     expected = [0.1 * 0.5 ** (epoch // 2) for epoch in range(EPOCHS) for _ in range(STEPS)]
     assert_close(_run(schedule, EPOCHS, STEPS), expected, rtol=1e-12, atol=0)
 
 
 def test_step_default_size_is_a_third_of_the_run():
     schedule = build_scheduler(_optimizer(), "step", epochs=9, steps_per_epoch=1)
-    assert_close(_run(schedule, 9, 1), [0.1] * 3 + [0.01] * 3 + [0.001] * 3, rtol=1e-12,
-                 atol=0)
+    assert_close(_run(schedule, 9, 1), [0.1] * 3 + [0.01] * 3 + [0.001] * 3, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("warmup_epochs", [0, 2])
 def test_cosine_endpoints_and_shape(warmup_epochs):
     optimizer = _optimizer()
-    schedule = build_scheduler(optimizer, {"type": "cosine", "min_lr": 0.01,
-                                           "warmup_epochs": warmup_epochs},
-                               epochs=EPOCHS, steps_per_epoch=STEPS)
+    schedule = build_scheduler(
+        optimizer,
+        {"type": "cosine", "min_lr": 0.01, "warmup_epochs": warmup_epochs},
+        epochs=EPOCHS,
+        steps_per_epoch=STEPS,
+    )
     lrs = _run(schedule, EPOCHS, STEPS)
     warmup = warmup_epochs * STEPS
     cosine_steps = EPOCHS * STEPS - warmup
     expected = [0.1 * (i + 1) / warmup for i in range(warmup)] + [
-        0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * t / cosine_steps))
-        for t in range(cosine_steps)]
+        0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * t / cosine_steps)) for t in range(cosine_steps)
+    ]
     assert_close(lrs, expected, rtol=1e-12, atol=1e-15)
     assert lrs[warmup] == pytest.approx(0.1)  # the cosine starts at the base lr...
     assert lrs[warmup + cosine_steps // 2] == pytest.approx(0.055)  # ...halfway is the mean
@@ -191,8 +199,12 @@ def test_cosine_endpoints_and_shape(warmup_epochs):
 
 
 def test_plateau_reduces_after_patience():
-    schedule = build_scheduler(_optimizer(), {"type": "plateau", "patience": 2, "factor": 0.5},
-                               epochs=10, steps_per_epoch=1)
+    schedule = build_scheduler(
+        _optimizer(),
+        {"type": "plateau", "patience": 2, "factor": 0.5},
+        epochs=10,
+        steps_per_epoch=1,
+    )
     metrics = [1.0, 0.9, 0.9, 0.95, 0.9, 0.8, 0.8, 0.8, 0.8, float("nan")]
     # Epochs 2, 3, 4 do not improve on 0.9: the third (> patience 2) halves the lr.
     # Epoch 5 improves; 6, 7, 8 do not: halved again.
@@ -327,31 +339,40 @@ def test_bad_clip_norm(value):
 # --- bad settings: ConfigError on the dotted key ---
 
 
-@pytest.mark.parametrize(("config", "key", "words"), [
-    ("adamm", "training.optimizer", ["unknown optimizer", "did you mean 'adam'"]),
-    ({"type": "SGD"}, "training.optimizer.type", ["did you mean 'sgd'"]),
-    ([0.1], "training.optimizer", ["list [0.1]"]),
-    ({"type": "sgd", "learning_rate": 0.1}, "training.optimizer.learning_rate",
-     ["unknown option for optimizer 'sgd'"]),
-    ({"type": "sgd", "betas": [0.9, 0.99]}, "training.optimizer.betas", ["unknown option"]),
-    ({"type": "adam", "lrr": 0.1}, "training.optimizer.lrr", ["did you mean 'lr'"]),
-    ({"lr": 0}, "training.optimizer.lr", ["> 0", "integer 0"]),
-    ({"lr": -0.1}, "training.optimizer.lr", ["> 0"]),
-    ({"lr": "1e-3"}, "training.optimizer.lr", ["must be a number", "1.0e-3"]),
-    ({"lr": float("inf")}, "training.optimizer.lr", ["finite"]),
-    ({"momentum": 1.0}, "training.optimizer.momentum", ["[0, 1)", "number 1.0"]),
-    ({"momentum": -0.5}, "training.optimizer.momentum", ["[0, 1)"]),
-    ({"momentum": 0, "nesterov": True}, "training.optimizer.nesterov", ["momentum > 0"]),
-    ({"nesterov": "yes"}, "training.optimizer.nesterov", ["true or false", "string 'yes'"]),
-    ({"weight_decay": -1e-4}, "training.optimizer.weight_decay", [">= 0"]),
-    ({"decay_norm_and_bias": 1}, "training.optimizer.decay_norm_and_bias", ["true or false"]),
-    ({"type": "rmsprop", "alpha": 1.5}, "training.optimizer.alpha", ["[0, 1)"]),
-    ({"type": "rmsprop", "eps": 0}, "training.optimizer.eps", ["> 0"]),
-    ({"type": "adam", "betas": 0.9}, "training.optimizer.betas", ["a list of 2 numbers"]),
-    ({"type": "adam", "betas": [0.9]}, "training.optimizer.betas",
-     ["expected 2 entries", "found 1 entries"]),
-    ({"type": "adamw", "betas": [0.9, 1.0]}, "training.optimizer.betas[1]", ["[0, 1)"]),
-])
+@pytest.mark.parametrize(
+    ("config", "key", "words"),
+    [
+        ("adamm", "training.optimizer", ["unknown optimizer", "did you mean 'adam'"]),
+        ({"type": "SGD"}, "training.optimizer.type", ["did you mean 'sgd'"]),
+        ([0.1], "training.optimizer", ["list [0.1]"]),
+        (
+            {"type": "sgd", "learning_rate": 0.1},
+            "training.optimizer.learning_rate",
+            ["unknown option for optimizer 'sgd'"],
+        ),
+        ({"type": "sgd", "betas": [0.9, 0.99]}, "training.optimizer.betas", ["unknown option"]),
+        ({"type": "adam", "lrr": 0.1}, "training.optimizer.lrr", ["did you mean 'lr'"]),
+        ({"lr": 0}, "training.optimizer.lr", ["> 0", "integer 0"]),
+        ({"lr": -0.1}, "training.optimizer.lr", ["> 0"]),
+        ({"lr": "1e-3"}, "training.optimizer.lr", ["must be a number", "1.0e-3"]),
+        ({"lr": float("inf")}, "training.optimizer.lr", ["finite"]),
+        ({"momentum": 1.0}, "training.optimizer.momentum", ["[0, 1)", "number 1.0"]),
+        ({"momentum": -0.5}, "training.optimizer.momentum", ["[0, 1)"]),
+        ({"momentum": 0, "nesterov": True}, "training.optimizer.nesterov", ["momentum > 0"]),
+        ({"nesterov": "yes"}, "training.optimizer.nesterov", ["true or false", "string 'yes'"]),
+        ({"weight_decay": -1e-4}, "training.optimizer.weight_decay", [">= 0"]),
+        ({"decay_norm_and_bias": 1}, "training.optimizer.decay_norm_and_bias", ["true or false"]),
+        ({"type": "rmsprop", "alpha": 1.5}, "training.optimizer.alpha", ["[0, 1)"]),
+        ({"type": "rmsprop", "eps": 0}, "training.optimizer.eps", ["> 0"]),
+        ({"type": "adam", "betas": 0.9}, "training.optimizer.betas", ["a list of 2 numbers"]),
+        (
+            {"type": "adam", "betas": [0.9]},
+            "training.optimizer.betas",
+            ["expected 2 entries", "found 1 entries"],
+        ),
+        ({"type": "adamw", "betas": [0.9, 1.0]}, "training.optimizer.betas[1]", ["[0, 1)"]),
+    ],
+)
 def test_bad_optimizer_settings(config, key, words):
     with pytest.raises(ConfigError) as error:
         build_optimizer(_net(), config)
@@ -361,22 +382,28 @@ def test_bad_optimizer_settings(config, key, words):
         assert word in str(error.value), str(error.value)
 
 
-@pytest.mark.parametrize(("config", "key", "words"), [
-    ("cosin", "training.schedule", ["unknown schedule", "did you mean 'cosine'"]),
-    ({"type": "exponential"}, "training.schedule.type", ["none or step or cosine or plateau"]),
-    ({"type": "cosine", "gamma": 0.1}, "training.schedule.gamma", ["unknown option"]),
-    ({"type": "step", "warmup": 1}, "training.schedule.warmup",
-     ["did you mean 'warmup_epochs'"]),
-    ({"type": "step", "step_size": 0}, "training.schedule.step_size", [">= 1"]),
-    ({"type": "step", "step_size": 2.5}, "training.schedule.step_size", ["an integer"]),
-    ({"type": "step", "gamma": 0}, "training.schedule.gamma", ["(0, 1]"]),
-    ({"type": "cosine", "min_lr": 0.5}, "training.schedule.min_lr", ["<= 0.1", "found 0.5"]),
-    ({"type": "cosine", "min_lr": -1.0}, "training.schedule.min_lr", [">= 0"]),
-    ({"type": "plateau", "factor": 1.0}, "training.schedule.factor", ["(0, 1)"]),
-    ({"type": "plateau", "patience": -1}, "training.schedule.patience", [">= 0"]),
-    ({"type": "none", "warmup_epochs": -1}, "training.schedule.warmup_epochs", [">= 0"]),
-    ({"warmup_epochs": None}, "training.schedule.warmup_epochs", ["nothing (null)"]),
-])
+@pytest.mark.parametrize(
+    ("config", "key", "words"),
+    [
+        ("cosin", "training.schedule", ["unknown schedule", "did you mean 'cosine'"]),
+        ({"type": "exponential"}, "training.schedule.type", ["none or step or cosine or plateau"]),
+        ({"type": "cosine", "gamma": 0.1}, "training.schedule.gamma", ["unknown option"]),
+        (
+            {"type": "step", "warmup": 1},
+            "training.schedule.warmup",
+            ["did you mean 'warmup_epochs'"],
+        ),
+        ({"type": "step", "step_size": 0}, "training.schedule.step_size", [">= 1"]),
+        ({"type": "step", "step_size": 2.5}, "training.schedule.step_size", ["an integer"]),
+        ({"type": "step", "gamma": 0}, "training.schedule.gamma", ["(0, 1]"]),
+        ({"type": "cosine", "min_lr": 0.5}, "training.schedule.min_lr", ["<= 0.1", "found 0.5"]),
+        ({"type": "cosine", "min_lr": -1.0}, "training.schedule.min_lr", [">= 0"]),
+        ({"type": "plateau", "factor": 1.0}, "training.schedule.factor", ["(0, 1)"]),
+        ({"type": "plateau", "patience": -1}, "training.schedule.patience", [">= 0"]),
+        ({"type": "none", "warmup_epochs": -1}, "training.schedule.warmup_epochs", [">= 0"]),
+        ({"warmup_epochs": None}, "training.schedule.warmup_epochs", ["nothing (null)"]),
+    ],
+)
 def test_bad_schedule_settings(config, key, words):
     with pytest.raises(ConfigError) as error:
         build_scheduler(_optimizer(), config, epochs=EPOCHS, steps_per_epoch=STEPS)

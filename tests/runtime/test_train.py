@@ -43,8 +43,11 @@ def tiny(tmp_path):
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().split("\n")
-            if line]
+    return [
+        json.loads(line)["loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().split("\n")
+        if line
+    ]
 
 
 def test_training_writes_checkpoints_and_metrics(tiny, tmp_path):
@@ -84,8 +87,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, cap
     run = tmp_path / "run"
     train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
     before = checkpoint.load(run / "last.pt")
-    code = main(["train", tiny, "--data", "digits", "--out", str(run), "--resume",
-                 "--epochs", "3", "--lr", "1e12", "--quiet"])
+    code = main(
+        [
+            "train",
+            tiny,
+            "--data",
+            "digits",
+            "--out",
+            str(run),
+            "--resume",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e12",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "the loss became" in err and "Traceback" not in err
     after = checkpoint.load(run / "last.pt")
@@ -98,16 +115,35 @@ def test_fine_tuning_reports_loaded_new_and_skipped_layers(tiny, tmp_path, capsy
     base = tmp_path / "base"
     train(tiny, "digits", base, overrides={"epochs": 1}, quiet=True)
     head = tmp_path / "head.yaml"
-    head.write_text(TINY.replace("{name: fc1, op: fc, units: $hidden, init: he}",
-                                 "{name: fc1, op: fc, units: 48, init: he}")
-                    .replace("{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, init: he}",
-                             "{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, "
-                             "init: he, trainable: false}")
-                    .replace("  - {name: fc2, op: fc, units: $num_classes}",
-                             "  - {name: extra, op: fc, units: 16}\n"
-                             "  - {name: fc2, op: fc, units: $num_classes}"))
-    code = main(["train", str(head), "--data", "digits", "--out", str(tmp_path / "ft"),
-                 "--init-from", str(base), "--epochs", "1"])
+    head.write_text(
+        TINY.replace(
+            "{name: fc1, op: fc, units: $hidden, init: he}",
+            "{name: fc1, op: fc, units: 48, init: he}",
+        )
+        .replace(
+            "{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, init: he}",
+            "{name: conv1, op: conv, channels: 8, kernel: 3, padding: 1, "
+            "init: he, trainable: false}",
+        )
+        .replace(
+            "  - {name: fc2, op: fc, units: $num_classes}",
+            "  - {name: extra, op: fc, units: 16}\n  - {name: fc2, op: fc, units: $num_classes}",
+        )
+    )
+    code = main(
+        [
+            "train",
+            str(head),
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            str(base),
+            "--epochs",
+            "1",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "loaded 1 layers: conv1" in err
@@ -133,20 +169,30 @@ def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         "missing": str(tmp_path / "nowhere"),
         "labels": _npz(tmp_path, x, np.arange(40) % 12, "labels.npz"),
         "batch": _npz(tmp_path, x, np.arange(40) % 10, "batch.npz"),
-        "channels": _npz(tmp_path, rng.random((40, 3, 8, 8)).astype(np.float32),
-                         np.arange(40) % 10, "channels.npz"),
+        "channels": _npz(
+            tmp_path,
+            rng.random((40, 3, 8, 8)).astype(np.float32),
+            np.arange(40) % 10,
+            "channels.npz",
+        ),
         "empty": str(tmp_path / "empty_dir"),
     }[case]
     if case == "empty":
         (tmp_path / "empty_dir").mkdir()
     run = tmp_path / "run"
-    code = main(["train", tiny, "--data", data, "--out", str(run), "--quiet",
-                 "--set", "num_classes=10"])
+    code = main(
+        ["train", tiny, "--data", data, "--out", str(run), "--quiet", "--set", "num_classes=10"]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err and err.count("\n") <= 3
-    expected = {"missing": "nowhere", "labels": "has 12", "batch": "batch size 64",
-                "channels": "3-channel", "empty": "empty_dir"}[case]
+    expected = {
+        "missing": "nowhere",
+        "labels": "has 12",
+        "batch": "batch size 64",
+        "channels": "3-channel",
+        "empty": "empty_dir",
+    }[case]
     assert expected in err
     assert not run.exists()
 
@@ -158,9 +204,13 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [str(net), "--data", "digits", "--quiet", "--device", "cpu"]
     for out, extra in ((single, []), (double, ["--nproc", "2"])):
-        result = subprocess.run([sys.executable, "-m", "netc", "train", *common, "--out",
-                                 str(out), *extra], capture_output=True, text=True, env=env,
-                                timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "netc", "train", *common, "--out", str(out), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     a, b = checkpoint.load(single / "last.pt"), checkpoint.load(double / "last.pt")
     for key in a["model"]:
