@@ -334,7 +334,7 @@ def train(
             if distrib.broadcast_flag(world, not bool(torch.isfinite(loss))):
                 progress.close()
                 raise TrainingDiverged(
-                    f"error: the loss became {float(loss)} at epoch {epoch}, batch {step}; "
+                    f"error: the loss became {float(loss.detach())} at epoch {epoch}, batch {step}; "
                     f"training stopped\n  hint: lower the learning rate (now {schedule.lr():.3g})"
                     " or set clip_grad_norm; the last good checkpoint is "
                     + (str(run_dir / "last.pt") if (run_dir / "last.pt").exists() else "(none yet)")
