@@ -16,10 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
+# The main job end to end on built-in data; it grows as netc does.
 demo: $(VENV)/.installed
+	rm -rf runs/demo
 	$(PY) -m netc zoo
-	$(PY) -m netc compile resnet18
-	$(PY) -m netc compile fcn8s --input-shape 3,500,500
+	$(PY) -m netc compile lenet5
+	$(PY) -m netc train lenet5 --data digits --out runs/demo/lenet5
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
@@ -29,6 +31,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/compile.py
+	$(PY) bench/train_overhead.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -28,7 +28,7 @@ from netc.runtime.preprocess import Augment, fit_preprocessing
 from netc.runtime.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference"))
-import torch_zoo  # noqa: E402
+import torch_zoo
 
 
 def first_time_reaching(history: list[dict], metric: str, target: float) -> float | None:
@@ -49,13 +49,20 @@ def hand_written_lenet(epochs: int, seed: int = 0) -> tuple[float, float | None,
     x_train, x_val = pre.apply(train_set.images), pre.apply(val_set.images)
     model = torch_zoo.build("lenet5")
     opt = config["optimizer"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt["lr"],
-                                  weight_decay=opt["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"]
+    )
     batch = config["batch_size"]
     steps = epochs * (len(x_train) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=opt["lr"], total_steps=steps, pct_start=1 / epochs,
-        anneal_strategy="cos", div_factor=1e4, final_div_factor=1e4)
+        optimizer,
+        max_lr=opt["lr"],
+        total_steps=steps,
+        pct_start=1 / epochs,
+        anneal_strategy="cos",
+        div_factor=1e4,
+        final_div_factor=1e4,
+    )
     smoothing = config["loss"]["label_smoothing"]
     augment = Augment(config["augment"]["crop_padding"], False)
     generator = torch.Generator().manual_seed(seed)
@@ -86,17 +93,32 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         result = train("lenet5", "digits", Path(tmp) / "lenet5", quiet=True)
-        rows.append(("lenet5 / digits", "netc train", "accuracy", result.best_metric,
-                     first_time_reaching(result.history, "accuracy", 0.99), result.seconds))
+        rows.append(
+            (
+                "lenet5 / digits",
+                "netc train",
+                "accuracy",
+                result.best_metric,
+                first_time_reaching(result.history, "accuracy", 0.99),
+                result.seconds,
+            )
+        )
         epochs = netc.load("lenet5").spec.training["epochs"]
         best, reached, seconds = hand_written_lenet(epochs)
         rows.append(("lenet5 / digits", "hand-written", "accuracy", best, reached, seconds))
         if not args.skip_seg:
             result = train("tinyseg", "shapes", Path(tmp) / "tinyseg", quiet=True)
-            rows.append(("tinyseg / shapes", "netc train", "mean_iou", result.best_metric,
-                         first_time_reaching(result.history, "mean_iou", 0.90), result.seconds))
-    print(f"{'task':<17} {'run':<13} {'metric':<9} {'best':>7} {'reached target':>15} "
-          f"{'total':>8}")
+            rows.append(
+                (
+                    "tinyseg / shapes",
+                    "netc train",
+                    "mean_iou",
+                    result.best_metric,
+                    first_time_reaching(result.history, "mean_iou", 0.90),
+                    result.seconds,
+                )
+            )
+    print(f"{'task':<17} {'run':<13} {'metric':<9} {'best':>7} {'reached target':>15} {'total':>8}")
     for task, run, metric, best, reached, seconds in rows:
         when = f"{reached:.1f}s" if reached is not None else "never"
         print(f"{task:<17} {run:<13} {metric:<9} {best:>7.4f} {when:>15} {seconds:>7.1f}s")

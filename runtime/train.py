@@ -261,133 +261,229 @@ def train(
             f"error: {run_dir} already holds a run\n"
             "  hint: add --resume to continue it, or choose another --out"
         )
+    overrides = overrides or {}
     run = prepare(
-        source, data, overrides=overrides or {}, params=params or {}, stored=stored, quiet=quiet
+        source, data, overrides=overrides, params=params or {}, stored=stored, quiet=quiet
     )
-    config = run.config
-    device = _device(config)
-    world = distrib.init_world(device)
-    if world.distributed and config.batch_size % world.size:
-        raise UserError(
-            f"error: batch size {config.batch_size} does not split evenly over "
-            f"{world.size} processes"
-        )
-    module = build_module(run.network.graph, seed=config.seed)
-    if init_from and stored is None:
-        report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
-        for line in report.lines():
-            _say(f"init-from {init_from}: {line}", quiet or not world.is_main)
-    module.to(device)
-    if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
-    task = run.network.graph.task
-    loss_fn = build_loss(config.loss, task=task, num_classes=len(run.classes))
-    optimizer = build_optimizer(module, config.optimizer)
-    train_batches = len(run.train_set) // config.batch_size
-    schedule = build_scheduler(
-        optimizer, config.schedule, epochs=config.epochs, steps_per_epoch=train_batches
-    )
-    metric_name = config.metric or TASK_METRICS[task]
-    history: list[dict[str, Any]] = []
-    best, best_epoch, first_epoch = None, None, 1
-    if stored is not None:
-        module.load_state_dict(stored["model"])
-        optimizer.load_state_dict(stored["optimizer"])
-        schedule.load_state_dict(stored["scheduler"])
-        history, best, best_epoch = stored["history"], stored["best_metric"], stored["best_epoch"]
-        first_epoch = stored["epoch"] + 1
-        if (overrides or {}).get("lr") is not None:  # an explicit --lr wins over the saved state
-            schedule.set_base_lr(overrides["lr"])
-    trained = torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
-    autocast, scaler = _autocast(device, config.precision)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
-    writer = _tensorboard(run_dir) if world.is_main else None
-    augment = Augment(config.augment["crop_padding"], config.augment["hflip"])
-    images, targets = run.train_set.images, run.train_set.targets
-    labels = targets if config.balanced_sampling and task == "classification" else None
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, config.epochs + 1):
-        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
-        generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
-        module.train()
-        _freeze_frozen_norms(module)
-        batches = _batches(
-            len(images), config.batch_size, generator, labels, config.seed * 1_000_037 + epoch
-        )
-        progress = Progress(
-            len(batches), f"epoch {epoch}/{config.epochs}", enabled=not quiet and world.is_main
-        )
-        loss_sum, seen = 0.0, 0
-        for step, index in enumerate(batches, 1):
-            x, y = augment(images[index], targets[index], generator)
-            shard = slice(
-                world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
+    session = _Session.start(run, run_dir, stored, init_from, overrides.get("lr"), quiet)
+    try:
+        for epoch in range(session.first_epoch, run.config.epochs + 1):
+            row = session.train_epoch(epoch)
+            row.update(
+                evaluate(session.module, run, session.loss_fn, session.device, session.autocast)
             )
-            x, y = x[shard].to(device, non_blocking=True), y[shard].to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                outputs = _first_output(trained(x))
-            loss = loss_fn(outputs.float(), y)
-            if distrib.broadcast_flag(world, not bool(torch.isfinite(loss))):
-                progress.close()
-                raise TrainingDiverged(
-                    f"error: the loss became {float(loss.detach())} at epoch {epoch}, batch {step}; "
-                    f"training stopped\n  hint: lower the learning rate (now {schedule.lr():.3g})"
-                    " or set clip_grad_norm; the last good checkpoint is "
-                    + (str(run_dir / "last.pt") if (run_dir / "last.pt").exists() else "(none yet)")
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                clip_gradients(module, config.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                clip_gradients(module, config.clip_grad_norm)
-                optimizer.step()
-            schedule.after_batch()
-            loss_sum += float(loss.detach()) * len(x)
-            seen += len(x)
-            progress.update(step, loss=loss_sum / seen)
-        progress.close()
-        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": schedule.lr()}
-        row.update(evaluate(module, run, loss_fn, device, autocast))
-        schedule.after_epoch(row.get("val_loss"))
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        value = row.get(metric_name, row.get("val_loss", row["loss"]))
-        improved = best is None or (value < best if metric_name == "loss" else value > best)
-        if improved:
-            best, best_epoch = value, epoch
-        history.append(row)
-        if world.is_main:
-            state = _state(run, module, optimizer, schedule, epoch, best, best_epoch, history)
-            checkpoint.save(run_dir / "last.pt", state)
-            if improved:
-                checkpoint.save(run_dir / "best.pt", state)
-            _write_metrics(run_dir, history)
-            if writer is not None:
-                for key, number in row.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, number, epoch)
-            _say(_epoch_line(row, config.epochs, metric_name, improved), quiet)
-        distrib.barrier(world)
-    if writer is not None:
-        writer.close()
-    distrib.shutdown(world)
+            session.end_epoch(row, started)
+    finally:
+        session.close()
     return RunResult(
         run_dir,
-        metric_name,
-        best,
-        best_epoch,
-        epoch - first_epoch + 1,
+        session.metric,
+        session.best,
+        session.best_epoch,
+        run.config.epochs - session.first_epoch + 1,
         time.perf_counter() - started,
-        history,
+        session.history,
     )
+
+
+@dataclass
+class _Session:
+    """The state of a run between epochs: module, optimizer, schedule, best so far."""
+
+    run: _Run
+    run_dir: Path
+    world: distrib.World
+    device: torch.device
+    module: nn.Module
+    trained: nn.Module  # the module, or its DDP wrapper
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    autocast: Any
+    scaler: Any
+    metric: str
+    quiet: bool
+    first_epoch: int = 1
+    best: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    writer: Any = None
+
+    @classmethod
+    def start(
+        cls,
+        run: _Run,
+        run_dir: Path,
+        stored: dict[str, Any] | None,
+        init_from: str | None,
+        lr: float | None,
+        quiet: bool,
+    ) -> _Session:
+        config, task = run.config, run.network.graph.task
+        device = _device(config)
+        world = distrib.init_world(device)
+        if world.distributed and config.batch_size % world.size:
+            raise UserError(
+                f"error: batch size {config.batch_size} does not split evenly "
+                f"over {world.size} processes"
+            )
+        module = build_module(run.network.graph, seed=config.seed)
+        if init_from and stored is None:
+            report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
+            for line in report.lines():
+                _say(f"init-from {init_from}: {line}", quiet or not world.is_main)
+        module.to(device)
+        if device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(module, config.optimizer)
+        schedule = build_scheduler(
+            optimizer,
+            config.schedule,
+            epochs=config.epochs,
+            steps_per_epoch=len(run.train_set) // config.batch_size,
+        )
+        autocast, scaler = _autocast(device, config.precision)
+        session = cls(
+            run=run,
+            run_dir=run_dir,
+            world=world,
+            device=device,
+            module=module,
+            trained=(
+                torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
+            ),
+            loss_fn=build_loss(config.loss, task=task, num_classes=len(run.classes)),
+            optimizer=optimizer,
+            schedule=schedule,
+            autocast=autocast,
+            scaler=scaler,
+            metric=config.metric or TASK_METRICS[task],
+            quiet=quiet,
+        )
+        if stored is not None:
+            session.restore(stored, lr)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
+            session.writer = _tensorboard(run_dir)
+        return session
+
+    def restore(self, stored: dict[str, Any], lr: float | None) -> None:
+        self.module.load_state_dict(stored["model"])
+        self.optimizer.load_state_dict(stored["optimizer"])
+        self.schedule.load_state_dict(stored["scheduler"])
+        self.history = list(stored["history"])
+        self.best, self.best_epoch = stored["best_metric"], stored["best_epoch"]
+        self.first_epoch = stored["epoch"] + 1
+        if lr is not None:  # an explicit --lr wins over the saved state
+            self.schedule.set_base_lr(lr)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        config, world = self.run.config, self.world
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
+        generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
+        self.module.train()
+        _freeze_frozen_norms(self.module)
+        images, targets = self.run.train_set.images, self.run.train_set.targets
+        balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
+        batches = _batches(
+            len(images),
+            config.batch_size,
+            generator,
+            targets if balanced else None,
+            config.seed * 1_000_037 + epoch,
+        )
+        augment = Augment(config.augment["crop_padding"], config.augment["hflip"])
+        progress = Progress(
+            len(batches), f"epoch {epoch}/{config.epochs}", enabled=not self.quiet and world.is_main
+        )
+        loss_sum, seen = 0.0, 0
+        try:
+            for step, index in enumerate(batches, 1):
+                x, y = augment(images[index], targets[index], generator)
+                shard = slice(
+                    world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
+                )
+                loss = self.step(x[shard], y[shard], epoch, step)
+                loss_sum += loss * len(x)
+                seen += len(x)
+                progress.update(step, loss=loss_sum / seen)
+        finally:
+            progress.close()
+        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": self.schedule.lr()}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+        """One optimizer step on a batch; returns its loss."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            outputs = _first_output(self.trained(x))
+        loss = self.loss_fn(outputs.float(), y)
+        if distrib.broadcast_flag(self.world, not bool(torch.isfinite(loss))):
+            raise self.diverged(float(loss.detach()), epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.run.config.clip_grad_norm
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.module, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            clip_gradients(self.module, clip)
+            self.optimizer.step()
+        self.schedule.after_batch()
+        return float(loss.detach())
+
+    def diverged(self, loss: float, epoch: int, step: int) -> TrainingDiverged:
+        last = self.run_dir / "last.pt"
+        return TrainingDiverged(
+            f"error: the loss became {loss} at epoch {epoch}, batch {step}; training stopped\n"
+            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}) or set "
+            "clip_grad_norm; the last good checkpoint is "
+            + (str(last) if last.exists() else "(none yet)")
+        )
+
+    def end_epoch(self, row: dict[str, Any], started: float) -> None:
+        """Schedule, pick the best, write checkpoints and metrics (rank 0), log."""
+        self.schedule.after_epoch(row.get("val_loss"))
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        value = row.get(self.metric, row.get("val_loss", row["loss"]))
+        lower_is_better = self.metric == "loss"
+        improved = self.best is None or (
+            value < self.best if lower_is_better else value > self.best
+        )
+        if improved:
+            self.best, self.best_epoch = value, row["epoch"]
+        self.history.append(row)
+        if self.world.is_main:
+            state = _state(
+                self.run,
+                self.module,
+                self.optimizer,
+                self.schedule,
+                row["epoch"],
+                self.best,
+                self.best_epoch,
+                self.history,
+            )
+            checkpoint.save(self.run_dir / "last.pt", state)
+            if improved:
+                checkpoint.save(self.run_dir / "best.pt", state)
+            _write_metrics(self.run_dir, self.history)
+            if self.writer is not None:
+                for key, number in row.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, number, row["epoch"])
+            _say(_epoch_line(row, self.run.config.epochs, self.metric, improved), self.quiet)
+        distrib.barrier(self.world)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        distrib.shutdown(self.world)
 
 
 def _state(

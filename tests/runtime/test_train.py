@@ -216,3 +216,33 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny, tmp_path
     for key in a["model"]:
         # Same global batches; only the order of the gradient all-reduce sum differs.
         assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, what=key)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"balanced_sampling": True},
+        {"pca_whitening": True, "augment": {"crop_padding": 1, "hflip": True}},
+        {"loss": "hinge", "optimizer": {"type": "rmsprop", "lr": 1.0e-3}},
+        {"schedule": {"type": "plateau", "patience": 0}, "clip_grad_norm": 1.0},
+    ],
+)
+def test_training_options_run_end_to_end(tiny, tmp_path, setting):
+    result = train(tiny, "digits", tmp_path / "run", overrides={"epochs": 2, **setting}, quiet=True)
+    assert result.best_metric > 0.5
+    assert checkpoint.load(tmp_path / "run")["config"]["epochs"] == 2
+
+
+def test_segmentation_training_reports_mean_iou(tmp_path):
+    result = train(
+        "tinyseg", "shapes", tmp_path / "seg", overrides={"epochs": 1, "batch_size": 32}, quiet=True
+    )
+    assert result.metric == "mean_iou"
+    row = result.history[0]
+    assert 0.0 < row["mean_iou"] <= 1.0 and row["val_loss"] > 0
+    assert checkpoint.load(tmp_path / "seg")["labels"] == [
+        "background",
+        "circle",
+        "square",
+        "triangle",
+    ]
