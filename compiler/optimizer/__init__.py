@@ -1,0 +1,1 @@
+"""ONNX → ONNX optimizer: an ordered pipeline of verified rewrites (see `pipeline`)."""

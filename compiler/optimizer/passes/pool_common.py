@@ -1,0 +1,220 @@
+"""What the pooling folds share: reading a pool's window geometry, static
+shapes, and the single-consumer test every fold needs.
+
+Not a pass. ONNX pooling semantics used throughout (AveragePool, MaxPool):
+along each spatial axis of size H, with begin/end pads pb/pe, kernel k,
+stride s and dilation d, the effective kernel is e = d·(k−1)+1 and the
+output size is  floor((H+pb+pe−e)/s)+1  (ceil instead of floor when
+ceil_mode=1, then dropping a last window that would start in the end
+padding). A window of a ceil-mode pool is *partial* when it runs past the
+end padding; such a window sums fewer elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+POOL_OPS = ("AveragePool", "MaxPool")
+
+
+@dataclass(frozen=True)
+class PoolWindow:
+    """The window geometry of one AveragePool/MaxPool node, pads made explicit."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # x1_begin, x2_begin, ..., x1_end, x2_end, ...
+    dilations: tuple[int, ...]
+    ceil_mode: bool
+    count_include_pad: bool
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel)
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pads)
+
+    @property
+    def effective_kernel(self) -> tuple[int, ...]:
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations))
+
+    def describe(self) -> str:
+        text = "x".join(map(str, self.kernel)) + "/" + "x".join(map(str, self.strides))
+        if self.padded:
+            text += f" pads {list(self.pads)}"
+        if self.ceil_mode:
+            text += " ceil"
+        return text
+
+    def output_dims(self, dims: Sequence[int]) -> tuple[int, ...]:
+        """Output spatial size for the static input spatial size `dims`."""
+        out = []
+        for axis, size in enumerate(dims):
+            begin, end = self.pads[axis], self.pads[axis + self.rank]
+            span = size + begin + end - self.effective_kernel[axis]
+            stride = self.strides[axis]
+            n = (-(-span // stride) if self.ceil_mode else span // stride) + 1
+            if self.ceil_mode and (n - 1) * stride >= size + begin:
+                n -= 1  # the last window would start in the end padding
+            out.append(n)
+        return tuple(out)
+
+    def has_partial_window(self, dims: Sequence[int]) -> bool:
+        """Whether some window (ceil mode only) runs past the padded input."""
+        if not self.ceil_mode:
+            return False
+        for axis, (size, n) in enumerate(zip(dims, self.output_dims(dims))):
+            padded = size + self.pads[axis] + self.pads[axis + self.rank]
+            if (n - 1) * self.strides[axis] + self.effective_kernel[axis] > padded:
+                return True
+        return False
+
+    def every_window_reads_input(self) -> bool:
+        """Whether every window covers at least one input element (none lies
+        wholly in the padding): no padding, or dilation 1 and each pad
+        smaller than the kernel."""
+        if not self.padded:
+            return True
+        return set(self.dilations) == {1} and all(
+            pad < self.kernel[axis % self.rank] for axis, pad in enumerate(self.pads)
+        )
+
+    def reduces_positions(self, dims: Sequence[int] | None) -> bool:
+        """Whether the pool outputs fewer positions than it reads; with unknown
+        `dims`, whether some stride exceeds 1."""
+        if dims is None:
+            return math.prod(self.strides) > 1
+        return math.prod(self.output_dims(dims)) < math.prod(dims)
+
+
+def read_window(node: ir.Node) -> PoolWindow | str:
+    """The window of an AveragePool/MaxPool node, or why it is not understood."""
+    attrs = node.attributes
+    kernel = tuple(attrs.get_ints("kernel_shape", ()))
+    if not kernel:
+        return "no kernel_shape"
+    rank = len(kernel)
+    strides = tuple(attrs.get_ints("strides", (1,) * rank))
+    dilations = tuple(attrs.get_ints("dilations", (1,) * rank))
+    pads = tuple(attrs.get_ints("pads", (0,) * 2 * rank))
+    auto_pad = attrs.get_string("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(k != 1 for k in kernel) or any(s != 1 for s in strides):
+            return f"auto_pad={auto_pad} (its padding depends on the input size)"
+        pads = (0,) * 2 * rank
+    elif auto_pad == "VALID":
+        pads = (0,) * 2 * rank
+    if len(strides) != rank or len(dilations) != rank or len(pads) != 2 * rank:
+        return "kernel_shape, strides, dilations and pads disagree in rank"
+    return PoolWindow(
+        kernel=kernel,
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        ceil_mode=bool(attrs.get_int("ceil_mode", 0)),
+        count_include_pad=bool(attrs.get_int("count_include_pad", 0)),
+    )
+
+
+def uses_indices(node: ir.Node) -> bool:
+    """Whether a MaxPool's optional Indices output is used (indices do not survive a fold)."""
+    return len(node.outputs) > 1 and bool(
+        node.outputs[1].uses() or node.outputs[1].is_graph_output()
+    )
+
+
+def spatial_dims(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The static spatial size (dims after N and C) of `value`, or None."""
+    if value is None or value.shape is None or len(value.shape) < 3:
+        return None
+    dims = value.shape.dims[2:]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(dims)
+
+
+def sole_consumer(value: ir.Value) -> ir.Node | str:
+    """The one node reading `value`, or why the fold must leave `value` alone."""
+    if value.is_graph_output():
+        return f"{value.name!r} is a graph output"
+    consumers = value.consumers()
+    if len(consumers) != 1 or len(value.uses()) != 1:
+        return f"{value.name!r} has {len(value.uses())} uses"
+    return consumers[0]
+
+
+def needs_shapes(model: ir.Model) -> bool:
+    return any(
+        out.shape is None for node in model.graph for out in node.outputs if out.uses()
+    )
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Annotate value shapes with ONNX shape inference where they are missing.
+
+    Shapes only sharpen the folds' checks and MAC counts; when inference
+    fails the folds fall back to what holds for every input size.
+    """
+    if needs_shapes(model):
+        ShapeInferencePass()(model)
+
+
+def unique_value_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_2`, `base_3`, ... whichever no value in `graph` uses yet."""
+    taken = {v.name for v in graph.inputs} | set(graph.initializers)
+    taken |= {v.name for node in graph for v in (*node.inputs, *node.outputs) if v is not None}
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+def fraction_saved(before: int, after: int) -> Fraction:
+    return Fraction(before - after, before)
+
+
+def node_label(node: ir.Node) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
+
+
+def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node) -> ir.Node:
+    """Rewrite x → op → pool as x → pool → op; returns the new pool node.
+
+    `op` must be elementwise along the spatial axes with its data on input 0
+    and only its first output used, and `pool`'s output must be its only
+    reader. The pool and op keep their names and attributes; the pool's old
+    output name now names op's output, so graph outputs keep their names.
+    """
+    source, result = op.inputs[0], pool.outputs[0]
+    new_pool = ir.Node(
+        "",
+        pool.op_type,
+        [source],
+        attributes=list(pool.attributes.values()),
+        name=pool.name,
+    )
+    pooled = new_pool.outputs[0]
+    pooled.name = unique_value_name(graph, f"{source.name}_pooled")
+    pooled.type = source.type
+    if source.shape is not None and result.shape is not None:
+        pooled.shape = ir.Shape([result.shape[0], source.shape[1], *result.shape.dims[2:]])
+    new_op = ir.Node(
+        op.domain,
+        op.op_type,
+        [pooled, *op.inputs[1:]],
+        attributes=list(op.attributes.values()),
+        name=op.name,
+    )
+    ir.convenience.replace_nodes_and_values(
+        graph, pool, [op, pool], [new_pool, new_op], [result], [new_op.outputs[0]]
+    )
+    return new_pool

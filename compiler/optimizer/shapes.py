@@ -1,0 +1,96 @@
+"""Static shapes for MAC counts: the shape every value has at one concrete input size.
+
+Exported models often leave batch and spatial sizes open, so a value's own
+`shape` cannot say how many multiply-accumulates a rewrite saves. Before the
+passes run, `annotate_static_shapes` runs ONNX shape inference once with the
+inputs fixed to concrete sizes and stores each value's resulting shape in
+`value.meta[STATIC_SHAPE]`. The model's own shapes are left as they were, so
+the optimized file does not gain shapes it did not ask for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+STATIC_SHAPE = "netc.static_shape"
+
+
+def annotate_static_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    """Record in `meta` the static shape of every value when the inputs have `input_shapes`.
+
+    Inputs not named keep their declared shape. Inference failures are not
+    errors: values it could not reach simply have no static shape.
+    """
+    graph = model.graph
+    values = _all_values(graph)
+    saved = {id(v): (v, v.shape, v.type) for v in values}
+    try:
+        for value in graph.inputs:
+            if value.name in input_shapes and not value.is_initializer():
+                value.shape = ir.Shape(list(input_shapes[value.name]))
+        with quiet_onnx_ir():
+            ShapeInferencePass(strict_mode=False)(model)
+        for value in values:
+            shape = static_dims(value.shape)
+            if shape is not None:
+                value.meta[STATIC_SHAPE] = shape
+    finally:
+        for value, shape, type_ in saved.values():
+            value.shape, value.type = shape, type_
+
+
+def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The value's shape when every dim is known: its own, else the annotated one."""
+    if value is None:
+        return None
+    own = static_dims(value.shape)
+    return own if own is not None else value.meta.get(STATIC_SHAPE)
+
+
+def rank(value: ir.Value | None) -> int | None:
+    """The number of dims of `value`, whether or not their sizes are known."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return len(value.shape)
+    annotated = value.meta.get(STATIC_SHAPE)
+    return None if annotated is None else len(annotated)
+
+
+def numel(value: ir.Value | None) -> int | None:
+    """The element count of `value` at its static shape, or None."""
+    shape = static_shape(value)
+    return None if shape is None else math.prod(shape)
+
+
+def static_dims(shape: ir.Shape | None) -> tuple[int, ...] | None:
+    if shape is None or not all(isinstance(d, int) for d in shape.dims):
+        return None
+    return tuple(shape.dims)
+
+
+def _all_values(graph: ir.Graph) -> list[ir.Value]:
+    values = list(graph.inputs) + list(graph.initializers.values())
+    values += [out for node in graph for out in node.outputs]
+    return values
+
+
+class quiet_onnx_ir:
+    """Silence onnx_ir's warnings (a skipped initializer, a failed inference) for a block.
+
+    They go to stderr through logging's last-resort handler and say nothing a
+    netc user can act on; what matters ends up in the pass notes instead.
+    """
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("onnx_ir")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
