@@ -126,3 +126,32 @@ def analyze(graph: Graph) -> Analysis:
         activation_bytes=None if None in memory else sum(memory),
         outputs={out: by_name[source] for out, source in graph.outputs.items()},
     )
+
+
+def minimum_input_size(graph: Graph, limit: int = 4096) -> tuple[int, int] | None:
+    """The smallest open (H, W) for which every layer has a non-empty output.
+
+    None when the input size is fixed. Each axis is searched with the other
+    one large, since ConvNet size rules act on H and W independently.
+    """
+    item = next(iter(graph.inputs.values()))
+    names = [str(d) for d in item.shape[2:] if not sym.is_static(d)]
+    if not names:
+        return None
+    dims = [d for node in graph.nodes for d in node.shape[1:]]
+
+    def valid(env: dict[str, int]) -> bool:
+        return all(sym.evaluate(d, env) >= 1 for d in dims)
+
+    result = []
+    for axis in item.shape[2:]:
+        if sym.is_static(axis):
+            result.append(axis)
+            continue
+        other = {name: limit for name in names}
+        low = next((n for n in range(1, limit + 1)
+                    if valid({**other, str(axis): n})), None)
+        if low is None:
+            return None
+        result.append(low)
+    return (result[0], result[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from netc.compiler.analysis import LayerStats, field_json
+from netc.compiler.analysis import LayerStats, field_json, minimum_input_size
 from netc.compiler.network import Network
 
 COLUMNS = ("layer", "op", "output", "params", "MACs", "RF", "stride", "offset")
@@ -68,6 +68,9 @@ def table(network: Network) -> str:
     )
     frozen = analysis.params - analysis.trainable_params
     memory = analysis.activation_bytes
+    smallest = minimum_input_size(graph)
+    if smallest is not None:
+        inputs += f" (smallest valid H×W: {smallest[0]}×{smallest[1]})"
     lines += [
         "",
         f"network     {graph.name} ({graph.task}, {len(graph.nodes)} layers)",
@@ -100,8 +103,13 @@ def to_json(network: Network) -> dict:
         "trainable_params": analysis.trainable_params,
         "macs": analysis.macs,
         "activation_bytes": analysis.activation_bytes,
+        "min_input_size": _pair_or_none(minimum_input_size(graph)),
         "output_receptive_fields": {
             name: field_json(stats.field) for name, stats in analysis.outputs.items()
         },
         "layers": [layer.to_json() for layer in analysis.layers],
     }
+
+
+def _pair_or_none(value: tuple[int, int] | None) -> list[int] | None:
+    return list(value) if value is not None else None

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import onnx_ir as ir
 
+from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
 
@@ -47,7 +48,6 @@ class AvgPoolAheadPass(OptimizerPass):
     name = "avgpool-ahead"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        pc.infer_shapes(model)
         modified = False
         for pool in list(model.graph):
             if pool.op_type != "AveragePool" or pool.domain != "":
@@ -73,7 +73,7 @@ class AvgPoolAheadPass(OptimizerPass):
         if why is not None:
             self.refuse(f"kept {label}: {why}")
             return False
-        dims = pc.spatial_dims(op.inputs[0])
+        dims = pc.counted_dims(op.inputs[0])
         pc.move_pool_ahead(graph, op, pool)
         self._report(label, op, window, dims, macs_per_position)
         return True
@@ -111,9 +111,8 @@ def _describe_affine(op: ir.Node) -> tuple[int | None, bool] | str:
             out.uses() or out.is_graph_output() for out in op.outputs[1:]
         ):
             return "BatchNormalization in training mode"
-        shape = op.inputs[0].shape
-        channels = shape[1] if shape is not None and len(shape) > 1 else None
-        return (channels if isinstance(channels, int) else None), True
+        shape = shapes.static_shape(op.inputs[0])
+        return (shape[1] if shape is not None and len(shape) > 1 else None), True
     weight = op.inputs[1]
     if weight is None or weight.shape is None:
         return "conv weight shape unknown"
@@ -135,8 +134,8 @@ def _has_bias(op: ir.Node) -> bool:
     bias = op.inputs[2] if len(op.inputs) > 2 else None
     if bias is None:
         return False
-    const = ir.convenience.get_const_tensor(bias)
-    return const is None or bool(np.any(const.numpy() != 0))
+    const = pc.const_array(bias)
+    return const is None or bool(np.any(const != 0))
 
 
 def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow, has_bias: bool) -> str | None:
@@ -144,7 +143,7 @@ def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow, has_bias: bool) 
     consumer = pc.sole_consumer(op.outputs[0])
     if isinstance(consumer, str):
         return consumer
-    dims = pc.spatial_dims(op.inputs[0])
+    dims = pc.counted_dims(op.inputs[0])
     if dims is not None and len(dims) != window.rank:
         return "pool rank differs from the input's"
     if not window.reduces_positions(dims):
@@ -155,7 +154,8 @@ def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow, has_bias: bool) 
     if window.count_include_pad:
         if window.padded:
             return "zero padding counted in the average (count_include_pad=1) scales the bias"
-        if window.ceil_mode and (dims is None or window.has_partial_window(dims)):
+        proven = pc.proven_dims(op.inputs[0])
+        if window.ceil_mode and (proven is None or window.has_partial_window(proven)):
             return "ceil_mode may leave a partial window, whose divisor is not its count"
     elif not window.every_window_reads_input():
         return "a window lies wholly in the padding"

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+
+from netc.compiler.optimizer import shapes
 
 POOL_OPS = ("AveragePool", "MaxPool")
 
@@ -131,14 +133,49 @@ def uses_indices(node: ir.Node) -> bool:
     )
 
 
-def spatial_dims(value: ir.Value | None) -> tuple[int, ...] | None:
-    """The static spatial size (dims after N and C) of `value`, or None."""
-    if value is None or value.shape is None or len(value.shape) < 3:
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant behind `value` (an initializer or Constant, possibly
+    behind Identity nodes, as torch exports BN statistics), or None."""
+    while value is not None:
+        tensor = ir.convenience.get_const_tensor(value)
+        if tensor is not None:
+            return tensor.numpy()
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity" or producer.domain != "":
+            return None
+        value = producer.inputs[0]
+    return None
+
+
+def counted_dims(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The spatial size (dims after N and C) of `value` at the size the MAC
+    counts use (see `shapes.annotate_static_shapes`), or None. For reports
+    and for whether a rewrite pays, never for whether it is sound."""
+    shape = shapes.static_shape(value)
+    return None if shape is None or len(shape) < 3 else shape[2:]
+
+
+def proven_dims(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The spatial size of `value` for every input the model accepts, or None.
+
+    That is its own static shape, or the annotated one when every graph input
+    is declared with a static shape (then the annotation is the only size).
+    """
+    if value is None:
         return None
-    dims = value.shape.dims[2:]
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return tuple(dims)
+    own = shapes.static_dims(value.shape)
+    if own is None:
+        graph = value.graph
+        if graph is None or not all(shapes.static_dims(v.shape) is not None for v in graph.inputs):
+            return None
+        own = shapes.static_shape(value)
+    return None if own is None or len(own) < 3 else own[2:]
+
+
+def set_static_shape(value: ir.Value, dims: Sequence | None) -> None:
+    """Give a value a new pass created the counting shape `dims` (if known)."""
+    if dims is not None and all(isinstance(d, int) for d in dims):
+        value.meta[shapes.STATIC_SHAPE] = tuple(dims)
 
 
 def sole_consumer(value: ir.Value) -> ir.Node | str:
@@ -149,22 +186,6 @@ def sole_consumer(value: ir.Value) -> ir.Node | str:
     if len(consumers) != 1 or len(value.uses()) != 1:
         return f"{value.name!r} has {len(value.uses())} uses"
     return consumers[0]
-
-
-def needs_shapes(model: ir.Model) -> bool:
-    return any(
-        out.shape is None for node in model.graph for out in node.outputs if out.uses()
-    )
-
-
-def infer_shapes(model: ir.Model) -> None:
-    """Annotate value shapes with ONNX shape inference where they are missing.
-
-    Shapes only sharpen the folds' checks and MAC counts; when inference
-    fails the folds fall back to what holds for every input size.
-    """
-    if needs_shapes(model):
-        ShapeInferencePass()(model)
 
 
 def unique_value_name(graph: ir.Graph, base: str) -> str:
@@ -207,6 +228,9 @@ def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node) -> ir.Node:
     pooled.type = source.type
     if source.shape is not None and result.shape is not None:
         pooled.shape = ir.Shape([result.shape[0], source.shape[1], *result.shape.dims[2:]])
+    source_dims, result_dims = shapes.static_shape(source), shapes.static_shape(result)
+    if source_dims is not None and result_dims is not None:
+        set_static_shape(pooled, (*result_dims[:1], source_dims[1], *result_dims[2:]))
     new_op = ir.Node(
         op.domain,
         op.op_type,

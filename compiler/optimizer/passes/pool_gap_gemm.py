@@ -8,6 +8,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
 
@@ -36,7 +37,6 @@ class GapGemmToConvPass(OptimizerPass):
     flag = "fully-convolutional"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        pc.infer_shapes(model)
         modified = False
         for gemm in list(model.graph):
             if gemm.op_type != "Gemm" or gemm.domain != "":
@@ -50,9 +50,7 @@ class GapGemmToConvPass(OptimizerPass):
             modified |= self._try_rewrite(model.graph, gap, flatten, gemm)
         return ir.passes.PassResult(model, modified)
 
-    def _try_rewrite(
-        self, graph: ir.Graph, gap: ir.Node, flatten: ir.Node, gemm: ir.Node
-    ) -> bool:
+    def _try_rewrite(self, graph: ir.Graph, gap: ir.Node, flatten: ir.Node, gemm: ir.Node) -> bool:
         label = f"{pc.node_label(gap)} → {pc.node_label(flatten)} → {pc.node_label(gemm)}"
         conv_params = _conv_params(gap, flatten, gemm)
         if isinstance(conv_params, str):
@@ -60,7 +58,7 @@ class GapGemmToConvPass(OptimizerPass):
             return False
         weight, bias = conv_params
         source = gap.inputs[0]
-        dims = pc.spatial_dims(source)
+        dims = pc.counted_dims(source)
         conv = _conv_node(graph, gemm, source, weight, bias)
         new_gap = ir.Node("", "GlobalAveragePool", conv.outputs, name=gap.name)
         new_gap.outputs[0].name = pc.unique_value_name(graph, f"{gap.outputs[0].name}_scores")
@@ -69,9 +67,16 @@ class GapGemmToConvPass(OptimizerPass):
         )
         for value in (*conv.outputs, *new_gap.outputs, *new_flatten.outputs):
             value.type = gemm.outputs[0].type
-        batch, classes = source.shape[0], weight.shape[0]
-        conv.outputs[0].shape = ir.Shape([batch, classes, *source.shape.dims[2:]])
-        new_gap.outputs[0].shape = ir.Shape([batch, classes, *[1] * (len(source.shape) - 2)])
+        spatial = shapes.rank(source) - 2
+        if source.shape is not None:
+            batch, classes = source.shape[0], weight.shape[0]
+            conv.outputs[0].shape = ir.Shape([batch, classes, *source.shape.dims[2:]])
+            new_gap.outputs[0].shape = ir.Shape([batch, classes, *[1] * spatial])
+        counted = shapes.static_shape(source)
+        if counted is not None:
+            pc.set_static_shape(conv.outputs[0], (counted[0], len(weight), *counted[2:]))
+            pc.set_static_shape(new_gap.outputs[0], (counted[0], len(weight), *[1] * spatial))
+            pc.set_static_shape(new_flatten.outputs[0], (counted[0], len(weight)))
         ir.convenience.replace_nodes_and_values(
             graph,
             gemm,
@@ -99,26 +104,28 @@ def _conv_params(
             return consumer
     if flatten.attributes.get_int("axis", 1) != 1:
         return "Flatten axis is not 1"
-    shape = gap.inputs[0].shape
-    if shape is None or len(shape) < 3:
+    rank = shapes.rank(gap.inputs[0])
+    if rank is None or rank < 3:
         return "the pooled input's rank is unknown"
     attrs = gemm.attributes
     if attrs.get_int("transA", 0):
         return "Gemm transposes its input (transA=1)"
-    b = ir.convenience.get_const_tensor(gemm.inputs[1])
-    if b is None:
+    weight = pc.const_array(gemm.inputs[1])
+    if weight is None:
         return "Gemm weight is not a constant"
-    weight = b.numpy()
     if not attrs.get_int("transB", 0):
         weight = weight.T
     weight = attrs.get_float("alpha", 1.0) * weight  # [N, K]
     if len(gemm.inputs) < 3 or gemm.inputs[2] is None:
         return weight, None
-    c = ir.convenience.get_const_tensor(gemm.inputs[2])
-    if c is None:
+    bias = pc.const_array(gemm.inputs[2])
+    if bias is None:
         return "Gemm bias is not a constant"
-    bias = c.numpy()
-    if bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1) or bias.size not in (1, len(weight)):
+    if (
+        bias.ndim > 2
+        or (bias.ndim == 2 and bias.shape[0] != 1)
+        or bias.size not in (1, len(weight))
+    ):
         return f"Gemm bias of shape {list(bias.shape)} is not one value per output"
     bias = attrs.get_float("beta", 1.0) * np.broadcast_to(bias.reshape(-1), (len(weight),))
     return weight, bias.astype(weight.dtype)
@@ -132,7 +139,7 @@ def _conv_node(
     bias: np.ndarray | None,
 ) -> ir.Node:
     """A 1x1 Conv over `source` with fresh initializers for `weight` and `bias`."""
-    spatial = len(source.shape) - 2
+    spatial = shapes.rank(source) - 2
     weight = np.ascontiguousarray(weight.reshape(*weight.shape, *([1] * spatial)))
     inputs = [source, _initializer(graph, f"{gemm.name}_conv_weight", weight)]
     if bias is not None:

@@ -26,8 +26,6 @@ class PoolIdentityPass(OptimizerPass):
     name = "pool-identity"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if any(n.op_type.startswith("Global") for n in model.graph):
-            pc.infer_shapes(model)
         modified = False
         for node in list(model.graph):
             if node.domain != "":
@@ -49,7 +47,7 @@ class PoolIdentityPass(OptimizerPass):
                 return f"kernel {'x'.join(map(str, window.kernel))}, stride 1, no padding"
         elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
             # Case 2: a global pool over a 1x1 map.
-            dims = pc.spatial_dims(node.inputs[0])
+            dims = pc.proven_dims(node.inputs[0])
             if dims is not None and set(dims) == {1}:
                 return "input is already 1x1"
         return None

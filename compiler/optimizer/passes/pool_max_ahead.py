@@ -7,6 +7,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
 
@@ -39,7 +40,6 @@ class MaxPoolAheadPass(OptimizerPass):
     flag = "maxpool-ahead"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        pc.infer_shapes(model)
         modified = False
         pending = [n for n in model.graph if n.op_type == "MaxPool" and n.domain == ""]
         while pending:
@@ -62,7 +62,7 @@ class MaxPoolAheadPass(OptimizerPass):
         if why is not None:
             self.refuse(f"kept {label}: {why}")
             return None
-        dims = pc.spatial_dims(op.inputs[0])
+        dims = pc.counted_dims(op.inputs[0])
         channels = _channels(op.inputs[0])
         moved = pc.move_pool_ahead(graph, op, pool)
         if dims is None:
@@ -79,10 +79,8 @@ class MaxPoolAheadPass(OptimizerPass):
 
 
 def _channels(value: ir.Value) -> int | None:
-    shape = value.shape
-    if shape is None or len(shape) < 2 or not isinstance(shape[1], int):
-        return None
-    return shape[1]
+    shape = shapes.static_shape(value)
+    return None if shape is None or len(shape) < 2 else shape[1]
 
 
 def _relu(op: ir.Node) -> str | None:
@@ -100,12 +98,11 @@ def _batch_norm(op: ir.Node) -> str | None:
         out.uses() or out.is_graph_output() for out in op.outputs[1:]
     ):
         return "BatchNormalization in training mode"
-    gamma = ir.convenience.get_const_tensor(op.inputs[1])
-    var = ir.convenience.get_const_tensor(op.inputs[4])
+    gamma, var = pc.const_array(op.inputs[1]), pc.const_array(op.inputs[4])
     if gamma is None or var is None:
         return "BatchNormalization scale or variance is not a constant"
     eps = op.attributes.get_float("epsilon", 1e-5)
-    scale = gamma.numpy() / np.sqrt(var.numpy().astype(np.float64) + eps)
+    scale = gamma / np.sqrt(var.astype(np.float64) + eps)
     if not np.all(scale > 0):
         bad = int(np.sum(~(scale > 0)))
         return f"BatchNormalization has {bad} channel(s) with a non-positive scale"
@@ -129,7 +126,7 @@ def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow) -> str | None:
         return "the MaxPool Indices output is used"
     if not window.every_window_reads_input():
         return "a window lies wholly in the padding"
-    dims = pc.spatial_dims(op.inputs[0])
+    dims = pc.counted_dims(op.inputs[0])
     if dims is not None and len(dims) != window.rank:
         return "pool rank differs from the input's"
     if not window.reduces_positions(dims):

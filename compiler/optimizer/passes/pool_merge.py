@@ -6,6 +6,7 @@ import math
 
 import onnx_ir as ir
 
+from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
 
@@ -42,7 +43,6 @@ class PoolMergePass(OptimizerPass):
     name = "pool-merge"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        pc.infer_shapes(model)
         modified = False
         for node in list(model.graph):
             if node.graph is None or node.op_type not in pc.POOL_OPS or node.domain != "":
@@ -73,6 +73,7 @@ class PoolMergePass(OptimizerPass):
             attributes["dilations"] = [1] * len(kernel)
         pooled = ir.node(second.op_type, [first.inputs[0]], attributes, name=second.name)
         pooled.outputs[0].type = second.outputs[0].type
+        pc.set_static_shape(pooled.outputs[0], shapes.static_shape(second.outputs[0]))
         ir.convenience.replace_nodes_and_values(
             graph, second, [first, second], [pooled], [second.outputs[0]], [pooled.outputs[0]]
         )
@@ -99,7 +100,7 @@ class PoolMergePass(OptimizerPass):
             return "a pool pads its input"
         if {*w1.dilations, *w2.dilations} != {1}:
             return "a pool is dilated"
-        dims1 = pc.spatial_dims(first.inputs[0])
+        dims1 = pc.proven_dims(first.inputs[0])
         if w1.ceil_mode or w2.ceil_mode:
             if dims1 is None:
                 return "ceil_mode with an unknown input size (a window may be partial)"

@@ -1,0 +1,97 @@
+"""The optimizer pipeline: the ordered list of passes, and running it with reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+import onnx_ir as ir
+
+from netc.compiler.optimizer.base import OptimizerPass, PassReport
+from netc.compiler.optimizer.passes.cleanup import (
+    DeadNodeRemoval,
+    DropoutRemoval,
+    DuplicateInitializerRemoval,
+    IdentityElimination,
+)
+from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
+from netc.compiler.optimizer.shapes import annotate_static_shapes
+from netc.errors import InternalError, UserError, did_you_mean
+
+# The table of contents. Order matters: clean-up first, so that Identity chains
+# and Dropouts no longer separate a conv from its BN; folds next; dead code last,
+# since every fold leaves old parameters behind.
+PIPELINE: list[type[OptimizerPass]] = [
+    IdentityElimination,
+    DropoutRemoval,
+    ConvBatchNormFusion,
+    # --- pooling folds (compiler/optimizer/passes/pool_*.py) go here ---
+    DeadNodeRemoval,
+    DuplicateInitializerRemoval,
+]
+
+
+def flags(passes: Sequence[type[OptimizerPass]] | None = None) -> list[str]:
+    """The --enable flags the passes understand."""
+    return sorted({p.flag for p in (PIPELINE if passes is None else passes) if p.flag})
+
+
+def selected(
+    enable: Collection[str] = frozenset(), passes: Sequence[type[OptimizerPass]] | None = None
+) -> list[type[OptimizerPass]]:
+    """The passes that run: every pass without a flag, and those whose flag is enabled."""
+    passes = PIPELINE if passes is None else passes
+    known = flags(passes)
+    for flag in enable:
+        if flag not in known:
+            hint = did_you_mean(flag, known)
+            raise UserError(
+                f"unknown optimizer flag {flag!r} (known: {', '.join(known) or 'none'})"
+                + (f"; {hint}" if hint else "")
+            )
+    return [p for p in passes if p.flag is None or p.flag in enable]
+
+
+def run_pipeline(
+    model: ir.Model,
+    *,
+    enable: Collection[str] = frozenset(),
+    passes: Sequence[type[OptimizerPass]] | None = None,
+    static_input_shapes: Mapping[str, Sequence[int]] | None = None,
+    after_each: Callable[[OptimizerPass, ir.Model], None] | None = None,
+) -> list[PassReport]:
+    """Run the selected passes in order on `model` (in place); one report per pass.
+
+    `static_input_shapes` fixes the input sizes at which MACs saved are
+    counted (see `shapes`). `after_each(pass, model)` runs after every pass:
+    a verifier in tests, the search for a faulty pass in `api`. A pass that
+    raises becomes an InternalError "pass X failed after [A, B]".
+    """
+    if static_input_shapes:
+        annotate_static_shapes(model, static_input_shapes)
+    reports: list[PassReport] = []
+    for cls in selected(enable, passes):
+        instance = cls()
+        before = model.graph.num_nodes()
+        try:
+            result = instance(model)
+            if after_each is not None:
+                after_each(instance, model)
+        except UserError:
+            raise
+        except Exception as exc:
+            done = [r.name for r in reports]
+            raise InternalError(
+                f"pass {instance.name} failed after [{', '.join(done)}]: {type(exc).__name__}: {exc}"
+            ) from exc
+        reports.append(
+            PassReport(
+                name=instance.name,
+                modified=result.modified,
+                nodes_before=before,
+                nodes_after=model.graph.num_nodes(),
+                macs_saved=instance.macs_saved,
+                notes=list(instance.notes),
+                refusals=list(instance.refusals),
+            )
+        )
+    return reports

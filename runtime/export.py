@@ -1,0 +1,143 @@
+"""`netc export`: a trained run (or a description) → a verified ONNX file.
+
+The source is a run directory or checkpoint (its stored description, weights,
+labels and preprocessing), or a description/zoo name, exported with freshly
+initialised weights. Before anything is written, onnxruntime runs the model
+and must agree with the PyTorch module (rtol 1e-4, atol 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from netc.compiler import symbolic as sym
+from netc.compiler.analysis import analyze, minimum_input_size
+from netc.compiler.ir import Graph
+from netc.compiler.network import load, load_string
+from netc.compiler.onnx_export import export_onnx, metadata_for
+from netc.compiler.passes.fc_to_conv import to_fully_convolutional
+from netc.errors import UserError
+from netc.fileio import write_atomic
+from netc.runtime import checkpoint
+from netc.runtime.module import build_module
+
+RTOL, ATOL = 1e-4, 1e-5
+OPEN_SIZES = ((64, 64),)  # the smallest spatial size used to check open-size models
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto
+    graph: Graph
+    trained: bool
+    max_error: float | None
+
+
+def _is_checkpoint(source: str) -> bool:
+    path = Path(source)
+    return path.is_dir() or path.suffix == ".pt"
+
+
+def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Graph, dict, dict]:
+    """The graph, its weights and the checkpoint's extra state ({} when untrained)."""
+    if _is_checkpoint(source):
+        state = checkpoint.load(Path(source))
+        net = load_string(state["description"], file=state["description_file"],
+                          params=state["params"], input_shape=input_shape)
+        return net.graph, state["model"], state
+    net = load(source, params=params, input_shape=input_shape)
+    return net.graph, build_module(net.graph, seed=0).state_dict(), {}
+
+
+def _sample_shapes(graph: Graph) -> list[tuple[int, ...]]:
+    """Two valid input sizes for an open-size model (the smallest one and a bit more)."""
+    shape = next(iter(graph.inputs.values())).shape
+    if all(sym.is_static(d) for d in shape[1:]):
+        return [(2, *shape[1:])]
+    low_h, low_w = minimum_input_size(graph) or (1, 1)
+    return [(2, shape[1], max(low_h, h), max(low_w, w))
+            for h, w in ((OPEN_SIZES[0][0], OPEN_SIZES[0][1]),
+                         (max(low_h, OPEN_SIZES[0][0]) + 37, max(low_w, OPEN_SIZES[0][1]) + 21))]
+
+
+def check_against_torch(model: onnx.ModelProto, graph: Graph, weights: dict) -> float:
+    """Largest |onnxruntime - PyTorch| over seeded inputs; UserError beyond tolerance."""
+    module = build_module(graph)
+    module.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    module.eval()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for shape in _sample_shapes(graph):
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            expected = module(x)
+        expected = list(expected.values()) if isinstance(expected, dict) else [expected]
+        actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        for name, got, want in zip(graph.outputs, actual, expected):
+            want = want.numpy()
+            error = np.abs(got - want)
+            worst = max(worst, float(error.max()))
+            if not np.all(error <= ATOL + RTOL * np.abs(want)):
+                raise UserError(f"error: exported model disagrees with PyTorch on output "
+                                f"'{name}' at input {list(shape)}: max error "
+                                f"{float(error.max()):.3g} (rtol {RTOL}, atol {ATOL}); "
+                                "nothing was written")
+    return worst
+
+
+def export_model(source: str, *, fully_convolutional: bool = False, input_shape=None,
+                 params: dict[str, Any] | None = None, verify: bool = True) -> ExportResult:
+    graph, weights, state = _from_source(source, params or {}, input_shape)
+    weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    if fully_convolutional:
+        graph, weights = to_fully_convolutional(graph, weights)
+    labels = state.get("labels")
+    meta = metadata_for(graph.task if not fully_convolutional else "segmentation", labels,
+                        state.get("preprocessing"), next(iter(graph.inputs.values())).shape)
+    if fully_convolutional:
+        meta["netc.fully_convolutional_from"] = graph.task
+    field = next(iter(analyze(graph).outputs.values())).field
+    if not field.whole:  # where output pixel (i, j) looks: input (start + i·stride, ...)
+        meta["netc.output_stride"] = json.dumps([float(a.jump) for a in field.axes()])
+        meta["netc.output_offset"] = json.dumps([float(a.start) for a in field.axes()])
+    model = export_onnx(graph, weights, metadata=meta)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"error: the exported model does not pass onnx.checker: {exc}") from None
+    worst = check_against_torch(model, graph, weights) if verify else None
+    return ExportResult(model, graph, bool(state), worst)
+
+
+def next_version_path(repository: Path, name: str) -> Path:
+    """REPO/NAME/<highest version + 1>/model.onnx"""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
+    folder = repository / name
+    versions = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() \
+        else []
+    return folder / str(max(versions, default=0) + 1) / "model.onnx"
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> int:
+    data = model.SerializeToString()
+    write_atomic(path, data)
+    return len(data)
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)
