@@ -53,8 +53,10 @@ def main() -> None:
     worst = 0.0
     for name in zoo.names():
         shape = SIZES.get(name, (3, 224, 224))
+
         def load(n=name, s=shape):
             return netc.load(n, input_shape=s)
+
         layers = len(load().graph.nodes)
         best, median = best_of(args.repeat, load)
         base, _ = best_of(args.repeat, lambda n=name, s=shape: torch_shapes(n, s))

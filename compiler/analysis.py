@@ -149,8 +149,7 @@ def minimum_input_size(graph: Graph, limit: int = 4096) -> tuple[int, int] | Non
             result.append(axis)
             continue
         other = {name: limit for name in names}
-        low = next((n for n in range(1, limit + 1)
-                    if valid({**other, str(axis): n})), None)
+        low = next((n for n in range(1, limit + 1) if valid({**other, str(axis): n})), None)
         if low is None:
             return None
         result.append(low)

@@ -79,19 +79,39 @@ def _conv(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
         inputs.append(b.weight(f"{node.name}.bias"))
     op = "Conv" if node.op == "conv" else "ConvTranspose"
     extra = {"output_padding": list(a["output_padding"])} if node.op == "conv_transpose" else {}
-    b.add(op, inputs, out, node.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-          pads=_pads(node), dilations=list(a["dilation"]), group=a["groups"], **extra)
+    b.add(
+        op,
+        inputs,
+        out,
+        node.name,
+        kernel_shape=list(a["kernel"]),
+        strides=list(a["stride"]),
+        pads=_pads(node),
+        dilations=list(a["dilation"]),
+        group=a["groups"],
+        **extra,
+    )
 
 
 def _pool(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
     a = node.attrs
-    common = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=_pads(node),
-                  ceil_mode=int(a["ceil_mode"]))
+    common = dict(
+        kernel_shape=list(a["kernel"]),
+        strides=list(a["stride"]),
+        pads=_pads(node),
+        ceil_mode=int(a["ceil_mode"]),
+    )
     if node.op == "max_pool":
         b.add("MaxPool", ins, out, node.name, **common)
     else:
-        b.add("AveragePool", ins, out, node.name,
-              count_include_pad=int(a["count_include_pad"]), **common)
+        b.add(
+            "AveragePool",
+            ins,
+            out,
+            node.name,
+            count_include_pad=int(a["count_include_pad"]),
+            **common,
+        )
 
 
 def _batch_norm(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
@@ -102,10 +122,20 @@ def _batch_norm(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> No
     else:
         scale = b.const(f"{node.name}.ones", np.ones(channels), np.float32)
         bias = b.const(f"{node.name}.zeros", np.zeros(channels), np.float32)
-    b.add("BatchNormalization",
-          [ins[0], scale, bias, b.weight(f"{node.name}.running_mean"),
-           b.weight(f"{node.name}.running_var")],
-          out, node.name, epsilon=a["eps"], momentum=1.0 - a["momentum"])
+    b.add(
+        "BatchNormalization",
+        [
+            ins[0],
+            scale,
+            bias,
+            b.weight(f"{node.name}.running_mean"),
+            b.weight(f"{node.name}.running_var"),
+        ],
+        out,
+        node.name,
+        epsilon=a["eps"],
+        momentum=1.0 - a["momentum"],
+    )
 
 
 def _fc(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
@@ -123,26 +153,45 @@ def _crop(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
     if all(isinstance(d, int) for d in ref[2:]):
         ends = b.const(f"{node.name}.ends", [oh + ref[2], ow + ref[3]])
     else:  # ends = offset + reference's runtime H, W
-        shape = b.add("Shape", [ins[1]], b.fresh(f"{node.name}.ref_shape"),
-                      b.fresh(f"{node.name}/shape"), start=2, end=4)
-        ends = b.add("Add", [shape, starts], b.fresh(f"{node.name}.ends"),
-                     b.fresh(f"{node.name}/ends"))
+        shape = b.add(
+            "Shape",
+            [ins[1]],
+            b.fresh(f"{node.name}.ref_shape"),
+            b.fresh(f"{node.name}/shape"),
+            start=2,
+            end=4,
+        )
+        ends = b.add(
+            "Add", [shape, starts], b.fresh(f"{node.name}.ends"), b.fresh(f"{node.name}/ends")
+        )
     b.add("Slice", [ins[0], starts, ends, axes], out, node.name)
 
 
 def _upsample(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
     a = node.attrs
     if a["mode"] == "nearest":
-        modes = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
-                     nearest_mode="floor")
+        modes = dict(
+            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+        )
     else:
         transform = "align_corners" if a["align_corners"] else "pytorch_half_pixel"
         modes = dict(mode="linear", coordinate_transformation_mode=transform)
     if a["size"] is not None:
-        shape = b.add("Shape", [ins[0]], b.fresh(f"{node.name}.nc"),
-                      b.fresh(f"{node.name}/shape"), start=0, end=2)
-        sizes = b.add("Concat", [shape, b.const(f"{node.name}.hw", list(a["size"]))],
-                      b.fresh(f"{node.name}.sizes"), b.fresh(f"{node.name}/sizes"), axis=0)
+        shape = b.add(
+            "Shape",
+            [ins[0]],
+            b.fresh(f"{node.name}.nc"),
+            b.fresh(f"{node.name}/shape"),
+            start=0,
+            end=2,
+        )
+        sizes = b.add(
+            "Concat",
+            [shape, b.const(f"{node.name}.hw", list(a["size"]))],
+            b.fresh(f"{node.name}.sizes"),
+            b.fresh(f"{node.name}/sizes"),
+            axis=0,
+        )
         b.add("Resize", [ins[0], "", "", sizes], out, node.name, **modes)
     else:
         scales = b.const(f"{node.name}.scales", [1.0, 1.0, *a["scale"]], np.float32)
@@ -156,8 +205,10 @@ def _add(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
 _SIMPLE = {  # op → (ONNX op, attribute builder)
     "global_avg_pool": ("GlobalAveragePool", lambda a: {}),
     "global_max_pool": ("GlobalMaxPool", lambda a: {}),
-    "lrn": ("LRN", lambda a: {"size": a["size"], "alpha": a["alpha"], "beta": a["beta"],
-                              "bias": a["k"]}),
+    "lrn": (
+        "LRN",
+        lambda a: {"size": a["size"], "alpha": a["alpha"], "beta": a["beta"], "bias": a["k"]},
+    ),
     "relu": ("Relu", lambda a: {}),
     "leaky_relu": ("LeakyRelu", lambda a: {"alpha": a["slope"]}),
     "sigmoid": ("Sigmoid", lambda a: {}),
@@ -176,9 +227,17 @@ def _emit(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
         b.add(op, ins, out, node.name, **attrs(node.attrs))
         return
     emitters = {
-        "conv": _conv, "conv_transpose": _conv, "max_pool": _pool, "avg_pool": _pool,
-        "batch_norm": _batch_norm, "fc": _fc, "crop": _crop, "upsample": _upsample,
-        "add": _add, "adaptive_avg_pool": emit_adaptive, "adaptive_max_pool": emit_adaptive,
+        "conv": _conv,
+        "conv_transpose": _conv,
+        "max_pool": _pool,
+        "avg_pool": _pool,
+        "batch_norm": _batch_norm,
+        "fc": _fc,
+        "crop": _crop,
+        "upsample": _upsample,
+        "add": _add,
+        "adaptive_avg_pool": emit_adaptive,
+        "adaptive_max_pool": emit_adaptive,
         "spp": emit_spp,
     }
     if node.op not in emitters:
@@ -191,14 +250,48 @@ def _value_info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def export_onnx(graph: Graph, weights: Mapping[str, Any], *,
-                metadata: Mapping[str, str] | None = None) -> onnx.ModelProto:
-    """The ONNX model of `graph` with `weights` (a state dict: tensors or arrays)."""
-    arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-              for k, v in weights.items()}
+def _whiten(b: _Builder, name: str, pca: np.ndarray, pca_mean: np.ndarray | None) -> str:
+    """ZCA whitening baked in front of the network: reshape((flat(x) - m) @ Pᵀ, shape(x))."""
+    flat = b.add("Flatten", [name], b.fresh("whiten.flat"), "whiten/flatten", axis=1)
+    if pca_mean is not None:
+        flat = b.add(
+            "Sub",
+            [flat, b.const("whiten.mean", pca_mean, np.float32)],
+            b.fresh("whiten.centred"),
+            "whiten/centre",
+        )
+    projected = b.add(
+        "MatMul",
+        [flat, b.const("whiten.matrix", np.asarray(pca).T, np.float32)],
+        b.fresh("whiten.projected"),
+        "whiten/project",
+    )
+    shape = b.add("Shape", [name], b.fresh("whiten.shape"), "whiten/shape")
+    return b.add("Reshape", [projected, shape], "whitened", "whiten/reshape")
+
+
+def export_onnx(
+    graph: Graph,
+    weights: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    whitening: tuple[Any, Any] | None = None,
+) -> onnx.ModelProto:
+    """The ONNX model of `graph` with `weights` (a state dict: tensors or arrays).
+
+    `whitening` = (matrix, mean) bakes a training-time ZCA whitening into the
+    graph, so clients send mean/std-normalised images as for any other model.
+    """
+    arrays = {
+        k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        for k, v in weights.items()
+    }
     b = _Builder(arrays)
     output_of = {source: out for out, source in graph.outputs.items()}
     tensor = {name: name for name in graph.inputs}  # IR value → ONNX tensor name
+    if whitening is not None:
+        first = next(iter(graph.inputs))
+        tensor[first] = _whiten(b, first, *whitening)
     shapes = {name: item.shape for name, item in graph.inputs.items()}
     for node in graph.nodes:
         ins = [tensor[s] for s in node.inputs]
@@ -213,23 +306,32 @@ def export_onnx(graph: Graph, weights: Mapping[str, Any], *,
             _emit(b, node, ins, out, [shapes[s] for s in node.inputs])
         tensor[node.name] = out
     onnx_graph = helper.make_graph(
-        b.nodes, graph.name,
+        b.nodes,
+        graph.name,
         [_value_info(name, item.shape) for name, item in graph.inputs.items()],
         [_value_info(out, graph.node(source).shape) for out, source in graph.outputs.items()],
         initializer=b.initializers,
     )
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="netc", ir_version=IR_VERSION)
+    model = helper.make_model(
+        onnx_graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="netc",
+        ir_version=IR_VERSION,
+    )
     model.doc_string = f"{graph.name}: exported by netc from {graph.file or 'a description'}"
-    props = {"netc.network": graph.name, "netc.task": graph.task,
-             "netc.description_sha256": hashlib.sha256(graph.source.encode()).hexdigest(),
-             **(metadata or {})}
+    props = {
+        "netc.network": graph.name,
+        "netc.task": graph.task,
+        "netc.description_sha256": hashlib.sha256(graph.source.encode()).hexdigest(),
+        **(metadata or {}),
+    }
     helper.set_model_props(model, {k: str(v) for k, v in props.items()})
     return model
 
 
-def metadata_for(task: str, labels: list[str] | None, preprocessing: dict | None,
-                 input_shape) -> dict[str, str]:
+def metadata_for(
+    task: str, labels: list[str] | None, preprocessing: dict | None, input_shape
+) -> dict[str, str]:
     """The `netc.*` metadata a server reads: labels and how to prepare an image."""
     pre = dict(preprocessing or {})
     pre.setdefault("mean", None)

@@ -236,24 +236,47 @@ def _relaunch_distributed(nproc: int) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a trained model (or a description) as ONNX",
-                       description="Export a run directory or checkpoint (or a description, "
-                       "with fresh weights) to ONNX, checked against PyTorch before writing.")
+    p = sub.add_parser(
+        "export",
+        help="write a trained model (or a description) as ONNX",
+        description="Export a run directory or checkpoint (or a description, "
+        "with fresh weights) to ONNX, checked against PyTorch before writing.",
+    )
     p.add_argument("source", metavar="RUN_DIR_OR_SPEC")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("-o", "--output", type=Path, metavar="MODEL.onnx")
-    where.add_argument("--repository", type=Path, metavar="REPO",
-                       help="write REPO/NAME/<next version>/model.onnx (needs --name)")
+    where.add_argument(
+        "--repository",
+        type=Path,
+        metavar="REPO",
+        help="write REPO/NAME/<next version>/model.onnx (needs --name)",
+    )
     p.add_argument("--name", help="the model's name in the repository")
-    p.add_argument("--fully-convolutional", action="store_true",
-                   help="turn fc layers into convs: a dense predictor for any input size")
-    p.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
-                   help="the declared input size (for a description, or before "
-                   "--fully-convolutional)")
-    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE",
-                   dest="params", help="override a network parameter (descriptions only)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip running the model in onnxruntime against PyTorch")
+    p.add_argument(
+        "--fully-convolutional",
+        action="store_true",
+        help="turn fc layers into convs: a dense predictor for any input size",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        metavar="C,H,W",
+        help="the declared input size (for a description, or before --fully-convolutional)",
+    )
+    p.add_argument(
+        "--set",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="params",
+        help="override a network parameter (descriptions only)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running the model in onnxruntime against PyTorch",
+    )
     p.set_defaults(run=_run_export)
 
 
@@ -262,18 +285,28 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.repository is not None and not args.name:
         raise UserError("error: --repository needs --name NAME")
-    result = export_model(args.source, fully_convolutional=args.fully_convolutional,
-                          input_shape=args.input_shape, params=dict(args.params),
-                          verify=not args.no_verify)
+    result = export_model(
+        args.source,
+        fully_convolutional=args.fully_convolutional,
+        input_shape=args.input_shape,
+        params=dict(args.params),
+        verify=not args.no_verify,
+    )
     if not result.trained:
-        warn(f"note: {args.source} is not a run or checkpoint: exporting freshly initialised "
-             "weights")
+        warn(
+            f"note: {args.source} is not a run or checkpoint: exporting freshly initialised weights"
+        )
     path = args.output or next_version_path(args.repository, args.name)
     size = write_model(result.model, path)
-    check = ("" if result.max_error is None
-             else f"; onnxruntime matches PyTorch (max abs error {result.max_error:.2g})")
-    print(f"wrote {path} ({result.graph.name}, {len(result.model.graph.node)} nodes, "
-          f"{size / 2**20:.1f} MiB){check}")
+    check = (
+        ""
+        if result.max_error is None
+        else f"; onnxruntime matches PyTorch (max abs error {result.max_error:.2g})"
+    )
+    print(
+        f"wrote {path} ({result.graph.name}, {len(result.model.graph.node)} nodes, "
+        f"{size / 2**20:.1f} MiB){check}"
+    )
     return 0
 
 

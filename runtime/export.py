@@ -52,8 +52,12 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
     """The graph, its weights and the checkpoint's extra state ({} when untrained)."""
     if _is_checkpoint(source):
         state = checkpoint.load(Path(source))
-        net = load_string(state["description"], file=state["description_file"],
-                          params=state["params"], input_shape=input_shape)
+        net = load_string(
+            state["description"],
+            file=state["description_file"],
+            params=state["params"],
+            input_shape=input_shape,
+        )
         return net.graph, state["model"], state
     net = load(source, params=params, input_shape=input_shape)
     return net.graph, build_module(net.graph, seed=0).state_dict(), {}
@@ -65,26 +69,33 @@ def _sample_shapes(graph: Graph) -> list[tuple[int, ...]]:
     if all(sym.is_static(d) for d in shape[1:]):
         return [(2, *shape[1:])]
     low_h, low_w = minimum_input_size(graph) or (1, 1)
-    return [(2, shape[1], max(low_h, h), max(low_w, w))
-            for h, w in ((OPEN_SIZES[0][0], OPEN_SIZES[0][1]),
-                         (max(low_h, OPEN_SIZES[0][0]) + 37, max(low_w, OPEN_SIZES[0][1]) + 21))]
+    return [
+        (2, shape[1], max(low_h, h), max(low_w, w))
+        for h, w in (
+            (OPEN_SIZES[0][0], OPEN_SIZES[0][1]),
+            (max(low_h, OPEN_SIZES[0][0]) + 37, max(low_w, OPEN_SIZES[0][1]) + 21),
+        )
+    ]
 
 
-def check_against_torch(model: onnx.ModelProto, graph: Graph, weights: dict) -> float:
+def check_against_torch(
+    model: onnx.ModelProto, graph: Graph, weights: dict, whitening: tuple[Any, Any] | None = None
+) -> float:
     """Largest |onnxruntime - PyTorch| over seeded inputs; UserError beyond tolerance."""
     module = build_module(graph)
     module.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     module.eval()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
     for shape in _sample_shapes(graph):
         x = torch.rand(*shape, generator=generator)
         with torch.no_grad():
-            expected = module(x)
+            expected = module(_whitened(x, whitening))
         expected = list(expected.values()) if isinstance(expected, dict) else [expected]
         actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         for name, got, want in zip(graph.outputs, actual, expected):
@@ -92,34 +103,68 @@ def check_against_torch(model: onnx.ModelProto, graph: Graph, weights: dict) -> 
             error = np.abs(got - want)
             worst = max(worst, float(error.max()))
             if not np.all(error <= ATOL + RTOL * np.abs(want)):
-                raise UserError(f"error: exported model disagrees with PyTorch on output "
-                                f"'{name}' at input {list(shape)}: max error "
-                                f"{float(error.max()):.3g} (rtol {RTOL}, atol {ATOL}); "
-                                "nothing was written")
+                raise UserError(
+                    f"error: exported model disagrees with PyTorch on output "
+                    f"'{name}' at input {list(shape)}: max error "
+                    f"{float(error.max()):.3g} (rtol {RTOL}, atol {ATOL}); "
+                    "nothing was written"
+                )
     return worst
 
 
-def export_model(source: str, *, fully_convolutional: bool = False, input_shape=None,
-                 params: dict[str, Any] | None = None, verify: bool = True) -> ExportResult:
+def _whitened(x: torch.Tensor, whitening: tuple[Any, Any] | None) -> torch.Tensor:
+    if whitening is None:
+        return x
+    matrix, mean = (
+        torch.as_tensor(v, dtype=torch.float32) if v is not None else None for v in whitening
+    )
+    flat = x.reshape(x.shape[0], -1)
+    flat = flat - mean if mean is not None else flat
+    return (flat @ matrix.T).reshape(x.shape)
+
+
+def export_model(
+    source: str,
+    *,
+    fully_convolutional: bool = False,
+    input_shape=None,
+    params: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> ExportResult:
     graph, weights, state = _from_source(source, params or {}, input_shape)
     weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
     if fully_convolutional:
         graph, weights = to_fully_convolutional(graph, weights)
     labels = state.get("labels")
-    meta = metadata_for(graph.task if not fully_convolutional else "segmentation", labels,
-                        state.get("preprocessing"), next(iter(graph.inputs.values())).shape)
+    preprocessing = dict(state.get("preprocessing") or {})
+    whitening = None
+    if preprocessing.get("pca") is not None:
+        whitening = (
+            np.asarray(preprocessing.pop("pca")),
+            None
+            if preprocessing.get("pca_mean") is None
+            else np.asarray(preprocessing["pca_mean"]),
+        )
+    preprocessing.pop("pca", None)
+    preprocessing.pop("pca_mean", None)
+    meta = metadata_for(
+        graph.task if not fully_convolutional else "segmentation",
+        labels,
+        preprocessing,
+        next(iter(graph.inputs.values())).shape,
+    )
     if fully_convolutional:
         meta["netc.fully_convolutional_from"] = graph.task
     field = next(iter(analyze(graph).outputs.values())).field
     if not field.whole:  # where output pixel (i, j) looks: input (start + i·stride, ...)
         meta["netc.output_stride"] = json.dumps([float(a.jump) for a in field.axes()])
         meta["netc.output_offset"] = json.dumps([float(a.start) for a in field.axes()])
-    model = export_onnx(graph, weights, metadata=meta)
+    model = export_onnx(graph, weights, metadata=meta, whitening=whitening)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"error: the exported model does not pass onnx.checker: {exc}") from None
-    worst = check_against_torch(model, graph, weights) if verify else None
+    worst = check_against_torch(model, graph, weights, whitening) if verify else None
     return ExportResult(model, graph, bool(state), worst)
 
 
@@ -128,8 +173,9 @@ def next_version_path(repository: Path, name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
     folder = repository / name
-    versions = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() \
-        else []
+    versions = (
+        [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    )
     return folder / str(max(versions, default=0) + 1) / "model.onnx"
 
 

@@ -26,7 +26,11 @@ def constant(value: ir.Value | None) -> np.ndarray | str:
             break
         seen = node.inputs[0]
     if seen.is_graph_input():
-        kind = "an initializer that is also a graph input" if seen.is_initializer() else "a graph input"
+        kind = (
+            "an initializer that is also a graph input"
+            if seen.is_initializer()
+            else "a graph input"
+        )
         return f"{seen.name!r} is {kind}, so it can change at run time"
     try:
         tensor = ir.convenience.get_const_tensor(seen)
@@ -49,7 +53,11 @@ def label(node: ir.Node, *, with_op: bool = False) -> str:
     parts = [p for p in name.split("/") if p]
     if len(parts) > 1 and parts[-1].split("_")[0] == node.op_type:
         parts.pop()
-    parts = [p for i, p in enumerate(parts) if i + 1 == len(parts) or not parts[i + 1].startswith(p + ".")]
+    parts = [
+        p
+        for i, p in enumerate(parts)
+        if i + 1 == len(parts) or not parts[i + 1].startswith(p + ".")
+    ]
     text = ".".join(parts) or node.op_type
     return f"{node.op_type} {text}" if with_op else text
 

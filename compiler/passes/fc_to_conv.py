@@ -45,11 +45,19 @@ def _rewrite_pool(node: Node, graph: Graph) -> Node | None:
     if adaptive and tuple(node.attrs["output"]) == (h, w):
         return None
     if adaptive and tuple(node.attrs["output"]) != (1, 1):
-        raise _refuse(node, f"adaptive pool to {list(node.attrs['output'])} from {h}x{w} "
-                      "does not slide; declare the input size at which it is the identity")
+        raise _refuse(
+            node,
+            f"adaptive pool to {list(node.attrs['output'])} from {h}x{w} "
+            "does not slide; declare the input size at which it is the identity",
+        )
     kind = "avg_pool" if node.op in ("global_avg_pool", "adaptive_avg_pool") else "max_pool"
-    attrs: dict[str, Any] = {"kernel": (h, w), "stride": (1, 1), "padding": (0, 0, 0, 0),
-                             "dilation": (1, 1), "ceil_mode": False}
+    attrs: dict[str, Any] = {
+        "kernel": (h, w),
+        "stride": (1, 1),
+        "padding": (0, 0, 0, 0),
+        "dilation": (1, 1),
+        "ceil_mode": False,
+    }
     if kind == "avg_pool":
         attrs["count_include_pad"] = True
     return replace(node, op=kind, attrs=attrs)
@@ -65,18 +73,26 @@ def to_fully_convolutional(graph: Graph, weights: dict[str, Any]) -> tuple[Graph
         if fcs:
             source = by_name.get(fcs[0].inputs[0])
             kind = source.op if source is not None else "input"
-            raise _refuse(fcs[0], f"it reads a fixed-length vector from '{kind}', "
-                          "which has no per-position form")
-        raise UserError(f"error: {graph.name} has no flatten → fc classifier to convert; "
-                        "it is fully convolutional already")
+            raise _refuse(
+                fcs[0],
+                f"it reads a fixed-length vector from '{kind}', which has no per-position form",
+            )
+        raise UserError(
+            f"error: {graph.name} has no flatten → fc classifier to convert; "
+            "it is fully convolutional already"
+        )
     alias: dict[str, str] = {}  # removed node → the value that replaces it
     replaced: dict[str, Node] = {}
     weights = dict(weights)
     for flatten in flattens:
         source = by_name.get(flatten.inputs[0])
         spatial = graph.shape_of(flatten.inputs[0])[2:]
-        if source is not None and source.op in ("adaptive_avg_pool", "adaptive_max_pool",
-                                                 "global_avg_pool", "global_max_pool"):
+        if source is not None and source.op in (
+            "adaptive_avg_pool",
+            "adaptive_max_pool",
+            "global_avg_pool",
+            "global_max_pool",
+        ):
             pool = _rewrite_pool(source, graph)
             if pool is None:
                 alias[source.name] = source.inputs[0]
@@ -91,10 +107,13 @@ def to_fully_convolutional(graph: Graph, weights: dict[str, Any]) -> tuple[Graph
             continue
         node = replaced.get(node.name, node)
         nodes.append(replace(node, inputs=tuple(_resolve(s, alias) for s in node.inputs)))
-    inputs = {name: GraphInput(name, (*item.shape[:2], Sym.var("H"), Sym.var("W")), item.loc)
-              for name, item in graph.inputs.items()}
-    converted = replace(graph, nodes=nodes,
-                        outputs={k: _resolve(v, alias) for k, v in graph.outputs.items()})
+    inputs = {
+        name: GraphInput(name, (*item.shape[:2], Sym.var("H"), Sym.var("W")), item.loc)
+        for name, item in graph.inputs.items()
+    }
+    converted = replace(
+        graph, nodes=nodes, outputs={k: _resolve(v, alias) for k, v in graph.outputs.items()}
+    )
     return reinfer(converted, inputs), weights
 
 
@@ -140,7 +159,13 @@ def _fc_as_conv(node: Node, kernel, weights) -> Node:
         units = weight.shape[0]
         flat = weight.reshape(units, -1)
         weights[key] = flat.reshape(units, flat.shape[1] // (kernel[0] * kernel[1]), *kernel)
-    attrs = {"channels": node.attrs["units"], "kernel": kernel, "stride": (1, 1),
-             "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
-             "bias": node.attrs["bias"]}
+    attrs = {
+        "channels": node.attrs["units"],
+        "kernel": kernel,
+        "stride": (1, 1),
+        "padding": (0, 0, 0, 0),
+        "dilation": (1, 1),
+        "groups": 1,
+        "bias": node.attrs["bias"],
+    }
     return replace(node, op="conv", attrs=attrs)

@@ -19,8 +19,14 @@ def reinfer(graph: Graph, inputs: dict[str, GraphInput] | None = None) -> Graph:
         try:
             shape = OPS[node.op].infer(node.attrs, in_shapes)
         except ShapeError as exc:
-            raise SpecError(exc.message, loc=node.loc, layer=node.name, expected=exc.expected,
-                            found=exc.found, hint=exc.hint) from None
+            raise SpecError(
+                exc.message,
+                loc=node.loc,
+                layer=node.name,
+                expected=exc.expected,
+                found=exc.found,
+                hint=exc.hint,
+            ) from None
         nodes.append(replace(node, shape=shape))
         shapes[node.name] = shape
     result = replace(graph, inputs=dict(inputs), nodes=nodes)

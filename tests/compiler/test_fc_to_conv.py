@@ -41,17 +41,27 @@ def test_sliding_window_property(source):
     net, classifier, graph, dense = _convert(source)
     stride = int(analyze(graph).layers[-1].field.height.jump)
     size = net.graph.inputs["image"].shape[2]
-    x = torch.randn(1, net.graph.inputs["image"].shape[1], size + 3 * stride, size + 2 * stride,
-                    generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        1,
+        net.graph.inputs["image"].shape[1],
+        size + 3 * stride,
+        size + 2 * stride,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         scores = dense(x)
         assert scores.shape[2:] == (4, 3)
         for i in range(4):
             for j in range(3):
-                window = x[:, :, i * stride:i * stride + size, j * stride:j * stride + size]
+                window = x[:, :, i * stride : i * stride + size, j * stride : j * stride + size]
                 # The same conv arithmetic on the same pixels: fp32 noise only.
-                assert_close(scores[:, :, i, j], classifier(window), rtol=1e-4, atol=1e-5,
-                             what=f"position ({i}, {j})")
+                assert_close(
+                    scores[:, :, i, j],
+                    classifier(window),
+                    rtol=1e-4,
+                    atol=1e-5,
+                    what=f"position ({i}, {j})",
+                )
 
 
 @pytest.mark.parametrize("name", ["vgg16", "alexnet", "resnet18"])

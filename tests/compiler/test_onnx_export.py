@@ -32,8 +32,9 @@ SIZES = {  # small inputs keep the suite fast; open-size nets get two
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _module_with_statistics(graph):
@@ -79,8 +80,12 @@ def test_names_batch_and_open_sizes():
 
 def test_dropout_is_gone_and_metadata_is_written():
     net = netc.load("alexnet")
-    meta = metadata_for("classification", ["a", "b"], {"mean": [0.5], "std": [0.25]},
-                        net.graph.inputs["image"].shape)
+    meta = metadata_for(
+        "classification",
+        ["a", "b"],
+        {"mean": [0.5], "std": [0.25]},
+        net.graph.inputs["image"].shape,
+    )
     model = export_onnx(net.graph, build_module(net.graph).state_dict(), metadata=meta)
     assert "Dropout" not in {n.op_type for n in model.graph.node}
     props = {p.key: p.value for p in model.metadata_props}
@@ -107,7 +112,12 @@ layers:
     for h, w in ((7, 11), (10, 10), (5, 13)):
         x = np.random.default_rng(h).standard_normal((1, 2, h, w)).astype(np.float32)
         t = torch.from_numpy(x)
-        expected = torch.cat([torch.nn.functional.adaptive_avg_pool2d(t, (3, 5)).flatten(1),
-                              torch.nn.functional.adaptive_max_pool2d(t, 4).flatten(1)], 1)
+        expected = torch.cat(
+            [
+                torch.nn.functional.adaptive_avg_pool2d(t, (3, 5)).flatten(1),
+                torch.nn.functional.adaptive_max_pool2d(t, 4).flatten(1),
+            ],
+            1,
+        )
         (actual,) = session.run(None, {"image": x})
         assert_close(actual, expected, rtol=1e-5, atol=1e-6, what=f"{h}x{w}")

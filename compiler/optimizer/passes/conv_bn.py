@@ -208,7 +208,9 @@ def _fold_gemm(graph, gemm, bn, affine, names) -> str | None:
 def _fold_matmul_add(graph, add, bn, affine, names) -> str | None:
     # Case 4: MatMul(A, W) → Add(b) → BN: W' = W·scale, b' = b·scale + shift.
     sides = [(i, v.producer()) for i, v in enumerate(add.inputs[:2]) if v is not None]
-    matmuls = [(i, n) for i, n in sides if n is not None and n.op_type == "MatMul" and n.domain == ""]
+    matmuls = [
+        (i, n) for i, n in sides if n is not None and n.op_type == "MatMul" and n.domain == ""
+    ]
     if len(add.inputs) != 2 or len(matmuls) != 1:
         return _between(add)
     index, matmul = matmuls[0]

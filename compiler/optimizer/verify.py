@@ -1,0 +1,233 @@
+"""Prove an optimization: run both models in onnxruntime on the same random inputs.
+
+Both run on the CPU provider with onnxruntime's own graph optimizations off
+(so it cannot hide or cause a difference), on seeded random inputs built
+from the original model's input types. Open dims get concrete sizes: the
+first (batch) dim 2, every other open dim each of `OPEN_SIZES` in turn, so a
+rewrite that only holds at one spatial size is caught. Every output must
+agree elementwise: |optimized − original| ≤ atol + rtol·|original|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from netc.errors import UserError
+
+RTOL, ATOL = 1e-4, 1e-5
+# fp16 keeps 11 significant bits (relative step 9.8e-4): folding rounds the
+# weights once more and reorders the rounding of the BN, which moves results by
+# a few fp16 steps, so half-precision outputs are compared at about 10 steps.
+FP16_RTOL, FP16_ATOL = 1e-2, 1e-2
+BATCH = 2
+OPEN_SIZES = (64, 96)  # multiples of 32, the total stride of most ConvNets
+
+_HALF_TYPES = ("tensor(float16)", "tensor(bfloat16)")
+
+
+class VerificationError(UserError):
+    """The optimized model does not compute what the original computes."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The element of one output that is furthest from the original's."""
+
+    output: str
+    index: tuple[int, ...]
+    actual: float
+    expected: float
+    input_shapes: dict[str, tuple[int, ...]]
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{k} {list(v)}" for k, v in self.input_shapes.items())
+        return (
+            f"output {self.output!r}{list(self.index)} is {self.actual:.7g}, "
+            f"expected {self.expected:.7g} (inputs {shapes})"
+        )
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    input_shapes: list[dict[str, tuple[int, ...]]]
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: Mismatch | None = None  # only when not ok
+    error: str | None = None  # the optimized model failed to load or run
+    tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        sizes = " and ".join(
+            ", ".join(f"{list(shape)}" for shape in shapes.values()) for shapes in self.input_shapes
+        )
+        if self.error:
+            return f"the optimized model does not run: {self.error}"
+        if not self.ok:
+            return f"outputs differ: {self.worst}"
+        return (
+            f"outputs match at input {sizes}: max abs error {self.max_abs:.2g}, "
+            f"max rel error {self.max_rel:.2g} (allowed: rtol {RTOL:g}, atol {ATOL:g}"
+            + (f"; fp16 outputs rtol {FP16_RTOL:g}, atol {FP16_ATOL:g})" if self._half() else ")")
+        )
+
+    def _half(self) -> bool:
+        return any(t == (FP16_RTOL, FP16_ATOL) for t in self.tolerances.values())
+
+
+def verify(
+    original: bytes | onnx.ModelProto,
+    optimized: bytes | onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    name: str = "the model",
+) -> VerifyResult:
+    """Run both models on the same inputs and compare every output.
+
+    `input_shapes` (name → full shape) replaces the open-size defaults with
+    one size. Raises UserError when the *original* cannot be run (an op
+    onnxruntime lacks, inputs it cannot take); a failing optimized model is
+    a failed result, not an exception.
+    """
+    reference = _session(original, name)
+    feeds = input_feeds(reference, input_shapes=input_shapes, seed=seed)
+    shapes = [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds]
+    try:
+        expected = [reference.run(None, feed) for feed in feeds]
+    except Exception as exc:
+        raise UserError(
+            f"cannot verify {name}: onnxruntime fails to run it on inputs {shapes[0]}: "
+            f"{_short(exc)}; give the input sizes with --input-shape, or skip the check "
+            "with --no-verify"
+        ) from None
+    try:
+        candidate = _session(optimized, "the optimized model")
+        actual = [candidate.run(None, feed) for feed in feeds]
+    except Exception as exc:
+        return VerifyResult(ok=False, input_shapes=shapes, error=_short(exc))
+    names = [o.name for o in reference.get_outputs()]
+    types = [o.type for o in reference.get_outputs()]
+    return _compare(names, types, expected, actual, shapes)
+
+
+def input_feeds(
+    session: ort.InferenceSession,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """Seeded random inputs: one feed per size of the open dims."""
+    inputs = session.get_inputs()
+    unknown = set(input_shapes or {}) - {i.name for i in inputs}
+    if unknown:
+        known = ", ".join(i.name for i in inputs)
+        raise UserError(f"--input-shape names no input {sorted(unknown)} (inputs: {known})")
+    open_spatial = (
+        any(not isinstance(d, int) for i in inputs for d in list(i.shape)[1:]) and not input_shapes
+    )
+    sizes = OPEN_SIZES if open_spatial else OPEN_SIZES[:1]
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for size in sizes:
+        feed = {}
+        for item in inputs:
+            if input_shapes and item.name in input_shapes:
+                shape = tuple(input_shapes[item.name])
+            else:
+                shape = tuple(_concrete(d, axis, size) for axis, d in enumerate(item.shape))
+            feed[item.name] = _random(rng, item.type, shape)
+        feeds.append(feed)
+    return feeds
+
+
+def _concrete(dim, axis: int, size: int) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    return BATCH if axis == 0 else size
+
+
+def _random(rng: np.random.Generator, type_: str, shape: tuple[int, ...]) -> np.ndarray:
+    kind = type_.removeprefix("tensor(").removesuffix(")")
+    if kind == "bool":
+        return rng.random(shape) < 0.5
+    if kind.startswith(("int", "uint")):
+        return rng.integers(0, 4, size=shape).astype(np.dtype(kind))
+    if kind == "bfloat16":
+        import ml_dtypes
+
+        return rng.standard_normal(shape).astype(ml_dtypes.bfloat16)
+    dtype = {"float": np.float32, "double": np.float64, "float16": np.float16}.get(kind)
+    if dtype is None:
+        raise UserError(
+            f"cannot make random inputs of type {type_}; skip the check with --no-verify"
+        )
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _compare(names, types, expected, actual, shapes) -> VerifyResult:
+    result = VerifyResult(ok=True, input_shapes=shapes)
+    worst_excess = -np.inf
+    for run, (want_all, got_all) in enumerate(zip(expected, actual)):
+        for name, type_, want, got in zip(names, types, want_all, got_all):
+            rtol, atol = (FP16_RTOL, FP16_ATOL) if type_ in _HALF_TYPES else (RTOL, ATOL)
+            result.tolerances[name] = (rtol, atol)
+            want, got = np.asarray(want), np.asarray(got)
+            if want.shape != got.shape:
+                result.ok = False
+                result.error = f"output {name!r} has shape {got.shape}, expected {want.shape}"
+                return result
+            if want.size == 0 or want.dtype.kind not in "fiub":
+                if not np.array_equal(want, got):
+                    result.ok, result.error = False, f"output {name!r} differs"
+                continue
+            w, g = want.astype(np.float64), got.astype(np.float64)
+            same = (w == g) | (np.isnan(w) & np.isnan(g))
+            error = np.where(same, 0.0, np.abs(g - w))
+            error = np.where(np.isnan(error), np.inf, error)
+            result.max_abs = max(result.max_abs, float(error.max()))
+            # relative error where it means something: where rtol, not atol, sets the bound
+            sizable = np.abs(w) >= atol / rtol
+            if sizable.any():
+                rel = float((error[sizable] / np.abs(w[sizable])).max())
+                result.max_rel = max(result.max_rel, rel)
+            excess = error - (atol + rtol * np.abs(np.nan_to_num(w)))
+            index = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            if excess[index] > 0:
+                result.ok = False
+                if excess[index] > worst_excess:
+                    worst_excess = float(excess[index])
+                    result.worst = Mismatch(
+                        name,
+                        tuple(int(i) for i in index),
+                        float(g[index]),
+                        float(w[index]),
+                        shapes[run],
+                    )
+    return result
+
+
+def _session(model: bytes | onnx.ModelProto, name: str) -> ort.InferenceSession:
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        if name == "the optimized model":
+            raise
+        raise UserError(
+            f"cannot verify {name}: onnxruntime cannot load it: {_short(exc)}; "
+            "skip the check with --no-verify"
+        ) from None
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 400 else text[:397] + "..."

@@ -1,0 +1,117 @@
+"""`netc export`: from a run to a verified ONNX file with its labels and preprocessing."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import assert_close
+
+from netc.cli import main
+from netc.runtime import checkpoint
+from netc.runtime.module import build_module
+from netc.runtime.preprocess import Preprocessing
+from netc.runtime.train import train
+from netc.compiler.network import load_string
+
+TINY = """\
+name: tiny_digits
+params: {num_classes: 10}
+inputs: {image: [1, 8, 8]}
+layers:
+  - {name: conv1, op: conv, channels: 8, kernel: 3, padding: 1}
+  - {name: bn1, op: batch_norm}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: max_pool, kernel: 2}
+  - {name: flatten, op: flatten}
+  - {name: drop, op: dropout, p: 0.2}
+  - {name: fc, op: fc, units: $num_classes}
+training: {epochs: 1, batch_size: 64}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    spec = root / "tiny.yaml"
+    spec.write_text(TINY)
+    train(str(spec), "digits", root / "plain", quiet=True)
+    train(str(spec), "digits", root / "whitened", overrides={"pca_whitening": True}, quiet=True)
+    return root
+
+
+def _props(model):
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize("run", ["plain", "whitened"])
+def test_exported_run_matches_the_trained_module(runs, tmp_path, run, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(runs / run), "-o", str(out)]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    model = onnx.load(out)
+    props = _props(model)
+    assert json.loads(props["netc.labels"]) == [str(i) for i in range(10)]
+    pre = json.loads(props["netc.preprocessing"])
+    assert "pca" not in pre and len(pre["mean"]) == 1 and pre["input_size"] == [8, 8]
+    state = checkpoint.load(runs / run / "last.pt")
+    module = build_module(load_string(state["description"]).graph)
+    module.load_state_dict(state["model"])
+    module.eval()
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    preprocessing = Preprocessing.from_dict(state["preprocessing"])
+    server_side = (images - pre["mean"][0]) / pre["std"][0]  # what a server does from metadata
+    with torch.no_grad():
+        expected = module(preprocessing.apply(images)).numpy()
+    # ZCA in the graph vs in torch: a 64x64 matmul in another order, fp32 noise only.
+    assert_close(
+        _run(out, server_side.numpy()),
+        expected,
+        rtol=1e-4,
+        atol=1e-4 if run == "whitened" else 1e-5,
+    )
+
+
+def test_repository_versions_count_up(runs, tmp_path):
+    repo = tmp_path / "repo"
+    for _ in range(2):
+        assert (
+            main(["export", str(runs / "plain"), "--repository", str(repo), "--name", "digits"])
+            == 0
+        )
+    assert sorted(p.name for p in (repo / "digits").iterdir()) == ["1", "2"]
+    assert (repo / "digits" / "2" / "model.onnx").stat().st_size > 1000
+
+
+def test_fully_convolutional_export_of_a_run(runs, tmp_path):
+    out = tmp_path / "dense.onnx"
+    assert main(["export", str(runs / "plain"), "--fully-convolutional", "-o", str(out)]) == 0
+    model = onnx.load(out)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 1, "H", "W"]
+    assert _props(model)["netc.fully_convolutional_from"] == "classification"
+    scores = _run(out, np.zeros((1, 1, 16, 12), np.float32))
+    assert scores.shape == (1, 10, 5, 3)  # stride 2 windows of 8x8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nowhere.pt", "-o", "x.onnx"], "no such checkpoint"),
+        (["lenet5", "--repository", "repo"], "--repository needs --name"),
+        (["tinyseg", "--fully-convolutional", "-o", "x.onnx"], "fully convolutional already"),
+    ],
+)
+def test_bad_exports_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.onnx").exists()
