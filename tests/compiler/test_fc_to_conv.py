@@ -75,7 +75,7 @@ def test_parameter_count_is_unchanged_and_sizes_open(name):
 
 
 def test_declared_size_gives_a_one_by_one_map_equal_to_the_classifier():
-    net, classifier, graph, dense = _convert("resnet18", input_shape=(3, 64, 64))
+    _, classifier, _, dense = _convert("resnet18", input_shape=(3, 64, 64))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert_close(dense(x)[:, :, 0, 0], classifier(x), rtol=1e-4, atol=1e-5)
@@ -84,5 +84,5 @@ def test_declared_size_gives_a_one_by_one_map_equal_to_the_classifier():
 def test_refuses_what_cannot_slide():
     with pytest.raises(UserError, match="fully convolutional already"):
         to_fully_convolutional(netc.load("tinyseg").graph, {})
-    with pytest.raises(UserError, match="'fc6'.*'spp'"):
+    with pytest.raises(UserError, match=r"'fc6'.*'spp'"):
         to_fully_convolutional(netc.load("sppnet", input_shape=(3, 224, 224)).graph, {})

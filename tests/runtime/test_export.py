@@ -10,11 +10,11 @@ import torch
 from helpers import assert_close
 
 from netc.cli import main
+from netc.compiler.network import load_string
 from netc.runtime import checkpoint
 from netc.runtime.module import build_module
 from netc.runtime.preprocess import Preprocessing
 from netc.runtime.train import train
-from netc.compiler.network import load_string
 
 TINY = """\
 name: tiny_digits

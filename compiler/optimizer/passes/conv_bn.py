@@ -10,7 +10,6 @@ import onnx_ir as ir
 
 from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
-from netc.errors import InternalError
 from netc.compiler.optimizer.rewrite import (
     NameScope,
     bypass,
@@ -21,6 +20,7 @@ from netc.compiler.optimizer.rewrite import (
     set_constant_input,
     sole_reader_problem,
 )
+from netc.errors import InternalError
 
 # BatchNormalization versions whose inference semantics we know: 7 has `spatial`,
 # 9 drops it, 14 adds `training_mode`, 15 lets γ/β and μ/var have different float
