@@ -310,6 +310,102 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_optimize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="optimize an ONNX model (fuse BatchNormalization, clean up), verified",
+        description="Run netc's ordered pipeline of ONNX rewrites on a model and print what "
+        "each pass changed. Both models then run in onnxruntime on the same random inputs "
+        "and must agree (rtol 1e-4, atol 1e-5); on a mismatch nothing is written.",
+    )
+    p.add_argument("model", type=Path, metavar="IN.onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    p.add_argument(
+        "--no-verify",
+        action="store_false",
+        dest="verify",
+        help="skip the onnxruntime check of the optimized model",
+    )
+    p.add_argument(
+        "--enable",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="also run the optional passes behind FLAG (repeat, or separate with commas)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_named_shape,
+        action="append",
+        default=[],
+        dest="input_shapes",
+        metavar="[NAME=]D0,D1,...",
+        help="verify and count MACs at this full input shape (default: open sizes 64 and 96)",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="list every rewrite and every refusal with its reason"
+    )
+    p.set_defaults(run=_run_optimize)
+
+
+def _named_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    parts = [p.strip() for p in dims.split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a shape: expected [NAME=]D0,D1,... with positive integers, "
+            "e.g. input=1,3,224,224"
+        )
+    return (name if sep else None), tuple(int(p) for p in parts)
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from netc.compiler.optimizer.api import optimize_file
+
+    enable = [flag.strip() for item in args.enable for flag in item.split(",") if flag.strip()]
+    shapes = dict(args.input_shapes)
+    result = optimize_file(
+        args.model,
+        args.output,
+        verify=args.verify,
+        enable=enable,
+        verbose=args.verbose,
+        input_shapes=shapes or None,
+    )
+    print(result.report(verbose=args.verbose))
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve every model in a repository over gRPC",
+                       description="Serve REPO/<model>/<version>/model.onnx over gRPC "
+                       "(Triton/KServe v2 protocol and netc's vision service), with "
+                       "Prometheus metrics over HTTP.")
+    p.add_argument("--repository", required=True, type=Path, metavar="REPO")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8001, help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002,
+                   help="Prometheus metrics port (default 8002; 0 picks a free one)")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    p.add_argument("--max-message-mb", type=int, default=128,
+                   help="largest request or response in MiB (default 128)")
+    p.add_argument("--poll", type=float, metavar="SECONDS",
+                   help="reload models whose files changed, checking this often")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from netc.serving.server import ServerOptions, serve_forever
+
+    options = ServerOptions(host=args.host, port=args.port,
+                            metrics_port=None if args.no_metrics else args.metrics_port,
+                            max_message_mb=args.max_message_mb, poll_seconds=args.poll)
+    try:
+        return serve_forever(args.repository, options)
+    except OSError as exc:
+        raise UserError(f"error: cannot start the server: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netc", description="ConvNet model compiler and inference server."
@@ -319,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_optimize(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,54 @@
+"""Serving errors and the one place that maps them to gRPC status codes.
+
+Every request-level mistake raises a `ServingError` whose message names the
+model, tensor and what was expected; servicers catch it and abort the call
+with `status_code(error)`. Anything else is our bug: INTERNAL, and the
+server keeps serving.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from netc.errors import UserError
+
+
+class ServingError(UserError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidRequest(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelUnavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RequestCancelled(ServingError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unsupported(ServingError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an error raised while serving a request."""
+    if isinstance(error, ServingError):
+        return error.code
+    if isinstance(error, UserError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,68 @@
+"""Prometheus metrics over HTTP (`GET /metrics`, port 8002 by default).
+
+Names follow Triton's (`nv_inference_*`), so existing dashboards fit. The
+HTTP side is a few lines of asyncio: the exposition format is plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from netc.serving.repository import ModelRepository
+
+_COUNTERS = (  # (metric, help, value from ModelStats)
+    ("nv_inference_request_success", "Number of successful inference requests",
+     lambda s: s.success.count),
+    ("nv_inference_request_failure", "Number of failed inference requests",
+     lambda s: s.fail.count),
+    ("nv_inference_count", "Number of inferences performed (batch elements)",
+     lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of model executions (batches)",
+     lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative end-to-end request duration",
+     lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative time requests spent queued",
+     lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_infer_duration_us", "Cumulative model execution time",
+     lambda s: s.compute_infer.ns // 1000),
+)
+
+
+def render(repository: ModelRepository) -> str:
+    lines = []
+    for metric, text, value in _COUNTERS:
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
+        for name, versions in sorted(repository.models.items()):
+            for version, model in sorted(versions.items()):
+                lines.append(f'{metric}{{model="{name}",version="{version}"}} '
+                             f"{value(model.stats)}")
+    lines += ["# HELP nv_model_ready Whether the model version is ready (1) or not (0)",
+              "# TYPE nv_model_ready gauge"]
+    for entry in repository.index():
+        ready = 1 if entry.state == "READY" else 0
+        lines.append(f'nv_model_ready{{model="{entry.name}",version="{entry.version}"}} {ready}')
+    return "\n".join(lines) + "\n"
+
+
+async def start_metrics_server(repository: ModelRepository, host: str,
+                               port: int) -> asyncio.AbstractServer:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            path = request.split()[1] if len(request.split()) > 1 else b"/"
+            if path == b"/metrics":
+                body, status = render(repository).encode(), "200 OK"
+            else:
+                body, status = b"not found: try /metrics\n", "404 Not Found"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

@@ -1,0 +1,196 @@
+"""One loaded model version: an onnxruntime session, its description, its batcher.
+
+Requests are checked here, before they queue, so every mistake is reported
+against the tensor it concerns: unknown or missing inputs, wrong datatypes,
+ranks and sizes, batches larger than the model allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from netc.errors import InternalError, UserError
+from netc.serving.batcher import Batcher, Tensors
+from netc.serving.config import ModelConfig
+from netc.serving.errors import InvalidRequest
+from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
+from netc.serving.stats import ModelStats
+
+WARMUP_SIZE = 64  # spatial size used to warm up models whose H and W are open
+
+
+def providers() -> list[str]:
+    """CUDA when onnxruntime has it and a GPU is present, else the CPU."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        except ImportError:
+            pass
+    return ["CPUExecutionProvider"]
+
+
+def _dims(shape: list[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def _metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _json(meta: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(meta[key]) if key in meta else None
+    except json.JSONDecodeError:
+        return None
+
+
+def describe(name: str, version: str, session: ort.InferenceSession,
+             config: ModelConfig) -> ModelInfo:
+    """The model as clients see it, from the session and the netc metadata."""
+    ins, outs = session.get_inputs(), session.get_outputs()
+    for tensor in (*ins, *outs):
+        if tensor.type not in ONNX_TYPES:
+            raise UserError(f"error: model '{name}': tensor '{tensor.name}' has type "
+                            f"{tensor.type}, which the server cannot carry")
+    batched = config.max_batch_size > 0 and all(
+        t.shape and not isinstance(t.shape[0], int) for t in (*ins, *outs))
+    cut = 1 if batched else 0
+    meta = _metadata(session)
+    labels = config.labels or _json(meta, "netc.labels")
+    stride = _json(meta, "netc.output_stride")
+    return ModelInfo(
+        name=name, version=version,
+        inputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in ins),
+        outputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:]))
+                      for t in outs),
+        max_batch_size=config.max_batch_size if batched else 0,
+        task=meta.get("netc.task", "unknown"),
+        labels=tuple(labels) if labels else None,
+        preprocessing=_json(meta, "netc.preprocessing"),
+        output_stride=tuple(stride) if stride else None,
+        dynamic_batching=batched and config.dynamic_batching,
+        preferred_batch_sizes=config.preferred_batch_sizes,
+        max_queue_delay_us=config.max_queue_delay_us,
+        metadata=meta,
+    )
+
+
+class ServedModel:
+    """A loaded model version that checks, queues, batches and runs requests."""
+
+    def __init__(self, name: str, version: str, path: Path, config: ModelConfig) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if config.intra_op_threads:
+            options.intra_op_num_threads = config.intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds
+            raise UserError(f"error: model '{name}' version {version}: onnxruntime cannot "
+                            f"load {path}: {exc}") from None
+        self.name, self.version, self.path, self.config = name, version, path, config
+        self.info = describe(name, version, self.session, config)
+        self.stats = ModelStats()
+        self.output_names = [spec.name for spec in self.info.outputs]
+        self.batcher: Batcher | None = None
+
+    def start(self) -> None:
+        """Create the batcher (needs the running event loop)."""
+        info = self.info
+        self.batcher = Batcher(
+            f"{self.name}/{self.version}", self._run, batching=info.dynamic_batching,
+            max_batch=max(1, info.max_batch_size), max_delay_s=info.max_queue_delay_us / 1e6,
+            preferred=info.preferred_batch_sizes, max_queue=self.config.max_queue_size,
+            instances=self.config.instances, stats=self.stats,
+        )
+
+    def _run(self, inputs: Tensors) -> Tensors:
+        values = self.session.run(self.output_names, inputs)
+        return dict(zip(self.output_names, values))
+
+    def warm_up(self) -> None:
+        """One run on zeros, so the first client does not pay for lazy initialisation."""
+        batch = (1,) if self.info.max_batch_size else ()
+        size = (self.info.preprocessing or {}).get("input_size") or []
+        inputs = {}
+        for spec in self.info.inputs:
+            dims = list(spec.dims)
+            open_dims = [i for i, d in enumerate(dims) if d < 0]
+            for n, i in enumerate(open_dims):
+                dims[i] = size[n] if n < len(size) and size[n] else WARMUP_SIZE
+            inputs[spec.name] = np.zeros((*batch, *dims), dtype=DATATYPES[spec.datatype])
+        try:
+            self._run(inputs)
+        except Exception:  # noqa: BLE001 - a model may reject zeros or our guess at sizes
+            pass
+
+    def check(self, inputs: Tensors) -> tuple[int, tuple]:
+        """Validate a request; returns its batch size and its batching key."""
+        expected = {spec.name: spec for spec in self.info.inputs}
+        for name in inputs:
+            if name not in expected:
+                raise InvalidRequest(f"model '{self.name}': unexpected input '{name}'; the "
+                                     f"model's inputs are {', '.join(expected)}")
+        batch, key = 1, []
+        for name, spec in expected.items():
+            if name not in inputs:
+                raise InvalidRequest(f"model '{self.name}': missing input '{name}' "
+                                     f"({spec.datatype} {list(spec.dims)})")
+            value = inputs[name]
+            want = np.dtype(DATATYPES[spec.datatype])
+            if value.dtype != want:
+                raise InvalidRequest(f"model '{self.name}': input '{name}' has datatype "
+                                     f"{_type_name(value.dtype)}, expected {spec.datatype}")
+            shape = value.shape
+            if self.info.max_batch_size:
+                if len(shape) != len(spec.dims) + 1:
+                    raise InvalidRequest(
+                        f"model '{self.name}': input '{name}' has shape {list(shape)}, "
+                        f"expected [batch, {', '.join(map(str, spec.dims))}] (rank "
+                        f"{len(spec.dims) + 1})")
+                batch = shape[0]
+                if not 1 <= batch <= self.info.max_batch_size:
+                    raise InvalidRequest(
+                        f"model '{self.name}': input '{name}' batch size {batch} is outside "
+                        f"1..{self.info.max_batch_size} (max_batch_size)")
+                shape = shape[1:]
+            if len(shape) != len(spec.dims) or any(
+                    d >= 0 and d != s for d, s in zip(spec.dims, shape)):
+                raise InvalidRequest(
+                    f"model '{self.name}': input '{name}' has shape {list(value.shape)}, "
+                    f"expected {self._shape_text(spec)}")
+            key.append((name, shape))
+        return batch, tuple(key)
+
+    def _shape_text(self, spec: TensorSpec) -> str:
+        dims = ", ".join("?" if d < 0 else str(d) for d in spec.dims)
+        return f"[batch, {dims}]" if self.info.max_batch_size else f"[{dims}]"
+
+    async def infer(self, inputs: Tensors, *, timeout: float | None = None) -> Tensors:
+        batch, key = self.check(inputs)
+        if self.batcher is None:
+            raise InternalError(f"model '{self.name}' was not started before serving")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else None
+        return await self.batcher.submit(inputs, batch, key, deadline)
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+
+def _type_name(dtype: np.dtype) -> str:
+    for name, kind in DATATYPES.items():
+        if np.dtype(kind) == dtype:
+            return name
+    return str(dtype)

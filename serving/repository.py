@@ -1,0 +1,134 @@
+"""The model repository: `REPO/<model>/<version>/model.onnx` (+ `REPO/<model>/config.yaml`).
+
+Every model loads at start and is warmed up before the server reports ready.
+A model that fails to load is UNAVAILABLE with its reason, and the others are
+served regardless. `load(name)` (re)reads a model from disk, swapping in the
+new versions only once they are ready; `unload(name)` stops serving it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from netc.errors import UserError, did_you_mean
+from netc.serving.config import load_config
+from netc.serving.errors import ModelNotFound, ModelUnavailable
+from netc.serving.model import ServedModel
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str  # READY, UNAVAILABLE, LOADING
+    reason: str = ""
+
+
+def _versions(folder: Path, policy) -> list[str]:
+    found = sorted((int(p.name) for p in folder.iterdir()
+                    if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()))
+    if policy == "latest":
+        found = found[-1:]
+    elif policy != "all":
+        found = [v for v in found if v in policy]
+    return [str(v) for v in found]
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"error: model repository {root} is not a directory")
+        self.root = root
+        self.models: dict[str, dict[str, ServedModel]] = {}
+        self.states: dict[str, IndexEntry] = {}
+        self.loading = 0
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+    async def load_all(self) -> None:
+        for name in self.names():
+            await self.load(name)
+
+    async def load(self, name: str) -> None:
+        """(Re)load every version the model's policy selects; keep serving the old ones
+        until the new ones are warmed up."""
+        folder = self.root / name
+        if not folder.is_dir():
+            raise ModelNotFound(f"no model '{name}' in the repository {self.root}")
+        self.loading += 1
+        self.states[name] = IndexEntry(name, "", "LOADING")
+        try:
+            config = load_config(folder)
+            versions = _versions(folder, config.version_policy)
+            if not versions:
+                raise UserError(f"error: model '{name}': no version folder with {MODEL_FILE}")
+            loaded = {}
+            for version in versions:
+                model = await asyncio.to_thread(
+                    ServedModel, name, version, folder / version / MODEL_FILE, config)
+                await asyncio.to_thread(model.warm_up)
+                model.start()
+                loaded[version] = model
+        except UserError as exc:
+            self.states[name] = IndexEntry(name, "", "UNAVAILABLE", str(exc).removeprefix(
+                "error: "))
+            return
+        finally:
+            self.loading -= 1
+        old = self.models.get(name, {})
+        self.models[name] = loaded
+        self.states[name] = IndexEntry(name, max(loaded, key=int), "READY")
+        for model in old.values():
+            await model.close()
+
+    async def unload(self, name: str) -> None:
+        if name not in self.models and name not in self.states:
+            raise ModelNotFound(f"no model '{name}' is loaded")
+        for model in self.models.pop(name, {}).values():
+            await model.close()
+        self.states[name] = IndexEntry(name, "", "UNAVAILABLE", "unloaded")
+
+    async def close(self) -> None:
+        for name in list(self.models):
+            for model in self.models.pop(name).values():
+                await model.close()
+
+    def ready(self) -> bool:
+        return self.loading == 0 and all(e.state == "READY" for e in self.states.values())
+
+    def index(self) -> list[IndexEntry]:
+        entries = []
+        for name in sorted(set(self.names()) | set(self.states)):
+            if name in self.models:
+                entries += [IndexEntry(name, v, "READY") for v in sorted(self.models[name],
+                                                                          key=int)]
+            else:
+                entries.append(self.states.get(name, IndexEntry(name, "", "UNAVAILABLE",
+                                                                "not loaded")))
+        return entries
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The model version to run; NOT_FOUND / UNAVAILABLE errors say what exists."""
+        versions = self.models.get(name)
+        if versions is None:
+            if name in self.states:
+                state = self.states[name]
+                raise ModelUnavailable(f"model '{name}' is {state.state.lower()}"
+                                       + (f": {state.reason}" if state.reason else ""))
+            hint = did_you_mean(name, self.models)
+            known = ", ".join(sorted(self.models)) or "(none)"
+            raise ModelNotFound(f"unknown model '{name}'; the repository serves {known}"
+                                + (f" ({hint})" if hint else ""))
+        if not version:
+            return versions[max(versions, key=int)]
+        if version not in versions:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'; loaded versions: "
+                                f"{', '.join(sorted(versions, key=int))}")
+        return versions[version]

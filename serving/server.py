@@ -1,0 +1,165 @@
+"""`netc serve`: the gRPC server (grpc.aio) and the metrics endpoint, put together.
+
+Services: `inference.GRPCInferenceService` (Triton/KServe v2), netc's vision
+service, `grpc.health.v1.Health` (SERVING once every model is loaded) and
+server reflection. Each service module offers `add_to_server(server,
+repository)` returning the full names of the services it added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from netc.serving.metrics import start_metrics_server
+from netc.serving.repository import ModelRepository
+
+SERVICE_MODULES = ("netc.serving.triton_service", "netc.serving.vision_service")
+DEFAULT_MESSAGE_MB = 128  # gRPC's 4 MiB default is too small for images and score maps
+
+
+@dataclass
+class ServerOptions:
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int | None = 8002
+    max_message_mb: int = DEFAULT_MESSAGE_MB
+    poll_seconds: float | None = None  # rescan the repository this often (hot reload)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    repository: ModelRepository
+    port: int
+    metrics_port: int | None
+    metrics: asyncio.AbstractServer | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.metrics is not None:
+            self.metrics.close()
+        await self.server.stop(grace)
+        await self.repository.close()
+
+
+def _add_health_and_reflection(server: grpc.aio.Server, names: list[str]):
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    return servicer, health_pb2
+
+
+async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
+    """Load the repository, start gRPC (and metrics), mark SERVING when models are ready."""
+    repository = ModelRepository(repository_path)
+    limit = options.max_message_mb * 2**20
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit),
+                                      ("grpc.so_reuseport", 0)])
+    names: list[str] = []
+    for module_name in SERVICE_MODULES:
+        with contextlib.suppress(ModuleNotFoundError):
+            module = importlib.import_module(module_name)
+            names += module.add_to_server(server, repository)
+    health, health_pb2 = _add_health_and_reflection(server, names)
+    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {options.host}:{options.port}")
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    await repository.load_all()
+    status = health_pb2.HealthCheckResponse.SERVING if repository.ready() \
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *names]:
+        await health.set(name, status)
+    running = RunningServer(server, repository, port, options.metrics_port)
+    if options.metrics_port is not None:
+        running.metrics = await start_metrics_server(repository, options.host,
+                                                     options.metrics_port)
+        running.metrics_port = running.metrics.sockets[0].getsockname()[1]
+    if options.poll_seconds:
+        running.tasks.append(asyncio.create_task(_poll(repository, options.poll_seconds)))
+    return running
+
+
+async def _poll(repository: ModelRepository, seconds: float) -> None:
+    """Hot reload: load models that appeared or whose versions changed on disk."""
+    seen = {name: _fingerprint(repository.root / name) for name in repository.names()}
+    while True:
+        await asyncio.sleep(seconds)
+        for name in repository.names():
+            current = _fingerprint(repository.root / name)
+            if seen.get(name) != current:
+                seen[name] = current
+                await repository.load(name)
+
+
+def _fingerprint(folder: Path) -> tuple:
+    files = sorted(folder.glob("*/model.onnx")) + sorted(folder.glob("config.yaml"))
+    return tuple((str(p), p.stat().st_mtime_ns) for p in files if p.exists())
+
+
+def serve_forever(repository_path: Path, options: ServerOptions) -> int:
+    """Run until SIGINT/SIGTERM; prints where it listens and what it serves."""
+
+    async def main() -> None:
+        running = await start(repository_path, options)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        for entry in running.repository.index():
+            detail = f": {entry.reason}" if entry.reason else ""
+            print(f"model {entry.name} version {entry.version or '-'} {entry.state}{detail}",
+                  file=sys.stderr)
+        metrics = (f", metrics on http://{options.host}:{running.metrics_port}/metrics"
+                   if running.metrics_port else "")
+        print(f"netc serving gRPC on {options.host}:{running.port}{metrics}", file=sys.stderr,
+              flush=True)
+        await stop.wait()
+        await running.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+class BackgroundServer:
+    """A server on its own event loop in a thread: for tests, benchmarks and the demo."""
+
+    def __init__(self, repository_path: Path, options: ServerOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running: RunningServer = asyncio.run_coroutine_threadsafe(
+            start(repository_path, options), self.loop).result(timeout=300)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=300)
+
+    def stop(self) -> None:
+        self.call(self.running.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
