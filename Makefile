@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 # torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test lint clean bench
+.PHONY: demo test lint clean bench protos
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +36,16 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Python stubs for protos/*.proto, committed in protos/generated/ (never edited by hand).
+# The sed makes them importable as netc.protos.generated (protoc writes top-level
+# imports) and registers them in netc's own descriptor pool, so they never clash
+# with another copy of the same .proto files, such as tritonclient's.
+protos: $(VENV)/.installed
+	rm -f protos/generated/*_pb2*.py protos/generated/*_pb2*.pyi
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos/generated \
+		--grpc_python_out=protos/generated --pyi_out=protos/generated protos/*.proto
+	sed -i -e 's/^import \([A-Za-z0-9_]*_pb2\) as /from . import \1 as /' \
+		-e 's/^from google.protobuf import descriptor_pool as _descriptor_pool$$/from .. import POOL as _POOL/' \
+		-e 's/_descriptor_pool\.Default()/_POOL/' \
+		protos/generated/*_pb2*.py protos/generated/*_pb2*.pyi

@@ -343,7 +343,9 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
         help="verify and count MACs at this full input shape (default: open sizes 64 and 96)",
     )
     p.add_argument(
-        "--verbose", action="store_true", help="list every rewrite and every refusal with its reason"
+        "--verbose",
+        action="store_true",
+        help="list every rewrite and every refusal with its reason",
     )
     p.set_defaults(run=_run_optimize)
 
@@ -377,33 +379,148 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve every model in a repository over gRPC",
-                       description="Serve REPO/<model>/<version>/model.onnx over gRPC "
-                       "(Triton/KServe v2 protocol and netc's vision service), with "
-                       "Prometheus metrics over HTTP.")
+    p = sub.add_parser(
+        "serve",
+        help="serve every model in a repository over gRPC",
+        description="Serve REPO/<model>/<version>/model.onnx over gRPC "
+        "(Triton/KServe v2 protocol and netc's vision service), with "
+        "Prometheus metrics over HTTP.",
+    )
     p.add_argument("--repository", required=True, type=Path, metavar="REPO")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8001, help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=int, default=8002,
-                   help="Prometheus metrics port (default 8002; 0 picks a free one)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus metrics port (default 8002; 0 picks a free one)",
+    )
     p.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
-    p.add_argument("--max-message-mb", type=int, default=128,
-                   help="largest request or response in MiB (default 128)")
-    p.add_argument("--poll", type=float, metavar="SECONDS",
-                   help="reload models whose files changed, checking this often")
+    p.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=128,
+        help="largest request or response in MiB (default 128)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        help="reload models whose files changed, checking this often",
+    )
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     from netc.serving.server import ServerOptions, serve_forever
 
-    options = ServerOptions(host=args.host, port=args.port,
-                            metrics_port=None if args.no_metrics else args.metrics_port,
-                            max_message_mb=args.max_message_mb, poll_seconds=args.poll)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        max_message_mb=args.max_message_mb,
+        poll_seconds=args.poll,
+    )
     try:
         return serve_forever(args.repository, options)
     except OSError as exc:
         raise UserError(f"error: cannot start the server: {exc}") from None
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="classify images or write segmentation masks",
+        description="Send images to a netc server's vision service: print "
+        "the top labels for a classifier, write DIR/<name>_mask.png (8-bit "
+        "class indices, the image's size) for a segmentation model.",
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="PNG or JPEG images")
+    p.add_argument("--model", required=True, metavar="NAME")
+    p.add_argument("--version", default="", help="model version (default: the latest)")
+    p.add_argument("--url", default="localhost:8001", help="server (default localhost:8001)")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="where masks are written (default: the current directory)",
+    )
+    p.set_defaults(run=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from netc.errors import did_you_mean
+    from netc.serving.client import VisionClient
+
+    if args.top_k < 1:
+        raise UserError(f"error: --top-k must be at least 1, found {args.top_k}")
+    contents = []
+    for path in args.files:
+        try:
+            contents.append(path.read_bytes())
+        except OSError as exc:
+            raise UserError(f"error: cannot read {path}: {exc.strerror or exc}") from None
+    with VisionClient(args.url) as client:
+        served = client.models()
+        entry = next(
+            (
+                m
+                for m in reversed(served)
+                if m.name == args.model and args.version in ("", m.version)
+            ),
+            None,
+        )
+        if entry is None:
+            names = sorted({m.name for m in served})
+            hint = did_you_mean(args.model, names)
+            raise UserError(
+                f"error: the server at {args.url} has no model '{args.model}'"
+                + (f" version {args.version}" if args.version else "")
+                + f"; it serves {', '.join(names) or 'none'}"
+                + (f" ({hint})" if hint else "")
+            )
+        if entry.task == "classification":
+            _print_labels(client, args, contents)
+        elif entry.task == "segmentation":
+            _write_masks(client, args, contents)
+        else:
+            raise UserError(
+                f"error: model '{args.model}' is a {entry.task} model; netc infer "
+                "classifies and segments images"
+            )
+    return 0
+
+
+def _print_labels(client, args: argparse.Namespace, contents: list[bytes]) -> None:
+    for start in range(0, len(contents), 32):  # a request per 32 files keeps messages small
+        chunk = contents[start : start + 32]
+        results = client.classify(chunk, args.model, args.top_k, version=args.version)
+        for path, labels in zip(args.files[start : start + 32], results):
+            text = ", ".join(f"{label} ({score:.3f})" for label, _, score in labels)
+            print(f"{path}: {text}")
+
+
+def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for path, data in zip(args.files, contents):
+        mask, labels, _ = client.segment(data, args.model, version=args.version)
+        target = args.out / f"{path.stem}_mask.png"
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(target)
+        except OSError as exc:
+            raise UserError(f"error: cannot write {target}: {exc.strerror or exc}") from None
+        counts = np.bincount(mask.ravel(), minlength=len(labels))
+        share = ", ".join(
+            f"{labels[i]} {100 * counts[i] / mask.size:.1f}%"
+            for i in np.argsort(-counts, kind="stable")
+            if counts[i]
+        )
+        print(f"{path}: wrote {target} ({mask.shape[1]}x{mask.shape[0]}; {share})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_optimize(sub)
     _add_serve(sub)
+    _add_infer(sub)
     return parser
 
 

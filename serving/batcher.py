@@ -16,6 +16,7 @@ or whose deadline passed is dropped before it runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from netc.serving.stats import ModelStats
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field equality: the queue holds arrays
 class _Pending:
     inputs: Tensors
     batch: int
@@ -44,26 +45,37 @@ class _Pending:
 
 
 class Batcher:
-    def __init__(self, name: str, run: Callable[[Tensors], Tensors], *, batching: bool,
-                 max_batch: int, max_delay_s: float, preferred: tuple[int, ...],
-                 max_queue: int, instances: int, stats: ModelStats) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Tensors], Tensors],
+        *,
+        batching: bool,
+        max_batch: int,
+        max_delay_s: float,
+        preferred: tuple[int, ...],
+        max_queue: int,
+        instances: int,
+        stats: ModelStats,
+    ) -> None:
         self.name, self.run, self.batching = name, run, batching
         self.max_batch = max(1, max_batch)
         self.max_delay_s, self.preferred = max_delay_s, set(preferred)
         self.max_queue, self.stats = max_queue, stats
         self.queue: deque[_Pending] = deque()
         self.arrived = asyncio.Event()
-        self.executor = ThreadPoolExecutor(max_workers=instances,
-                                           thread_name_prefix=f"netc-{name}")
+        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"netc-{name}")
         self.workers = [asyncio.create_task(self._work()) for _ in range(instances)]
 
-    async def submit(self, inputs: Tensors, batch: int, key: tuple,
-                     deadline: float | None) -> Tensors:
+    async def submit(
+        self, inputs: Tensors, batch: int, key: tuple, deadline: float | None
+    ) -> Tensors:
         if len(self.queue) >= self.max_queue:
-            raise QueueFull(f"model '{self.name}': queue is full ({self.max_queue} requests "
-                            "waiting); retry later")
-        pending = _Pending(inputs, batch, key, asyncio.get_running_loop().create_future(),
-                           deadline)
+            raise QueueFull(
+                f"model '{self.name}': queue is full ({self.max_queue} requests "
+                "waiting); retry later"
+            )
+        pending = _Pending(inputs, batch, key, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(pending)
         self.arrived.set()
         return await pending.future  # cancelled with the client's call: the worker skips it
@@ -83,8 +95,11 @@ class Batcher:
         while self.queue and self.queue[0].dead(now):
             pending = self.queue.popleft()
             if not pending.future.done():
-                pending.future.set_exception(DeadlineExceeded(
-                    f"model '{self.name}': the request's deadline passed while it was queued"))
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"model '{self.name}': the request's deadline passed while it was queued"
+                    )
+                )
         return self.queue[0] if self.queue else None
 
     def _group(self, first: _Pending) -> tuple[list[_Pending], int]:
@@ -92,8 +107,11 @@ class Batcher:
             return [first], first.batch
         group, size = [], 0
         for pending in self.queue:
-            if pending.key == first.key and size + pending.batch <= self.max_batch \
-                    and not pending.future.done():
+            if (
+                pending.key == first.key
+                and size + pending.batch <= self.max_batch
+                and not pending.future.done()
+            ):
                 group.append(pending)
                 size += pending.batch
         return group, size
@@ -120,32 +138,41 @@ class Batcher:
         return group
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        """A worker must outlive any one bad batch: errors go to that batch's callers."""
         while True:
-            group = await self._next_batch()
-            group = [p for p in group if not p.future.done()]
-            if not group:
-                continue
-            start = time.perf_counter_ns()
-            for pending in group:
-                self.stats.queue.add(start - pending.enqueued_ns)
             try:
-                results, compute_ns = await loop.run_in_executor(
-                    self.executor, self._execute, group)
-            except Exception as exc:  # noqa: BLE001 - the error goes to every waiting caller
-                end = time.perf_counter_ns()
-                for pending in group:
-                    self.stats.fail.add(end - pending.enqueued_ns)
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
+                await self._work_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged; the worker keeps serving
+                logging.getLogger("netc.serving").exception("batcher %s: worker error", self.name)
+
+    async def _work_once(self) -> None:
+        """Take one batch, run it in a worker thread, hand each caller its slice."""
+        loop = asyncio.get_running_loop()
+        group = await self._next_batch()
+        group = [p for p in group if not p.future.done()]
+        if not group:
+            return
+        start = time.perf_counter_ns()
+        for pending in group:
+            self.stats.queue.add(start - pending.enqueued_ns)
+        try:
+            results, compute_ns = await loop.run_in_executor(self.executor, self._execute, group)
+        except Exception as exc:  # the error goes to every waiting caller
             end = time.perf_counter_ns()
-            samples = sum(p.batch for p in group)
-            self.stats.executed(samples, samples, compute_ns)
-            for pending, result in zip(group, results):
-                self.stats.success.add(end - pending.enqueued_ns)
+            for pending in group:
+                self.stats.fail.add(end - pending.enqueued_ns)
                 if not pending.future.done():
-                    pending.future.set_result(result)
+                    pending.future.set_exception(exc)
+            return
+        end = time.perf_counter_ns()
+        samples = sum(p.batch for p in group)
+        self.stats.executed(samples, samples, compute_ns)
+        for pending, result in zip(group, results):
+            self.stats.success.add(end - pending.enqueued_ns)
+            if not pending.future.done():
+                pending.future.set_result(result)
 
     def _execute(self, group: list[_Pending]) -> tuple[list[Tensors], int]:
         """Runs in a worker thread: concatenate, run, split; returns results and run time."""
@@ -153,8 +180,9 @@ class Batcher:
         if len(group) == 1:
             merged = group[0].inputs
         else:
-            merged = {name: np.concatenate([p.inputs[name] for p in group])
-                      for name in group[0].inputs}
+            merged = {
+                name: np.concatenate([p.inputs[name] for p in group]) for name in group[0].inputs
+            }
         outputs = self.run(merged)
         elapsed = time.perf_counter_ns() - start
         if len(group) == 1:

@@ -23,8 +23,15 @@ import yaml
 
 from netc.errors import UserError, did_you_mean
 
-KEYS = ("max_batch_size", "dynamic_batching", "instances", "intra_op_threads", "labels",
-        "labels_file", "version_policy")
+KEYS = (
+    "max_batch_size",
+    "dynamic_batching",
+    "instances",
+    "intra_op_threads",
+    "labels",
+    "labels_file",
+    "version_policy",
+)
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
 
 
@@ -54,8 +61,10 @@ def _policy(value: Any, where: str) -> Any:
         return value
     if isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value):
         return tuple(value)
-    raise UserError(f"error: {where}: version_policy must be 'latest', 'all' or a list of "
-                    f"versions, found {value!r}")
+    raise UserError(
+        f"error: {where}: version_policy must be 'latest', 'all' or a list of "
+        f"versions, found {value!r}"
+    )
 
 
 def _labels(data: dict, folder: Path, where: str) -> tuple[str, ...] | None:
@@ -88,8 +97,9 @@ def load_config(folder: Path) -> ModelConfig:
     for key in data:
         if key not in KEYS:
             hint = did_you_mean(str(key), KEYS)
-            raise UserError(f"error: {where}: unknown setting '{key}'"
-                            + (f"\n  hint: {hint}" if hint else ""))
+            raise UserError(
+                f"error: {where}: unknown setting '{key}'" + (f"\n  hint: {hint}" if hint else "")
+            )
     batching = data.get("dynamic_batching", {})
     if batching is False:
         batching, enabled = {}, False
@@ -101,8 +111,7 @@ def load_config(folder: Path) -> ModelConfig:
         if key not in BATCHING_KEYS:
             raise UserError(f"error: {where}: unknown dynamic_batching setting '{key}'")
     preferred = batching.get("preferred_batch_sizes", [])
-    if not isinstance(preferred, list) or not all(isinstance(v, int) and v > 0
-                                                  for v in preferred):
+    if not isinstance(preferred, list) or not all(isinstance(v, int) and v > 0 for v in preferred):
         raise UserError(f"error: {where}: preferred_batch_sizes must be positive integers")
     return ModelConfig(
         max_batch_size=_int(data, "max_batch_size", 16, 0, where),

@@ -11,20 +11,37 @@ import asyncio
 from netc.serving.repository import ModelRepository
 
 _COUNTERS = (  # (metric, help, value from ModelStats)
-    ("nv_inference_request_success", "Number of successful inference requests",
-     lambda s: s.success.count),
-    ("nv_inference_request_failure", "Number of failed inference requests",
-     lambda s: s.fail.count),
-    ("nv_inference_count", "Number of inferences performed (batch elements)",
-     lambda s: s.inference_count),
-    ("nv_inference_exec_count", "Number of model executions (batches)",
-     lambda s: s.execution_count),
-    ("nv_inference_request_duration_us", "Cumulative end-to-end request duration",
-     lambda s: (s.success.ns + s.fail.ns) // 1000),
-    ("nv_inference_queue_duration_us", "Cumulative time requests spent queued",
-     lambda s: s.queue.ns // 1000),
-    ("nv_inference_compute_infer_duration_us", "Cumulative model execution time",
-     lambda s: s.compute_infer.ns // 1000),
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests",
+        lambda s: s.success.count,
+    ),
+    ("nv_inference_request_failure", "Number of failed inference requests", lambda s: s.fail.count),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (batch elements)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions (batches)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative end-to-end request duration",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative time requests spent queued",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative model execution time",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
 )
 
 
@@ -34,18 +51,20 @@ def render(repository: ModelRepository) -> str:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
         for name, versions in sorted(repository.models.items()):
             for version, model in sorted(versions.items()):
-                lines.append(f'{metric}{{model="{name}",version="{version}"}} '
-                             f"{value(model.stats)}")
-    lines += ["# HELP nv_model_ready Whether the model version is ready (1) or not (0)",
-              "# TYPE nv_model_ready gauge"]
+                lines.append(f'{metric}{{model="{name}",version="{version}"}} {value(model.stats)}')
+    lines += [
+        "# HELP nv_model_ready Whether the model version is ready (1) or not (0)",
+        "# TYPE nv_model_ready gauge",
+    ]
     for entry in repository.index():
         ready = 1 if entry.state == "READY" else 0
         lines.append(f'nv_model_ready{{model="{entry.name}",version="{entry.version}"}} {ready}')
     return "\n".join(lines) + "\n"
 
 
-async def start_metrics_server(repository: ModelRepository, host: str,
-                               port: int) -> asyncio.AbstractServer:
+async def start_metrics_server(
+    repository: ModelRepository, host: str, port: int
+) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
@@ -56,9 +75,11 @@ async def start_metrics_server(repository: ModelRepository, host: str,
                 body, status = render(repository).encode(), "200 OK"
             else:
                 body, status = b"not found: try /metrics\n", "404 Not Found"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
         except (TimeoutError, ConnectionError, IndexError):
             pass

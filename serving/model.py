@@ -54,25 +54,29 @@ def _json(meta: dict[str, str], key: str) -> Any:
         return None
 
 
-def describe(name: str, version: str, session: ort.InferenceSession,
-             config: ModelConfig) -> ModelInfo:
+def describe(
+    name: str, version: str, session: ort.InferenceSession, config: ModelConfig
+) -> ModelInfo:
     """The model as clients see it, from the session and the netc metadata."""
     ins, outs = session.get_inputs(), session.get_outputs()
     for tensor in (*ins, *outs):
         if tensor.type not in ONNX_TYPES:
-            raise UserError(f"error: model '{name}': tensor '{tensor.name}' has type "
-                            f"{tensor.type}, which the server cannot carry")
+            raise UserError(
+                f"error: model '{name}': tensor '{tensor.name}' has type "
+                f"{tensor.type}, which the server cannot carry"
+            )
     batched = config.max_batch_size > 0 and all(
-        t.shape and not isinstance(t.shape[0], int) for t in (*ins, *outs))
+        t.shape and not isinstance(t.shape[0], int) for t in (*ins, *outs)
+    )
     cut = 1 if batched else 0
     meta = _metadata(session)
     labels = config.labels or _json(meta, "netc.labels")
     stride = _json(meta, "netc.output_stride")
     return ModelInfo(
-        name=name, version=version,
+        name=name,
+        version=version,
         inputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in ins),
-        outputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:]))
-                      for t in outs),
+        outputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in outs),
         max_batch_size=config.max_batch_size if batched else 0,
         task=meta.get("netc.task", "unknown"),
         labels=tuple(labels) if labels else None,
@@ -95,9 +99,10 @@ class ServedModel:
             options.intra_op_num_threads = config.intra_op_threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds
-            raise UserError(f"error: model '{name}' version {version}: onnxruntime cannot "
-                            f"load {path}: {exc}") from None
+        except Exception as exc:  # onnxruntime raises many kinds
+            raise UserError(
+                f"error: model '{name}' version {version}: onnxruntime cannot load {path}: {exc}"
+            ) from None
         self.name, self.version, self.path, self.config = name, version, path, config
         self.info = describe(name, version, self.session, config)
         self.stats = ModelStats()
@@ -108,10 +113,15 @@ class ServedModel:
         """Create the batcher (needs the running event loop)."""
         info = self.info
         self.batcher = Batcher(
-            f"{self.name}/{self.version}", self._run, batching=info.dynamic_batching,
-            max_batch=max(1, info.max_batch_size), max_delay_s=info.max_queue_delay_us / 1e6,
-            preferred=info.preferred_batch_sizes, max_queue=self.config.max_queue_size,
-            instances=self.config.instances, stats=self.stats,
+            f"{self.name}/{self.version}",
+            self._run,
+            batching=info.dynamic_batching,
+            max_batch=max(1, info.max_batch_size),
+            max_delay_s=info.max_queue_delay_us / 1e6,
+            preferred=info.preferred_batch_sizes,
+            max_queue=self.config.max_queue_size,
+            instances=self.config.instances,
+            stats=self.stats,
         )
 
     def _run(self, inputs: Tensors) -> Tensors:
@@ -131,7 +141,7 @@ class ServedModel:
             inputs[spec.name] = np.zeros((*batch, *dims), dtype=DATATYPES[spec.datatype])
         try:
             self._run(inputs)
-        except Exception:  # noqa: BLE001 - a model may reject zeros or our guess at sizes
+        except Exception:  # a model may reject zeros or our guess at sizes
             pass
 
     def check(self, inputs: Tensors) -> tuple[int, tuple]:
@@ -139,36 +149,46 @@ class ServedModel:
         expected = {spec.name: spec for spec in self.info.inputs}
         for name in inputs:
             if name not in expected:
-                raise InvalidRequest(f"model '{self.name}': unexpected input '{name}'; the "
-                                     f"model's inputs are {', '.join(expected)}")
+                raise InvalidRequest(
+                    f"model '{self.name}': unexpected input '{name}'; the "
+                    f"model's inputs are {', '.join(expected)}"
+                )
         batch, key = 1, []
         for name, spec in expected.items():
             if name not in inputs:
-                raise InvalidRequest(f"model '{self.name}': missing input '{name}' "
-                                     f"({spec.datatype} {list(spec.dims)})")
+                raise InvalidRequest(
+                    f"model '{self.name}': missing input '{name}' "
+                    f"({spec.datatype} {list(spec.dims)})"
+                )
             value = inputs[name]
             want = np.dtype(DATATYPES[spec.datatype])
             if value.dtype != want:
-                raise InvalidRequest(f"model '{self.name}': input '{name}' has datatype "
-                                     f"{_type_name(value.dtype)}, expected {spec.datatype}")
+                raise InvalidRequest(
+                    f"model '{self.name}': input '{name}' has datatype "
+                    f"{_type_name(value.dtype)}, expected {spec.datatype}"
+                )
             shape = value.shape
             if self.info.max_batch_size:
                 if len(shape) != len(spec.dims) + 1:
                     raise InvalidRequest(
                         f"model '{self.name}': input '{name}' has shape {list(shape)}, "
                         f"expected [batch, {', '.join(map(str, spec.dims))}] (rank "
-                        f"{len(spec.dims) + 1})")
+                        f"{len(spec.dims) + 1})"
+                    )
                 batch = shape[0]
                 if not 1 <= batch <= self.info.max_batch_size:
                     raise InvalidRequest(
                         f"model '{self.name}': input '{name}' batch size {batch} is outside "
-                        f"1..{self.info.max_batch_size} (max_batch_size)")
+                        f"1..{self.info.max_batch_size} (max_batch_size)"
+                    )
                 shape = shape[1:]
             if len(shape) != len(spec.dims) or any(
-                    d >= 0 and d != s for d, s in zip(spec.dims, shape)):
+                d >= 0 and d != s for d, s in zip(spec.dims, shape)
+            ):
                 raise InvalidRequest(
                     f"model '{self.name}': input '{name}' has shape {list(value.shape)}, "
-                    f"expected {self._shape_text(spec)}")
+                    f"expected {self._shape_text(spec)}"
+                )
             key.append((name, shape))
         return batch, tuple(key)
 

@@ -29,8 +29,11 @@ class IndexEntry:
 
 
 def _versions(folder: Path, policy) -> list[str]:
-    found = sorted((int(p.name) for p in folder.iterdir()
-                    if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()))
+    found = sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+    )
     if policy == "latest":
         found = found[-1:]
     elif policy != "all":
@@ -49,8 +52,9 @@ class ModelRepository:
         self.loading = 0
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
 
     async def load_all(self) -> None:
         for name in self.names():
@@ -72,13 +76,15 @@ class ModelRepository:
             loaded = {}
             for version in versions:
                 model = await asyncio.to_thread(
-                    ServedModel, name, version, folder / version / MODEL_FILE, config)
+                    ServedModel, name, version, folder / version / MODEL_FILE, config
+                )
                 await asyncio.to_thread(model.warm_up)
                 model.start()
                 loaded[version] = model
         except UserError as exc:
-            self.states[name] = IndexEntry(name, "", "UNAVAILABLE", str(exc).removeprefix(
-                "error: "))
+            self.states[name] = IndexEntry(
+                name, "", "UNAVAILABLE", str(exc).removeprefix("error: ")
+            )
             return
         finally:
             self.loading -= 1
@@ -107,11 +113,13 @@ class ModelRepository:
         entries = []
         for name in sorted(set(self.names()) | set(self.states)):
             if name in self.models:
-                entries += [IndexEntry(name, v, "READY") for v in sorted(self.models[name],
-                                                                          key=int)]
+                entries += [
+                    IndexEntry(name, v, "READY") for v in sorted(self.models[name], key=int)
+                ]
             else:
-                entries.append(self.states.get(name, IndexEntry(name, "", "UNAVAILABLE",
-                                                                "not loaded")))
+                entries.append(
+                    self.states.get(name, IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
+                )
         return entries
 
     def get(self, name: str, version: str = "") -> ServedModel:
@@ -120,15 +128,21 @@ class ModelRepository:
         if versions is None:
             if name in self.states:
                 state = self.states[name]
-                raise ModelUnavailable(f"model '{name}' is {state.state.lower()}"
-                                       + (f": {state.reason}" if state.reason else ""))
+                raise ModelUnavailable(
+                    f"model '{name}' is {state.state.lower()}"
+                    + (f": {state.reason}" if state.reason else "")
+                )
             hint = did_you_mean(name, self.models)
             known = ", ".join(sorted(self.models)) or "(none)"
-            raise ModelNotFound(f"unknown model '{name}'; the repository serves {known}"
-                                + (f" ({hint})" if hint else ""))
+            raise ModelNotFound(
+                f"unknown model '{name}'; the repository serves {known}"
+                + (f" ({hint})" if hint else "")
+            )
         if not version:
             return versions[max(versions, key=int)]
         if version not in versions:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'; loaded versions: "
-                                f"{', '.join(sorted(versions, key=int))}")
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}'; loaded versions: "
+                f"{', '.join(sorted(versions, key=int))}"
+            )
         return versions[version]

@@ -68,9 +68,13 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     """Load the repository, start gRPC (and metrics), mark SERVING when models are ready."""
     repository = ModelRepository(repository_path)
     limit = options.max_message_mb * 2**20
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     names: list[str] = []
     for module_name in SERVICE_MODULES:
         with contextlib.suppress(ModuleNotFoundError):
@@ -83,14 +87,16 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     await repository.load_all()
-    status = health_pb2.HealthCheckResponse.SERVING if repository.ready() \
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if repository.ready()
         else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ["", *names]:
         await health.set(name, status)
     running = RunningServer(server, repository, port, options.metrics_port)
     if options.metrics_port is not None:
-        running.metrics = await start_metrics_server(repository, options.host,
-                                                     options.metrics_port)
+        running.metrics = await start_metrics_server(repository, options.host, options.metrics_port)
         running.metrics_port = running.metrics.sockets[0].getsockname()[1]
     if options.poll_seconds:
         running.tasks.append(asyncio.create_task(_poll(repository, options.poll_seconds)))
@@ -125,12 +131,20 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         for entry in running.repository.index():
             detail = f": {entry.reason}" if entry.reason else ""
-            print(f"model {entry.name} version {entry.version or '-'} {entry.state}{detail}",
-                  file=sys.stderr)
-        metrics = (f", metrics on http://{options.host}:{running.metrics_port}/metrics"
-                   if running.metrics_port else "")
-        print(f"netc serving gRPC on {options.host}:{running.port}{metrics}", file=sys.stderr,
-              flush=True)
+            print(
+                f"model {entry.name} version {entry.version or '-'} {entry.state}{detail}",
+                file=sys.stderr,
+            )
+        metrics = (
+            f", metrics on http://{options.host}:{running.metrics_port}/metrics"
+            if running.metrics_port
+            else ""
+        )
+        print(
+            f"netc serving gRPC on {options.host}:{running.port}{metrics}",
+            file=sys.stderr,
+            flush=True,
+        )
         await stop.wait()
         await running.stop()
 
@@ -146,7 +160,8 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.running: RunningServer = asyncio.run_coroutine_threadsafe(
-            start(repository_path, options), self.loop).result(timeout=300)
+            start(repository_path, options), self.loop
+        ).result(timeout=300)
 
     @property
     def port(self) -> int:

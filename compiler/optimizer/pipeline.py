@@ -14,6 +14,11 @@ from netc.compiler.optimizer.passes.cleanup import (
     IdentityElimination,
 )
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
+from netc.compiler.optimizer.passes.pool_avg_ahead import AvgPoolAhead
+from netc.compiler.optimizer.passes.pool_gap_gemm import GapGemmToConv
+from netc.compiler.optimizer.passes.pool_identity import IdentityPoolRemoval
+from netc.compiler.optimizer.passes.pool_max_ahead import MaxPoolAhead
+from netc.compiler.optimizer.passes.pool_merge import PoolMerge
 from netc.compiler.optimizer.shapes import annotate_static_shapes
 from netc.errors import InternalError, UserError, did_you_mean
 
@@ -24,7 +29,11 @@ PIPELINE: list[type[OptimizerPass]] = [
     IdentityElimination,
     DropoutRemoval,
     ConvBatchNormFusion,
-    # --- pooling folds (compiler/optimizer/passes/pool_*.py) go here ---
+    IdentityPoolRemoval,
+    PoolMerge,
+    AvgPoolAhead,
+    MaxPoolAhead,  # flag maxpool_ahead
+    GapGemmToConv,  # flag fully_convolutional
     DeadNodeRemoval,
     DuplicateInitializerRemoval,
 ]
@@ -80,8 +89,9 @@ def run_pipeline(
             raise
         except Exception as exc:
             done = [r.name for r in reports]
+            what = f"{type(exc).__name__}: {exc}"
             raise InternalError(
-                f"pass {instance.name} failed after [{', '.join(done)}]: {type(exc).__name__}: {exc}"
+                f"pass {instance.name} failed after [{', '.join(done)}]: {what}"
             ) from exc
         reports.append(
             PassReport(

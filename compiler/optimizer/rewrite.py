@@ -48,7 +48,7 @@ def is_float(value: ir.Value | None) -> bool:
 
 
 def label(node: ir.Node, *, with_op: bool = False) -> str:
-    """A short, readable name for a node: torch's '/layer1/layer1.0/conv1/Conv' → 'layer1.0.conv1'."""
+    """A short name for a node: torch's '/layer1/layer1.0/conv1/Conv' → 'layer1.0.conv1'."""
     name = node.name or (node.outputs[0].name if node.outputs else "") or ""
     parts = [p for p in name.split("/") if p]
     if len(parts) > 1 and parts[-1].split("_")[0] == node.op_type:
@@ -63,14 +63,16 @@ def label(node: ir.Node, *, with_op: bool = False) -> str:
 
 
 def pair_label(first: ir.Node, second: ir.Node) -> str:
-    """'layer1.0.conv1+bn1': the second node's label without the prefix both share."""
+    """'layer1.0.conv1+bn1': the second label loses the prefix both share (unless only
+    a number would remain: 'stem.0+stem.1')."""
     a, b = label(first), label(second)
     shared = 0
     for x, y in zip(a.split("."), b.split(".")):
         if x != y:
             break
         shared += len(x) + 1
-    return f"{a}+{b[shared:] or b}"
+    rest = b[shared:]
+    return f"{a}+{rest if rest and not rest.isdigit() else b}"
 
 
 class NameScope:

@@ -14,7 +14,6 @@ from netc.compiler.optimizer.rewrite import (
     NameScope,
     bypass,
     constant,
-    is_float,
     label,
     pair_label,
     set_constant_input,
@@ -97,7 +96,10 @@ class ConvBatchNormFusion(OptimizerPass):
 
 def read_batch_norm(bn: ir.Node, version: int) -> Affine | str:
     """The BN's per-channel affine map, or why it is not a fixed one."""
-    since = onnx.defs.get_schema("BatchNormalization", version).since_version
+    try:
+        since = onnx.defs.get_schema("BatchNormalization", version).since_version
+    except onnx.defs.SchemaError:
+        return f"there is no BatchNormalization in opset {version}"
     if since not in KNOWN_BN_VERSIONS:
         return f"BatchNormalization-{since} (opset {version}) is not a version netc knows"
     attrs = bn.attributes
@@ -108,13 +110,15 @@ def read_batch_norm(bn: ir.Node, version: int) -> Affine | str:
     extra = [out.name for out in bn.outputs[1:] if out.name]
     if extra:
         return f"it has training outputs ({', '.join(extra)}): it normalises with batch statistics"
-    if len(bn.inputs) < 5 or not is_float(bn.inputs[0]):
-        return "it has missing inputs or a non-float input"
+    if len(bn.inputs) < 5 or any(v is None for v in bn.inputs[:5]):
+        return "it lacks one of its five inputs"
     params = []
     for role, value in zip(("scale", "bias", "mean", "var"), bn.inputs[1:5]):
         data = constant(value)
         if isinstance(data, str):
             return f"its {role} is not a constant: {data}"
+        if not _is_float(data):
+            return f"its {role} has dtype {data.dtype}, not a float type"
         params.append(np.asarray(data, dtype=np.float64))
     gamma, beta, mean, var = params
     if not (gamma.ndim == 1 and gamma.shape == beta.shape == mean.shape == var.shape):
@@ -151,6 +155,8 @@ def _fold_conv(graph, conv, bn, affine, names) -> str | None:
         return weight
     if isinstance(bias, str):
         return bias
+    dtype, weight = weight.dtype, weight.astype(np.float64)
+    bias = None if bias is None else bias.astype(np.float64)
     channels = affine.scale.size
     if conv.op_type == "Conv":
         if weight.ndim < 3 or weight.shape[0] != channels:
@@ -172,7 +178,6 @@ def _fold_conv(graph, conv, bn, affine, names) -> str | None:
         bias = np.zeros(channels)
     if bias.shape != (channels,):
         return f"bias shape {bias.shape} is not ({channels},)"
-    dtype = _dtype(conv.inputs[1])
     set_constant_input(graph, conv, 1, scaled.astype(dtype), names, _hint(conv, "weight"))
     new_bias = (bias * affine.scale + affine.shift).astype(dtype)
     set_constant_input(graph, conv, 2, new_bias, names, _hint(conv, "bias"))
@@ -186,6 +191,8 @@ def _fold_gemm(graph, gemm, bn, affine, names) -> str | None:
         return weight
     if isinstance(bias, str):
         return bias
+    dtype, weight = weight.dtype, weight.astype(np.float64)
+    bias = None if bias is None else bias.astype(np.float64)
     trans_b = gemm.attributes.get_int("transB", 0)
     channels = affine.scale.size
     if weight.ndim != 2 or weight.shape[0 if trans_b else 1] != channels:
@@ -197,7 +204,6 @@ def _fold_gemm(graph, gemm, bn, affine, names) -> str | None:
         new_bias = bias * affine.scale + affine.shift
     except ValueError:
         return f"C shape {bias.shape} does not broadcast to ({channels},)"
-    dtype = _dtype(gemm.inputs[1])
     scaled = weight * affine.scale.reshape(axis_shape)
     set_constant_input(graph, gemm, 1, scaled.astype(dtype), names, _hint(gemm, "weight"))
     set_constant_input(graph, gemm, 2, new_bias.astype(dtype), names, _hint(gemm, "bias"))
@@ -220,6 +226,7 @@ def _fold_matmul_add(graph, add, bn, affine, names) -> str | None:
     weight = _matmul_weight(matmul, affine)
     if isinstance(weight, str):
         return weight
+    weight, dtype = weight
     bias = constant(add.inputs[1 - index])
     if isinstance(bias, str):
         return f"the Add's other input is not a constant: {bias}"
@@ -227,7 +234,6 @@ def _fold_matmul_add(graph, add, bn, affine, names) -> str | None:
     channels = affine.scale.size
     if bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1) or bias.size not in (1, channels):
         return f"the Add's constant of shape {bias.shape} is not a per-feature bias"
-    dtype = _dtype(matmul.inputs[1])
     set_constant_input(graph, matmul, 1, weight.astype(dtype), names, _hint(matmul, "weight"))
     new_bias = (bias * affine.scale + affine.shift).astype(dtype)
     set_constant_input(graph, add, 1 - index, new_bias, names, _hint(matmul, "bias"))
@@ -239,7 +245,7 @@ def _fold_matmul(graph, matmul, bn, affine, names) -> str | None:
     weight = _matmul_weight(matmul, affine)
     if isinstance(weight, str):
         return weight
-    dtype = _dtype(matmul.inputs[1])
+    weight, dtype = weight
     set_constant_input(graph, matmul, 1, weight.astype(dtype), names, _hint(matmul, "weight"))
     add = ir.Node("", "Add", [matmul.outputs[0], None], name=bn.name)
     set_constant_input(graph, add, 1, affine.shift.astype(dtype), names, _hint(matmul, "bias"))
@@ -253,8 +259,8 @@ def _fold_matmul(graph, matmul, bn, affine, names) -> str | None:
     return None
 
 
-def _matmul_weight(matmul: ir.Node, affine: Affine) -> np.ndarray | str:
-    """W·scale for a MatMul whose output is 2-D (A is (M, K)), or why not."""
+def _matmul_weight(matmul: ir.Node, affine: Affine) -> tuple[np.ndarray, np.dtype] | str:
+    """(W·scale in float64, W's dtype) for a MatMul with a 2-D output (A is (M, K)), or why not."""
     if shapes.rank(matmul.inputs[0]) != 2:
         rank = shapes.rank(matmul.inputs[0])
         return (
@@ -264,29 +270,34 @@ def _matmul_weight(matmul: ir.Node, affine: Affine) -> np.ndarray | str:
     weight = constant(matmul.inputs[1])
     if isinstance(weight, str):
         return f"the MatMul weight is not a constant: {weight}"
+    if not _is_float(weight):
+        return f"the MatMul weight has dtype {weight.dtype}"
     if weight.ndim != 2 or weight.shape[1] != affine.scale.size:
         return f"MatMul weight shape {weight.shape} does not have {affine.scale.size} columns"
-    return np.asarray(weight, dtype=np.float64) * affine.scale.reshape(1, -1)
+    return weight.astype(np.float64) * affine.scale.reshape(1, -1), weight.dtype
 
 
 def _weight_and_bias(layer: ir.Node, bias_index: int):
-    """(W, b) in float64 from a layer's inputs 1 and `bias_index`; b is None when absent."""
-    if len(layer.inputs) < 2 or not is_float(layer.inputs[1]):
-        return f"{label(layer, with_op=True)} has no float weight", None
-    weight = constant(layer.inputs[1])
+    """(W, b) from a layer's inputs 1 and `bias_index`, in their own dtype; b None when absent.
+
+    Either is a str instead when it is not a usable constant.
+    """
+    weight = constant(layer.inputs[1] if len(layer.inputs) > 1 else None)
     if isinstance(weight, str):
         return f"the weight of {label(layer, with_op=True)} is not a constant: {weight}", None
+    if not _is_float(weight):
+        return f"the weight of {label(layer, with_op=True)} has dtype {weight.dtype}", None
     bias_value = layer.inputs[bias_index] if len(layer.inputs) > bias_index else None
     if bias_value is None:
-        return np.asarray(weight, dtype=np.float64), None
+        return weight, None
     bias = constant(bias_value)
     if isinstance(bias, str):
-        return np.asarray(weight, dtype=np.float64), f"the bias is not a constant: {bias}"
-    return np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64)
+        return weight, f"the bias is not a constant: {bias}"
+    return weight, bias
 
 
-def _dtype(value: ir.Value) -> np.dtype:
-    return value.dtype.numpy()
+def _is_float(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
 
 
 def _hint(layer: ir.Node, role: str) -> str:

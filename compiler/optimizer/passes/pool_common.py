@@ -1,5 +1,5 @@
-"""What the pooling folds share: reading a pool's window geometry, static
-shapes, and the single-consumer test every fold needs.
+"""What the pooling folds share: a pool's window geometry, the spatial sizes
+they may rely on, and moving a pool ahead of the op that feeds it.
 
 Not a pass. ONNX pooling semantics used throughout (AveragePool, MaxPool):
 along each spatial axis of size H, with begin/end pads pb/pe, kernel k,
@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
-import numpy as np
 import onnx_ir as ir
 
 from netc.compiler.optimizer import shapes
+from netc.compiler.optimizer.rewrite import NameScope
 
 POOL_OPS = ("AveragePool", "MaxPool")
 
@@ -47,14 +46,6 @@ class PoolWindow:
     @property
     def effective_kernel(self) -> tuple[int, ...]:
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations))
-
-    def describe(self) -> str:
-        text = "x".join(map(str, self.kernel)) + "/" + "x".join(map(str, self.strides))
-        if self.padded:
-            text += f" pads {list(self.pads)}"
-        if self.ceil_mode:
-            text += " ceil"
-        return text
 
     def output_dims(self, dims: Sequence[int]) -> tuple[int, ...]:
         """Output spatial size for the static input spatial size `dims`."""
@@ -133,20 +124,6 @@ def uses_indices(node: ir.Node) -> bool:
     )
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The constant behind `value` (an initializer or Constant, possibly
-    behind Identity nodes, as torch exports BN statistics), or None."""
-    while value is not None:
-        tensor = ir.convenience.get_const_tensor(value)
-        if tensor is not None:
-            return tensor.numpy()
-        producer = value.producer()
-        if producer is None or producer.op_type != "Identity" or producer.domain != "":
-            return None
-        value = producer.inputs[0]
-    return None
-
-
 def counted_dims(value: ir.Value | None) -> tuple[int, ...] | None:
     """The spatial size (dims after N and C) of `value` at the size the MAC
     counts use (see `shapes.annotate_static_shapes`), or None. For reports
@@ -159,14 +136,19 @@ def proven_dims(value: ir.Value | None) -> tuple[int, ...] | None:
     """The spatial size of `value` for every input the model accepts, or None.
 
     That is its own static shape, or the annotated one when every graph input
-    is declared with a static shape (then the annotation is the only size).
+    is declared with a static shape and annotated at that shape (then the
+    annotation is the only size there is).
     """
     if value is None:
         return None
     own = shapes.static_dims(value.shape)
     if own is None:
         graph = value.graph
-        if graph is None or not all(shapes.static_dims(v.shape) is not None for v in graph.inputs):
+        if graph is None or not all(
+            shapes.static_dims(v.shape) is not None
+            and v.meta.get(shapes.STATIC_SHAPE) == shapes.static_dims(v.shape)
+            for v in graph.inputs
+        ):
             return None
         own = shapes.static_shape(value)
     return None if own is None or len(own) < 3 else own[2:]
@@ -178,36 +160,7 @@ def set_static_shape(value: ir.Value, dims: Sequence | None) -> None:
         value.meta[shapes.STATIC_SHAPE] = tuple(dims)
 
 
-def sole_consumer(value: ir.Value) -> ir.Node | str:
-    """The one node reading `value`, or why the fold must leave `value` alone."""
-    if value.is_graph_output():
-        return f"{value.name!r} is a graph output"
-    consumers = value.consumers()
-    if len(consumers) != 1 or len(value.uses()) != 1:
-        return f"{value.name!r} has {len(value.uses())} uses"
-    return consumers[0]
-
-
-def unique_value_name(graph: ir.Graph, base: str) -> str:
-    """`base`, or `base_2`, `base_3`, ... whichever no value in `graph` uses yet."""
-    taken = {v.name for v in graph.inputs} | set(graph.initializers)
-    taken |= {v.name for node in graph for v in (*node.inputs, *node.outputs) if v is not None}
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    return name
-
-
-def fraction_saved(before: int, after: int) -> Fraction:
-    return Fraction(before - after, before)
-
-
-def node_label(node: ir.Node) -> str:
-    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
-
-
-def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node) -> ir.Node:
+def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node, names: NameScope) -> ir.Node:
     """Rewrite x → op → pool as x → pool → op; returns the new pool node.
 
     `op` must be elementwise along the spatial axes with its data on input 0
@@ -222,9 +175,10 @@ def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node) -> ir.Node:
         [source],
         attributes=list(pool.attributes.values()),
         name=pool.name,
+        version=pool.version,
     )
     pooled = new_pool.outputs[0]
-    pooled.name = unique_value_name(graph, f"{source.name}_pooled")
+    pooled.name = names.fresh(f"{source.name}_pooled")
     pooled.type = source.type
     if source.shape is not None and result.shape is not None:
         pooled.shape = ir.Shape([result.shape[0], source.shape[1], *result.shape.dims[2:]])
@@ -237,8 +191,22 @@ def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node) -> ir.Node:
         [pooled, *op.inputs[1:]],
         attributes=list(op.attributes.values()),
         name=op.name,
+        version=op.version,
     )
-    ir.convenience.replace_nodes_and_values(
-        graph, pool, [op, pool], [new_pool, new_op], [result], [new_op.outputs[0]]
-    )
+    replace(graph, [op, pool], [new_pool, new_op], result, new_op.outputs[0])
     return new_pool
+
+
+def replace(
+    graph: ir.Graph,
+    old_nodes: Sequence[ir.Node],
+    new_nodes: Sequence[ir.Node],
+    old: ir.Value,
+    new: ir.Value,
+) -> None:
+    """Put `new_nodes` where the last of `old_nodes` was; `new` takes over
+    `old`'s readers, name, type, shapes and graph-output place."""
+    set_static_shape(new, shapes.static_shape(old))
+    ir.convenience.replace_nodes_and_values(
+        graph, old_nodes[-1], old_nodes, new_nodes, [old], [new]
+    )

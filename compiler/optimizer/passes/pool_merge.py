@@ -6,12 +6,12 @@ import math
 
 import onnx_ir as ir
 
-from netc.compiler.optimizer import shapes
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
+from netc.compiler.optimizer.rewrite import pair_label, sole_reader_problem
 
 
-class PoolMergePass(OptimizerPass):
+class PoolMerge(OptimizerPass):
     """Merge pool₂(pool₁(x)) into one pool of the same kind.
 
     Per spatial axis, pool₁ has kernel k₁, stride s₁; pool₂ has k₂, s₂.
@@ -31,8 +31,9 @@ class PoolMergePass(OptimizerPass):
     = floor((H−k₁−(k₂−1)s₁)/(s₁s₂))+1 since floor(floor(a/b)/c) = floor(a/bc).
 
     Preconditions: no padding and dilation 1 in both pools; no partial
-    window (ceil_mode=1 is accepted only when static shapes show every
-    window is full, where it equals floor mode); pool₁'s output is read only
+    window (ceil_mode=1 is accepted only when the input size is fixed, see
+    `pool_common.proven_dims`, and every window is full: then it equals
+    floor mode); pool₁'s output is read only
     by pool₂ and is not a graph output; a MaxPool's Indices are unused.
     The merge is made only when the merged kernel reads no more elements
     than the two pools did per output (∏k ≤ ∏s₂·∏k₁ + ∏k₂), so stride-1
@@ -40,7 +41,7 @@ class PoolMergePass(OptimizerPass):
     are kept.
     """
 
-    name = "pool-merge"
+    name = "pool_merge"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
@@ -54,10 +55,9 @@ class PoolMergePass(OptimizerPass):
         return ir.passes.PassResult(model, modified)
 
     def _try_merge(self, graph: ir.Graph, first: ir.Node, second: ir.Node) -> bool:
-        merged = self._merged_window(first, second)
-        label = f"{pc.node_label(first)} → {pc.node_label(second)}"
+        merged = _merged_window(first, second)
         if isinstance(merged, str):
-            self.refuse(f"kept {label}: {merged}")
+            self.refuse(f"{pair_label(first, second)} kept apart: {merged}")
             return False
         kernel, strides = merged
         attributes = {
@@ -71,54 +71,54 @@ class PoolMergePass(OptimizerPass):
                 attributes[key] = first.attributes[key].value
         if "dilations" in attributes:
             attributes["dilations"] = [1] * len(kernel)
-        pooled = ir.node(second.op_type, [first.inputs[0]], attributes, name=second.name)
-        pooled.outputs[0].type = second.outputs[0].type
-        pc.set_static_shape(pooled.outputs[0], shapes.static_shape(second.outputs[0]))
-        ir.convenience.replace_nodes_and_values(
-            graph, second, [first, second], [pooled], [second.outputs[0]], [pooled.outputs[0]]
+        pooled = ir.node(
+            second.op_type, [first.inputs[0]], attributes, name=second.name, version=second.version
         )
+        pooled.outputs[0].type = second.outputs[0].type
+        pc.replace(graph, [first, second], [pooled], second.outputs[0], pooled.outputs[0])
         shape = "x".join(map(str, kernel)) + "/" + "x".join(map(str, strides))
-        self.note(f"merged {label} into one {second.op_type} {shape}")
+        self.note(f"{pair_label(first, second)} → one {second.op_type} {shape}")
         return True
 
-    def _merged_window(
-        self, first: ir.Node, second: ir.Node
-    ) -> tuple[tuple[int, ...], tuple[int, ...]] | str:
-        """The merged (kernel, strides), or why the pair does not merge."""
-        consumer = pc.sole_consumer(first.outputs[0])
-        if isinstance(consumer, str):
-            return consumer
-        if pc.uses_indices(first) or pc.uses_indices(second):
-            return "MaxPool Indices are used"
-        w1, w2 = pc.read_window(first), pc.read_window(second)
-        for w in (w1, w2):
-            if isinstance(w, str):
-                return w
-        if w1.rank != w2.rank:
-            return "pools of different rank"
-        if w1.padded or w2.padded:
-            return "a pool pads its input"
-        if {*w1.dilations, *w2.dilations} != {1}:
-            return "a pool is dilated"
-        dims1 = pc.proven_dims(first.inputs[0])
-        if w1.ceil_mode or w2.ceil_mode:
-            if dims1 is None:
-                return "ceil_mode with an unknown input size (a window may be partial)"
-            if w1.has_partial_window(dims1) or w2.has_partial_window(w1.output_dims(dims1)):
-                return "ceil_mode with a partial window"
-        if second.op_type == "AveragePool":
-            # Case 1: non-overlapping averages.
-            if w1.kernel != w1.strides or w2.kernel != w2.strides:
-                return "an average pool's kernel differs from its stride (overlapping windows)"
-        elif any(s > k for s, k in zip(w1.strides, w1.kernel)):
-            # Case 2 needs pool₁'s windows to leave no gaps.
-            return "the first max pool's stride exceeds its kernel (its windows leave gaps)"
-        kernel = tuple(k1 + (k2 - 1) * s1 for k1, k2, s1 in zip(w1.kernel, w2.kernel, w1.strides))
-        strides = tuple(s1 * s2 for s1, s2 in zip(w1.strides, w2.strides))
-        reads_before = math.prod(w2.strides) * math.prod(w1.kernel) + math.prod(w2.kernel)
-        if math.prod(kernel) > reads_before:
-            return (
-                f"the merged {'x'.join(map(str, kernel))} window reads "
-                f"{math.prod(kernel)} elements per output against {reads_before}"
-            )
-        return kernel, strides
+
+def _merged_window(
+    first: ir.Node, second: ir.Node
+) -> tuple[tuple[int, ...], tuple[int, ...]] | str:
+    """The merged (kernel, strides), or why the pair does not merge."""
+    problem = sole_reader_problem(first.outputs[0], second)
+    if problem is not None:
+        return problem
+    if pc.uses_indices(first) or pc.uses_indices(second):
+        return "MaxPool Indices are used"
+    w1, w2 = pc.read_window(first), pc.read_window(second)
+    for w in (w1, w2):
+        if isinstance(w, str):
+            return w
+    if w1.rank != w2.rank:
+        return "pools of different rank"
+    if w1.padded or w2.padded:
+        return "a pool pads its input"
+    if {*w1.dilations, *w2.dilations} != {1}:
+        return "a pool is dilated"
+    dims1 = pc.proven_dims(first.inputs[0])
+    if w1.ceil_mode or w2.ceil_mode:
+        if dims1 is None:
+            return "ceil_mode with an unknown input size (a window may be partial)"
+        if w1.has_partial_window(dims1) or w2.has_partial_window(w1.output_dims(dims1)):
+            return "ceil_mode with a partial window"
+    if second.op_type == "AveragePool":
+        # Case 1: non-overlapping averages.
+        if w1.kernel != w1.strides or w2.kernel != w2.strides:
+            return "an average pool's kernel differs from its stride (overlapping windows)"
+    elif any(s > k for s, k in zip(w1.strides, w1.kernel)):
+        # Case 2 needs pool₁'s windows to leave no gaps.
+        return "the first max pool's stride exceeds its kernel (its windows leave gaps)"
+    kernel = tuple(k1 + (k2 - 1) * s1 for k1, k2, s1 in zip(w1.kernel, w2.kernel, w1.strides))
+    strides = tuple(s1 * s2 for s1, s2 in zip(w1.strides, w2.strides))
+    reads_before = math.prod(w2.strides) * math.prod(w1.kernel) + math.prod(w2.kernel)
+    if math.prod(kernel) > reads_before:
+        return (
+            f"the merged {'x'.join(map(str, kernel))} window reads "
+            f"{math.prod(kernel)} elements per output against {reads_before}"
+        )
+    return kernel, strides

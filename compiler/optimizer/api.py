@@ -1,0 +1,352 @@
+"""Optimize an ONNX model or file: check it, run the pipeline, verify, write atomically.
+
+    result = optimize_file("resnet18.onnx", "resnet18.opt.onnx")
+    print(result.report(verbose=True))
+
+On a verification failure nothing is written and a VerificationError names
+the first pass after which the outputs no longer match.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from netc.compiler.optimizer.base import OptimizerPass, PassReport
+from netc.compiler.optimizer.pipeline import run_pipeline
+from netc.compiler.optimizer.verify import VerificationError, VerifyResult
+from netc.compiler.optimizer.verify import verify as verify_model
+from netc.errors import UserError
+from netc.fileio import write_atomic
+
+MAC_SIZE = 224  # open spatial dims when counting MACs saved, as torchvision's tables do
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    data: bytes  # the serialized optimized model (what is written)
+    reports: list[PassReport]
+    ops_before: Counter[str]
+    ops_after: Counter[str]
+    mac_input_shapes: dict[str, tuple[int, ...]]
+    verification: VerifyResult | None = None
+    source: str = "the model"
+    destination: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def nodes_before(self) -> int:
+        return sum(self.ops_before.values())
+
+    @property
+    def nodes_after(self) -> int:
+        return sum(self.ops_after.values())
+
+    @property
+    def macs_saved(self) -> int:
+        return sum(r.macs_saved for r in self.reports)
+
+    def report(self, verbose: bool = False) -> str:
+        """The printable summary: per pass what changed, totals, verification."""
+        head = self.source + (f" → {self.destination}" if self.destination else "")
+        lines = [f"{head} ({self.seconds:.2f} s)"]
+        width = max((len(r.name) for r in self.reports), default=0)
+        for r in self.reports:
+            lines.extend(_pass_lines(r, width, verbose))
+        bn = "BatchNormalization"
+        shapes = ", ".join(f"{list(s)}" for s in self.mac_input_shapes.values())
+        lines.append(
+            f"nodes {self.nodes_before} → {self.nodes_after}; {bn} "
+            f"{self.ops_before[bn]} → {self.ops_after[bn]}; "
+            f"MACs saved {_count(self.macs_saved)} per run at input {shapes}"
+        )
+        if self.verification is None:
+            lines.append("not verified (--no-verify)")
+        else:
+            lines.append("verified: " + self.verification.summary())
+        return "\n".join(lines)
+
+
+def optimize_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    verify: bool = True,
+    enable: Collection[str] = (),
+    verbose: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> OptimizeResult:
+    """Optimize the ONNX file `src` into `dst`; `dst` is written only when all went well.
+
+    `verbose` is accepted for symmetry with the CLI; `result.report(verbose)`
+    renders either level of detail.
+    """
+    del verbose
+    start = time.perf_counter()
+    data = _read(Path(src))
+    proto = parse_model(data, str(src))
+    result = optimize_model(
+        proto,
+        verify=verify,
+        enable=enable,
+        input_shapes=input_shapes,
+        name=str(src),
+        original_bytes=data,
+    )
+    write_atomic(dst, result.data)
+    result.destination = str(dst)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def optimize_model(
+    proto: onnx.ModelProto,
+    *,
+    verify: bool = True,
+    enable: Collection[str] = (),
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    name: str = "the model",
+    original_bytes: bytes | None = None,
+    passes: Sequence[type[OptimizerPass]] | None = None,
+) -> OptimizeResult:
+    """Optimize a loaded model; `proto` is left unchanged.
+
+    `input_shapes` (input name → full shape) fixes the sizes used for the
+    verification run and the MAC counts. `passes` replaces the pipeline
+    (tests). Raises UserError for a model netc cannot take and
+    VerificationError when the optimized model computes something else.
+    """
+    start = time.perf_counter()
+    check_model(proto, name)
+    input_shapes = resolve_input_shapes(proto, input_shapes, name)
+    try:
+        model = ir.from_proto(proto)
+    except Exception as exc:
+        raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
+    ops_before = Counter(node.op_type for node in model.graph)
+    mac_shapes = _mac_shapes(model, input_shapes)
+    reports = run_pipeline(model, enable=enable, passes=passes, static_input_shapes=mac_shapes)
+    optimized = ir.to_proto(model)
+    data = _serialize(optimized, name)
+    result = OptimizeResult(
+        model=optimized,
+        data=data,
+        reports=reports,
+        ops_before=ops_before,
+        ops_after=Counter(node.op_type for node in model.graph),
+        mac_input_shapes=mac_shapes,
+        source=name,
+    )
+    if verify:
+        original = original_bytes if original_bytes is not None else proto.SerializeToString()
+        result.verification = verify_model(original, data, input_shapes=input_shapes, name=name)
+        if not result.verification.ok:
+            culprit = find_faulty_pass(proto, original, enable, passes, input_shapes, name)
+            raise VerificationError(
+                f"{name}: the optimized model computes something else, so nothing was "
+                f"written: {result.verification.summary()}; first wrong after pass {culprit}. "
+                "This is a bug in netc; --no-verify skips the check"
+            )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def find_faulty_pass(
+    proto: onnx.ModelProto,
+    original: bytes,
+    enable: Collection[str],
+    passes: Sequence[type[OptimizerPass]] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    name: str,
+) -> str:
+    """Re-run the pipeline on a fresh copy, verifying after every pass; the first that breaks."""
+    found: list[str] = []
+
+    def check(pass_: OptimizerPass, model: ir.Model) -> None:
+        if found:
+            return
+        data = ir.to_proto(model).SerializeToString()
+        if not verify_model(original, data, input_shapes=input_shapes, name=name).ok:
+            found.append(pass_.name)
+
+    run_pipeline(ir.from_proto(proto), enable=enable, passes=passes, after_each=check)
+    return found[0] if found else "(none alone: the whole pipeline)"
+
+
+def parse_model(data: bytes, name: str) -> onnx.ModelProto:
+    """Bytes → ModelProto, or a UserError saying why these bytes are not an ONNX model."""
+    if not data:
+        raise UserError(f"{name}: the file is empty, not an ONNX model")
+    try:
+        return onnx.ModelProto.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"{name}: not an ONNX model, or a truncated one (protobuf cannot parse it: {exc})"
+        ) from None
+
+
+def check_model(proto: onnx.ModelProto, name: str) -> None:
+    """The checks that make a model safe to rewrite; UserError naming the problem."""
+    graph = proto.graph
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise UserError(f"{name}: not an ONNX model (no IR version or no graph)")
+    if not proto.opset_import:
+        raise UserError(f"{name}: no opset_import: a truncated or malformed ONNX file")
+    external = [t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise UserError(
+            f"{name}: its weights are in external data files ({external[0]!r}"
+            f"{f' and {len(external) - 1} more' if len(external) > 1 else ''}); netc optimize "
+            "takes self-contained models: re-save it with "
+            "onnx.save(onnx.load(path), out, save_as_external_data=False) (under 2 GB)"
+        )
+    stored = {t.name for t in graph.initializer}
+    if not [i for i in graph.input if i.name not in stored]:
+        raise UserError(f"{name}: the model has no inputs, so there is nothing to run it on")
+    if not graph.output:
+        raise UserError(f"{name}: the model has no outputs: a truncated or malformed ONNX file")
+    _check_defined(proto, name, stored)
+    _check_tensor_sizes(graph.initializer, name)
+
+
+def resolve_input_shapes(
+    proto: onnx.ModelProto, given: Mapping[str | None, Sequence[int]] | None, name: str
+) -> dict[str, tuple[int, ...]] | None:
+    """Check user-given input shapes against the model; a None key means its only input."""
+    if not given:
+        return None
+    stored = {t.name for t in proto.graph.initializer}
+    inputs = {i.name: i for i in proto.graph.input if i.name not in stored}
+    resolved = {}
+    for key, shape in given.items():
+        if key is None:
+            if len(inputs) != 1:
+                raise UserError(
+                    f"{name}: the model has inputs {sorted(inputs)}; say which one a shape is "
+                    "for (NAME=D0,D1,...)"
+                )
+            key = next(iter(inputs))
+        if key not in inputs:
+            raise UserError(f"{name}: no input named {key!r} (inputs: {', '.join(inputs)})")
+        dims = inputs[key].type.tensor_type.shape.dim
+        if dims and len(dims) != len(shape):
+            raise UserError(
+                f"{name}: input {key!r} has {len(dims)} dims, the shape given has {len(shape)}"
+            )
+        fixed = [(i, d.dim_value) for i, d in enumerate(dims) if d.HasField("dim_value")]
+        for axis, size in fixed:
+            if shape[axis] != size:
+                raise UserError(
+                    f"{name}: input {key!r} has size {size} on axis {axis}, "
+                    f"the shape given has {shape[axis]}"
+                )
+        resolved[key] = tuple(shape)
+    return resolved
+
+
+def _check_defined(proto: onnx.ModelProto, name: str, stored: set[str]) -> None:
+    defined = {i.name for i in proto.graph.input} | stored | {""}
+    for index, node in enumerate(proto.graph.node):
+        for value in node.input:
+            if value not in defined:
+                raise UserError(
+                    f"{name}: node {index} ({node.op_type} {node.name!r}) reads {value!r}, "
+                    "which nothing before it defines: a truncated or malformed model"
+                )
+        defined.update(node.output)
+    missing = [o.name for o in proto.graph.output if o.name not in defined]
+    if missing:
+        raise UserError(f"{name}: graph output {missing[0]!r} is not computed by any node")
+
+
+def _check_tensor_sizes(tensors, name: str) -> None:
+    for tensor in tensors:
+        if not tensor.raw_data:
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        expected = math.prod(tensor.dims) * itemsize
+        if itemsize >= 1 and len(tensor.raw_data) != expected:
+            raise UserError(
+                f"{name}: initializer {tensor.name!r} holds {len(tensor.raw_data)} bytes, "
+                f"its shape {list(tensor.dims)} needs {expected}: a truncated or malformed model"
+            )
+
+
+def _mac_shapes(
+    model: ir.Model, given: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes for MAC counts: `given`, else batch 1 and open sizes MAC_SIZE."""
+    shapes = {}
+    for value in model.graph.inputs:
+        if value.is_initializer():
+            continue
+        if given and value.name in given:
+            shapes[value.name] = tuple(given[value.name])
+        elif value.shape is not None:
+            shapes[value.name] = tuple(
+                d if isinstance(d, int) else (1 if axis == 0 else MAC_SIZE)
+                for axis, d in enumerate(value.shape.dims)
+            )
+    return shapes
+
+
+def _serialize(proto: onnx.ModelProto, name: str) -> bytes:
+    try:
+        return proto.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise UserError(f"{name}: the optimized model cannot be serialized: {exc}") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not an ONNX file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
+def _pass_lines(report: PassReport, width: int, verbose: bool) -> list[str]:
+    removed = report.nodes_before - report.nodes_after
+    facts = []
+    if report.notes:
+        facts.append(f"{len(report.notes)} changes")
+    if removed:
+        facts.append(f"{removed} nodes removed" if removed > 0 else f"{-removed} nodes added")
+    if report.macs_saved:
+        facts.append(f"{_count(report.macs_saved)} MACs saved")
+    if report.refusals:
+        facts.append(f"{len(report.refusals)} refused")
+    head = f"  {report.name:<{width}}  {', '.join(facts) or 'no change'}"
+    if verbose:
+        return (
+            [head]
+            + [f"      {note}" for note in report.notes]
+            + [f"      refused: {why}" for why in report.refusals]
+        )
+    if not report.notes:
+        return [head]
+    shown = ", ".join(report.notes[:3])
+    more = len(report.notes) - 3
+    return [head, f"      {shown}" + (f", ... (+{more}; --verbose lists all)" if more > 0 else "")]
+
+
+def _count(n: int) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.2f}{suffix}"
+    return str(n)

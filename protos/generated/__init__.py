@@ -1,0 +1,1 @@
+"""Generated — do not edit; regenerate with `make protos` (see README.md here)."""

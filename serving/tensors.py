@@ -1,0 +1,227 @@
+"""Tensors on Triton's wire (ModelInferRequest / ModelInferResponse) ⇄ numpy.
+
+Inputs arrive either as `raw_input_contents` (one bytes entry per input, in
+order: row-major little-endian values, or for BYTES a 4-byte little-endian
+length before each element) or as typed `contents` (fp32_contents, ...).
+Outputs always go back in `raw_output_contents`, the only place the stock
+client reads numeric outputs from. Every error names the tensor and says what
+was expected.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from netc.protos.generated import grpc_service_pb2 as pb
+from netc.serving.errors import InvalidRequest, Unsupported
+from netc.serving.model_info import DATATYPES
+
+Tensors = dict[str, np.ndarray]
+
+# Which InferTensorContents field carries each datatype (FP16 and BF16 only travel raw).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def _dtype(datatype: str) -> np.dtype:
+    return np.dtype(DATATYPES[datatype]).newbyteorder("<")
+
+
+def _described(datatype: str, shape: Sequence[int]) -> str:
+    return f"{datatype} {list(shape)}"
+
+
+def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, tuple[int, ...]]:
+    name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
+    if datatype not in DATATYPES:
+        known = ", ".join(DATATYPES)
+        raise InvalidRequest(
+            f"input '{name}': unknown or unsupported datatype '{datatype}'; expected one of {known}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} has a negative "
+            "dimension; a request must give every size"
+        )
+    for key in SHARED_MEMORY:
+        if key in tensor.parameters:
+            raise Unsupported(
+                f"input '{name}': shared-memory inputs are not supported by "
+                "this server; send the data in the request"
+            )
+    return datatype, shape
+
+
+def decode_bytes(data: bytes, count: int, what: str) -> np.ndarray:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    items, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise InvalidRequest(
+                f"{what}: raw BYTES content ends inside a length prefix at byte {offset}"
+            )
+        (length,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise InvalidRequest(
+                f"{what}: raw BYTES element {len(items)} claims {length} "
+                f"bytes, but only {len(data) - offset} remain"
+            )
+        items.append(data[offset : offset + length])
+        offset += length
+    if len(items) != count:
+        raise InvalidRequest(
+            f"{what}: raw BYTES content holds {len(items)} elements, expected {count}"
+        )
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """The inverse of `decode_bytes`; str elements are sent as UTF-8."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts += [struct.pack("<I", len(data)), data]
+    return b"".join(parts)
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype == "BYTES":
+        return decode_bytes(data, count, f"input '{name}'").reshape(shape)
+    expected = count * _dtype(datatype).itemsize
+    if len(data) != expected:
+        raise InvalidRequest(
+            f"input '{name}': raw content has {len(data)} bytes, expected "
+            f"{expected} for {_described(datatype, shape)}"
+        )
+    return np.frombuffer(data, dtype=_dtype(datatype)).reshape(shape)
+
+
+def _from_contents(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequest(
+            f"input '{name}': {datatype} data must be sent in "
+            "raw_input_contents (there is no typed field for it)"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidRequest(
+            f"input '{name}': {len(values)} {field} values, expected "
+            f"{count} for {_described(datatype, shape)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.array(values)
+    target = np.dtype(DATATYPES[datatype])
+    if target.kind in "iu" and wide.size:
+        info = np.iinfo(target)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidRequest(
+                f"input '{name}': {field} has values outside the "
+                f"{datatype} range {info.min}..{info.max}"
+            )
+    return wide.astype(target).reshape(shape)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
+    """The request's inputs as numpy arrays, by name (not yet checked against a model)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        names = ", ".join(f"'{t.name}'" for t in request.inputs) or "none"
+        raise InvalidRequest(
+            f"the request has {len(raw)} raw_input_contents for "
+            f"{len(request.inputs)} inputs ({names}); send one per input, "
+            "in the order of 'inputs'"
+        )
+    tensors: Tensors = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in tensors:
+            raise InvalidRequest(f"input '{name}' appears more than once in the request")
+        datatype, shape = _check_header(tensor)
+        has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
+        if raw and has_contents:
+            raise InvalidRequest(
+                f"input '{name}': typed contents given together with "
+                "raw_input_contents; use one or the other"
+            )
+        if raw:
+            tensors[name] = _from_raw(name, datatype, shape, raw[index])
+        elif has_contents or int(np.prod(shape, dtype=np.int64)) == 0:
+            tensors[name] = _from_contents(name, datatype, shape, tensor.contents)
+        else:
+            raise InvalidRequest(
+                f"input '{name}': no data; expected "
+                f"{_described(datatype, shape)} in raw_input_contents "
+                "or in contents"
+            )
+    return tensors
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """Triton's name for an array's element type."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    for name, kind in DATATYPES.items():
+        if name != "BYTES" and np.dtype(kind) == array.dtype.newbyteorder("="):
+            return name
+    raise InvalidRequest(
+        f"the model produced {array.dtype} data, which Triton's protocol cannot carry"
+    )
+
+
+def add_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
+    """Append one output: its description to `outputs`, its data to `raw_output_contents`."""
+    datatype = datatype_of(array)
+    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    if datatype == "BYTES":
+        data = encode_bytes(array)
+    else:
+        data = np.ascontiguousarray(array, dtype=_dtype(datatype)).tobytes()
+    response.raw_output_contents.append(data)
+
+
+def classify(array: np.ndarray, k: int, labels: Sequence[str] | None, batched: bool) -> np.ndarray:
+    """Triton's classification extension: the top k of each item as "score:index[:label]".
+
+    A batched output [batch, ...] gives [batch, k]; an unbatched one gives [k]. The
+    non-batch dims are flattened, so an index is the flat position within an item.
+    """
+    items = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+    k = min(k, items.shape[1])
+    result = np.empty((items.shape[0], k), dtype=np.object_)
+    for row, values in enumerate(items):
+        order = np.argsort(-values.astype(np.float64), kind="stable")[:k]
+        for column, index in enumerate(order):
+            score = values[index]
+            text = f"{score:f}" if values.dtype.kind == "f" else str(score)
+            text += f":{index}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            result[row, column] = text.encode()
+    return result if batched else result[0]

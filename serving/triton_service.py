@@ -1,0 +1,402 @@
+"""`inference.GRPCInferenceService`: Triton's gRPC API (KServe v2 plus Triton's extensions).
+
+Wire-compatible with Triton, so the stock `tritonclient.grpc` works unchanged
+(tests/serving/test_protos.py proves the protos match, test_triton_service.py
+drives every call with the real client). Served: health and metadata,
+ModelInfer and ModelStreamInfer (with the classification extension),
+ModelConfig, ModelStatistics and the model repository calls. Shared memory,
+trace and log settings answer UNIMPLEMENTED.
+
+Every request-level error becomes a gRPC status in one place, `_failure`,
+through `serving.errors.status_code`; an unexpected exception is INTERNAL and
+logged, and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+import netc
+from netc.errors import UserError
+from netc.protos.generated import grpc_service_pb2 as pb
+from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
+from netc.protos.generated import model_config_pb2 as config_pb
+from netc.serving.errors import InvalidRequest, ServingError, Unsupported, status_code
+from netc.serving.model import ServedModel
+from netc.serving.repository import ModelRepository
+from netc.serving.stats import Duration, ModelStats
+from netc.serving.tensors import add_output, classify, decode_inputs
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
+PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
+log = logging.getLogger("netc.serving")
+
+
+def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[str]:
+    """Register the service on `server`; returns its full name (for health and reflection)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(TritonService(repository), server)
+    return [SERVICE_NAME]
+
+
+def _message(error: BaseException) -> str:
+    return str(error).removeprefix("error: ")
+
+
+def _failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
+    """The one mapping of an exception to the status and message a client receives."""
+    if isinstance(error, UserError):
+        return status_code(error), _message(error)
+    log.exception("internal error in %s", call)
+    return grpc.StatusCode.INTERNAL, f"internal error in {call}: {type(error).__name__}: {error}"
+
+
+def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """Turn exceptions escaping a unary handler into an aborted call."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # every failure becomes a status
+            code, message = _failure(exc, method.__name__)
+        await context.abort(code, message)
+
+    return handler
+
+
+def _datatype_enum(datatype: str) -> int:
+    return (
+        config_pb.TYPE_STRING
+        if datatype == "BYTES"
+        else config_pb.DataType.Value(f"TYPE_{datatype}")
+    )
+
+
+def _duration(duration: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def _statistics(model: ServedModel) -> pb.ModelStatistics:
+    stats: ModelStats = model.stats
+    return pb.ModelStatistics(
+        name=model.name,
+        version=model.version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(stats.success),
+            fail=_duration(stats.fail),
+            queue=_duration(stats.queue),
+            compute_input=_duration(stats.compute_input),
+            compute_infer=_duration(stats.compute_infer),
+            compute_output=_duration(stats.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(d))
+            for size, d in sorted(stats.batch_sizes.items())
+        ],
+    )
+
+
+def _version_policy(policy) -> config_pb.ModelVersionPolicy:
+    if policy == "all":
+        return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
+    if policy == "latest":
+        return config_pb.ModelVersionPolicy(
+            latest=config_pb.ModelVersionPolicy.Latest(num_versions=1)
+        )
+    return config_pb.ModelVersionPolicy(
+        specific=config_pb.ModelVersionPolicy.Specific(versions=list(policy))
+    )
+
+
+def model_config(model: ServedModel) -> config_pb.ModelConfig:
+    """The fields of Triton's model configuration that clients read."""
+    info = model.info
+    gpu = "CUDAExecutionProvider" in model.session.get_providers()
+    kind = config_pb.ModelInstanceGroup.KIND_GPU if gpu else config_pb.ModelInstanceGroup.KIND_CPU
+    config = config_pb.ModelConfig(
+        name=info.name,
+        platform=PLATFORM,
+        backend=BACKEND,
+        max_batch_size=info.max_batch_size,
+        version_policy=_version_policy(model.config.version_policy),
+        input=[
+            config_pb.ModelInput(name=t.name, data_type=_datatype_enum(t.datatype), dims=t.dims)
+            for t in info.inputs
+        ],
+        output=[
+            config_pb.ModelOutput(name=t.name, data_type=_datatype_enum(t.datatype), dims=t.dims)
+            for t in info.outputs
+        ],
+        instance_group=[
+            config_pb.ModelInstanceGroup(
+                name=f"{info.name}_0", kind=kind, count=model.config.instances
+            )
+        ],
+    )
+    if info.dynamic_batching:
+        config.dynamic_batching.preferred_batch_size.extend(info.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = info.max_queue_delay_us
+    return config
+
+
+def _tensor_metadata(spec, batched: bool) -> pb.ModelMetadataResponse.TensorMetadata:
+    shape = [-1, *spec.dims] if batched else list(spec.dims)
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=shape
+    )
+
+
+def _timeout(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left: the gRPC deadline or the request's `timeout` parameter (µs), if any."""
+    limits = []
+    remaining = context.time_remaining()
+    if remaining is not None:
+        limits.append(remaining)
+    if "timeout" in request.parameters:
+        micros = request.parameters["timeout"].int64_param
+        if micros > 0:
+            limits.append(micros / 1e6)
+    return min(limits) if limits else None
+
+
+def _requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> list[tuple[str, int]]:
+    """(output name, classification k or 0), in request order, or every output."""
+    known = [spec.name for spec in model.info.outputs]
+    if not request.outputs:
+        return [(name, 0) for name in known]
+    chosen: list[tuple[str, int]] = []
+    for output in request.outputs:
+        name = output.name
+        if name not in known:
+            raise InvalidRequest(
+                f"model '{model.name}': unknown output '{name}'; the model's "
+                f"outputs are {', '.join(known)}"
+            )
+        if any(name == seen for seen, _ in chosen):
+            raise InvalidRequest(f"output '{name}' is requested more than once")
+        if "shared_memory_region" in output.parameters:
+            raise Unsupported(
+                f"output '{name}': shared-memory outputs are not supported by this server"
+            )
+        k = 0
+        if "classification" in output.parameters:
+            k = output.parameters["classification"].int64_param
+            if k < 1:
+                raise InvalidRequest(
+                    f"output '{name}': classification count must be at least 1, found {k}"
+                )
+        chosen.append((name, k))
+    return chosen
+
+
+def _check_parameters(request: pb.ModelInferRequest) -> None:
+    if "sequence_id" in request.parameters:
+        raise InvalidRequest(
+            f"model '{request.model_name}' is not a sequence model; the "
+            "request must not set sequence_id"
+        )
+
+
+class TritonService(pb_grpc.GRPCInferenceServiceServicer):
+    """The servicer; one per server, sharing the server's model repository."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+
+    # Health and metadata.
+
+    @_unary
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_unary
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.repository.ready())
+
+    @_unary
+    async def ModelReady(self, request, context):
+        try:
+            self.repository.get(request.name, request.version)
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_unary
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(
+            name="netc", version=netc.__version__, extensions=EXTENSIONS
+        )
+
+    @_unary
+    async def ModelMetadata(self, request, context):
+        model = self.repository.get(request.name, request.version)
+        info, batched = model.info, model.info.max_batch_size > 0
+        versions = (
+            [request.version]
+            if request.version
+            else sorted(self.repository.models.get(info.name, {}), key=int)
+        )
+        return pb.ModelMetadataResponse(
+            name=info.name,
+            versions=versions,
+            platform=info.platform,
+            inputs=[_tensor_metadata(t, batched) for t in info.inputs],
+            outputs=[_tensor_metadata(t, batched) for t in info.outputs],
+        )
+
+    @_unary
+    async def ModelConfig(self, request, context):
+        return pb.ModelConfigResponse(
+            config=model_config(self.repository.get(request.name, request.version))
+        )
+
+    @_unary
+    async def ModelStatistics(self, request, context):
+        if not request.name:
+            models = [m for versions in self.repository.models.values() for m in versions.values()]
+        elif request.version:
+            models = [self.repository.get(request.name, request.version)]
+        else:
+            self.repository.get(request.name)  # NOT_FOUND / UNAVAILABLE with its reason
+            models = list(self.repository.models[request.name].values())
+        models.sort(key=lambda m: (m.name, int(m.version)))
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+
+    # Inference.
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        model = self.repository.get(request.model_name, request.model_version)
+        _check_parameters(request)
+        wanted = _requested_outputs(request, model)
+        inputs = decode_inputs(request)
+        results = await model.infer(inputs, timeout=_timeout(request, context))
+        response = pb.ModelInferResponse(
+            model_name=model.name, model_version=model.version, id=request.id
+        )
+        batched = model.info.max_batch_size > 0
+        for name, k in wanted:
+            array = results[name]
+            if k:
+                array = classify(array, k, model.info.labels, batched)
+            add_output(response, name, array)
+        return response
+
+    @_unary
+    async def ModelInfer(self, request, context):
+        return await self._infer(request, context)
+
+    async def _stream_answer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+        except Exception as exc:  # an error answers this request, not the stream
+            code, message = _failure(exc, "ModelStreamInfer")
+            return pb.ModelStreamInferResponse(
+                error_message=f"[{code.name}] {message}",
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ):
+        """Requests run concurrently (so they batch); answers go back in request order."""
+        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    answers.put_nowait(asyncio.create_task(self._stream_answer(request, context)))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await answers.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                if (task := answers.get_nowait()) is not None:
+                    task.cancel()
+
+    # The model repository.
+
+    @_unary
+    async def RepositoryIndex(self, request, context):
+        entries = [e for e in self.repository.index() if not request.ready or e.state == "READY"]
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    @_unary
+    async def RepositoryModelLoad(self, request, context):
+        overrides = sorted(
+            key for key in request.parameters if key == "config" or key.startswith("file:")
+        )
+        if overrides:
+            raise Unsupported(
+                f"model '{request.model_name}': load parameters "
+                f"{', '.join(overrides)} are not supported; netc loads models "
+                "from the repository on disk (REPO/<model>/<version>/model.onnx "
+                "and config.yaml)"
+            )
+        await self.repository.load(request.model_name)
+        self.repository.get(request.model_name)  # a failed load answers with its reason
+        return pb.RepositoryModelLoadResponse()
+
+    @_unary
+    async def RepositoryModelUnload(self, request, context):
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # Triton features netc does not serve.
+
+    async def _unsupported(self, what: str, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by netc")
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        await self._unsupported("system shared memory", context)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        await self._unsupported("system shared memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        await self._unsupported("system shared memory", context)
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        await self._unsupported("CUDA shared memory", context)
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        await self._unsupported("CUDA shared memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        await self._unsupported("CUDA shared memory", context)
+
+    async def TraceSetting(self, request, context):
+        await self._unsupported("tracing", context)
+
+    async def LogSettings(self, request, context):
+        await self._unsupported("changing log settings", context)

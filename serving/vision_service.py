@@ -1,0 +1,242 @@
+"""netc's vision service (`netc.vision.VisionService`): pictures in, labels and masks out.
+
+Classify runs each picture of a request as its own batch-1 request, all at
+once, so the model's dynamic batcher merges them (and pictures of other
+calls). Segment maps the model's score map back onto the picture's own size
+(`images.dense_scores`). Decoding and postprocessing run in worker threads,
+never on the event loop. Every failure is answered through
+`serving.errors.status_code`; the server keeps serving.
+
+Which RPC fits a model follows its first output: [K] per picture is a
+classifier, [K, h, w] a dense predictor (segmentation, or a classifier made
+fully convolutional).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from netc.errors import UserError
+from netc.protos.generated import vision_pb2, vision_pb2_grpc
+from netc.serving import images
+from netc.serving.errors import InvalidRequest, Unsupported, status_code
+from netc.serving.model import ServedModel
+from netc.serving.repository import ModelRepository
+
+SERVICE = "netc.vision.VisionService"
+DEFAULT_TOP_K = 5
+MAX_CLASSES_IN_MASK = 256  # the mask is an 8-bit PNG
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VisionModel:
+    """What the vision service needs to know about a served model, worked out once."""
+
+    model: ServedModel
+    image: images.ImageInput
+    output: str
+    task: str  # classification | segmentation | the model's own task otherwise
+    rules: tuple  # output H and W as functions of the input's (images.size_rule)
+    offset: tuple[float, float] | None
+
+    def labels(self, classes: int) -> list[str]:
+        """Class index → name; the index itself where the model has no name for it."""
+        known = list(self.model.info.labels or ())
+        return [known[i] if i < len(known) else str(i) for i in range(classes)]
+
+
+def vision_task(info) -> str:
+    """classification for a [K] output, segmentation for [K, h, w], else the model's task."""
+    spec = info.outputs[0]
+    dims = spec.dims if info.max_batch_size else spec.dims[1:]
+    if len(dims) == 3:
+        return "segmentation"
+    if len(dims) == 1 and info.task in ("classification", "unknown"):
+        return "classification"
+    return info.task
+
+
+def _describe(model: ServedModel) -> VisionModel:
+    info = model.info
+    spec = info.outputs[0]
+    dims = spec.dims if info.max_batch_size else spec.dims[1:]
+    shape = next(o.shape for o in model.session.get_outputs() if o.name == spec.name)[-2:]
+    variables = model.session.get_inputs()[0].shape[-2:]
+    offset = info.metadata.get("netc.output_offset")
+    return VisionModel(
+        model=model,
+        image=images.image_input(info),
+        output=spec.name,
+        task=vision_task(info),
+        rules=tuple(map(images.size_rule, shape, variables)) if len(dims) == 3 else (None, None),
+        offset=tuple(json.loads(offset)) if offset else None,
+    )
+
+
+class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
+    def __init__(self, repository: ModelRepository, *, max_pixels: int | None = None) -> None:
+        self.repository = repository
+        self.max_pixels = max_pixels  # None: images.MAX_PIXELS at the time of the call
+        self._described: weakref.WeakKeyDictionary[ServedModel, VisionModel] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- RPCs: each one catches everything and answers with a status code
+
+    async def Classify(self, request, context):
+        return await self._answer(self._classify(request, context), context)
+
+    async def Segment(self, request, context):
+        return await self._answer(self._segment(request, context), context)
+
+    async def ListModels(self, request, context):
+        return await self._answer(self._list_models(), context)
+
+    async def _answer(self, work, context):
+        try:
+            return await work
+        except Exception as exc:  # every failure becomes a status, never a crash
+            error = exc
+        if not isinstance(error, UserError):
+            log.exception("vision service: unexpected failure", exc_info=error)
+            message = f"internal error: {type(error).__name__}: {error}"
+        else:
+            message = str(error).removeprefix("error: ")
+        await context.abort(status_code(error), message)
+
+    # -- the work
+
+    def _model(self, request, task: str) -> VisionModel:
+        if not request.model:
+            raise InvalidRequest("the request names no model (ListModels lists them)")
+        model = self.repository.get(request.model, request.version)
+        vision = self._described.get(model)
+        if vision is None:
+            vision = self._described[model] = _describe(model)
+        if vision.task != task:
+            rpc = {"classification": "Classify", "segmentation": "Segment"}.get(vision.task)
+            hint = f"; use {rpc}" if rpc else ""
+            raise InvalidRequest(
+                f"model '{model.name}' is a {vision.task} model, not a {task} model{hint}"
+            )
+        return vision
+
+    async def _prepare(self, image, vision: VisionModel, index: int | None = None):
+        def work():
+            decoded = images.decode(image, max_pixels=self.max_pixels)
+            return images.prepare(decoded, vision.image, rules=vision.rules)
+
+        try:
+            return await asyncio.to_thread(work)
+        except UserError as exc:
+            if index is None:
+                raise
+            raise type(exc)(f"image {index}: {exc}") from None
+
+    async def _run(self, vision: VisionModel, tensor: np.ndarray, context) -> np.ndarray:
+        outputs = await vision.model.infer(
+            {vision.image.name: tensor}, timeout=context.time_remaining()
+        )
+        return outputs[vision.output]
+
+    async def _classify(self, request, context):
+        vision = self._model(request, "classification")
+        if request.top_k < 0:
+            raise InvalidRequest(f"top_k must be >= 0 (0: {DEFAULT_TOP_K}), found {request.top_k}")
+        if not request.images:
+            raise InvalidRequest("the request has no images")
+        prepared = await asyncio.gather(
+            *(self._prepare(image, vision, i) for i, image in enumerate(request.images))
+        )
+        outputs = await asyncio.gather(*(self._run(vision, p.tensor, context) for p in prepared))
+        response = vision_pb2.ClassifyResponse(
+            model=vision.model.name, version=vision.model.version
+        )
+        for output in outputs:
+            scores = images.probabilities(output.reshape(-1))
+            labels = vision.labels(scores.size)
+            top_k = min(request.top_k or DEFAULT_TOP_K, scores.size)
+            best = np.argsort(-scores, kind="stable")[:top_k]
+            response.results.add().labels.extend(
+                vision_pb2.Label(index=int(i), label=labels[i], score=float(scores[i]))
+                for i in best
+            )
+        return response
+
+    async def _segment(self, request, context):
+        vision = self._model(request, "segmentation")
+        if not request.HasField("image"):
+            raise InvalidRequest("the request has no image")
+        prepared = await self._prepare(request.image, vision)
+        output = await self._run(vision, prepared.tensor, context)
+        classes = output.shape[1]
+        if classes > MAX_CLASSES_IN_MASK:
+            raise Unsupported(
+                f"model '{vision.model.name}' has {classes} classes; "
+                f"masks hold at most {MAX_CLASSES_IN_MASK}"
+            )
+        stride = vision.model.info.output_stride
+
+        def postprocess():
+            mask, scores = images.dense_scores(
+                output[0],
+                prepared,
+                stride=stride,
+                offset=vision.offset,
+                want_scores=request.return_scores,
+            )
+            counts = np.bincount(mask.ravel(), minlength=classes)
+            return images.encode_png(mask), scores, counts
+
+        png, scores, counts = await asyncio.to_thread(postprocess)
+        height, width = prepared.original
+        response = vision_pb2.SegmentResponse(
+            model=vision.model.name,
+            version=vision.model.version,
+            mask_png=png,
+            height=height,
+            width=width,
+            labels=vision.labels(classes),
+            pixel_counts=[int(c) for c in counts],
+        )
+        if scores is not None:
+            response.scores.CopyFrom(
+                vision_pb2.Tensor(
+                    shape=list(scores.shape),
+                    layout="CHW",
+                    datatype="FP32",
+                    data=scores.astype("<f4").tobytes(),
+                )
+            )
+        return response
+
+    async def _list_models(self):
+        response = vision_pb2.ListModelsResponse()
+        for entry in self.repository.index():
+            if entry.state != "READY":
+                continue
+            info = self.repository.get(entry.name, entry.version).info
+            spec = info.inputs[0] if info.inputs else None
+            dims = [] if spec is None else list(spec.dims if info.max_batch_size else spec.dims[1:])
+            response.models.add(
+                name=info.name,
+                version=info.version,
+                task=vision_task(info),
+                labels=list(info.labels or ()),
+                input_shape=dims,
+            )
+        return response
+
+
+def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[str]:
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(repository), server)
+    return [SERVICE]

@@ -1,0 +1,162 @@
+"""Wire ⇄ numpy conversion without a server: raw and typed inputs, BYTES, outputs, top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netc.protos.generated import grpc_service_pb2 as pb
+from netc.serving.errors import InvalidRequest, Unsupported
+from netc.serving.tensors import (
+    add_output,
+    classify,
+    decode_bytes,
+    decode_inputs,
+    encode_bytes,
+)
+
+
+def _request(*tensors, raw=None) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m")
+    for name, datatype, shape, contents in tensors:
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if contents:
+            tensor.contents.CopyFrom(pb.InferTensorContents(**contents))
+    request.raw_input_contents.extend(raw or [])
+    return request
+
+
+def test_raw_inputs_of_every_numeric_type_round_trip():
+    for datatype, dtype in [
+        ("FP32", np.float32),
+        ("FP16", np.float16),
+        ("INT64", np.int64),
+        ("UINT8", np.uint8),
+        ("BOOL", np.bool_),
+        ("FP64", np.float64),
+    ]:
+        array = (np.arange(6) % 3).astype(dtype).reshape(2, 3)
+        (decoded,) = decode_inputs(
+            _request(("x", datatype, [2, 3], None), raw=[array.tobytes()])
+        ).values()
+        assert decoded.dtype == dtype and np.array_equal(decoded, array), datatype
+
+
+def test_bytes_inputs_and_outputs_use_length_prefixes():
+    items = [b"", b"a", "\u00e9t\u00e9".encode()]
+    data = encode_bytes(np.array(items, dtype=np.object_))
+    assert data[:4] == b"\x00\x00\x00\x00" and data[4:9] == b"\x01\x00\x00\x00a"
+    (decoded,) = decode_inputs(_request(("s", "BYTES", [3], None), raw=[data])).values()
+    assert list(decoded) == items
+    with pytest.raises(
+        InvalidRequest,
+        match=r"input 's': raw BYTES content holds 3 elements, "
+        r"expected 2",
+    ):
+        decode_inputs(_request(("s", "BYTES", [2], None), raw=[data]))
+    with pytest.raises(InvalidRequest, match="claims 9 bytes, but only 1 remain"):
+        decode_bytes(b"\x09\x00\x00\x00x", 1, "input 's'")
+
+
+def test_typed_contents():
+    request = _request(
+        ("a", "FP32", [2], {"fp32_contents": [1.5, -2]}),
+        ("b", "INT8", [1, 2], {"int_contents": [-3, 4]}),
+        ("c", "BYTES", [1], {"bytes_contents": [b"xy"]}),
+    )
+    tensors = decode_inputs(request)
+    assert tensors["a"].dtype == np.float32 and list(tensors["a"]) == [1.5, -2.0]
+    assert tensors["b"].dtype == np.int8 and tensors["b"].tolist() == [[-3, 4]]
+    assert tensors["c"].tolist() == [b"xy"]
+
+
+@pytest.mark.parametrize(
+    "request_, error, message",
+    [
+        (
+            _request(("x", "FP32", [1, 4], None), raw=[b"\x00" * 12]),
+            InvalidRequest,
+            r"input 'x': raw content has 12 bytes, expected 16 for FP32 \[1, 4\]",
+        ),
+        (
+            _request(("x", "FP32", [1], None), ("y", "FP32", [1], None), raw=[b"\x00" * 4]),
+            InvalidRequest,
+            r"1 raw_input_contents for 2 inputs \('x', 'y'\)",
+        ),
+        (
+            _request(("x", "FP32", [3], {"fp32_contents": [1.0]})),
+            InvalidRequest,
+            r"input 'x': 1 fp32_contents values, expected 3 for FP32 \[3\]",
+        ),
+        (
+            _request(("x", "INT8", [1], {"int_contents": [300]})),
+            InvalidRequest,
+            r"input 'x': int_contents has values outside the INT8 range -128..127",
+        ),
+        (
+            _request(("x", "FP16", [1], {"fp32_contents": [1.0]})),
+            InvalidRequest,
+            r"input 'x': FP16 data must be sent in raw_input_contents",
+        ),
+        (
+            _request(("x", "FP32", [2], None)),
+            InvalidRequest,
+            r"input 'x': no data; expected FP32 \[2\]",
+        ),
+        (
+            _request(("x", "FLOAT", [1], None), raw=[b"\x00" * 4]),
+            InvalidRequest,
+            r"input 'x': unknown or unsupported datatype 'FLOAT'",
+        ),
+        (
+            _request(("x", "FP32", [-1, 2], None), raw=[b""]),
+            InvalidRequest,
+            r"input 'x': shape \[-1, 2\] has a negative dimension",
+        ),
+        (
+            _request(("x", "FP32", [1], None), ("x", "FP32", [1], None), raw=[b"\0" * 4] * 2),
+            InvalidRequest,
+            r"input 'x' appears more than once",
+        ),
+        (
+            _request(("x", "FP32", [1], {"fp32_contents": [1.0]}), raw=[b"\x00" * 4]),
+            InvalidRequest,
+            r"input 'x': typed contents given together with raw_input_contents",
+        ),
+    ],
+)
+def test_bad_inputs_name_the_tensor(request_, error, message):
+    with pytest.raises(error, match=message):
+        decode_inputs(request_)
+
+
+def test_shared_memory_inputs_are_unsupported():
+    request = _request(("x", "FP32", [1], None))
+    request.inputs[0].parameters["shared_memory_region"].string_param = "region"
+    with pytest.raises(Unsupported, match="input 'x': shared-memory inputs"):
+        decode_inputs(request)
+
+
+def test_outputs_go_raw_in_order():
+    response = pb.ModelInferResponse()
+    add_output(response, "scores", np.array([[1.0, 2.0]], np.float32))
+    add_output(response, "labels", np.array([b"a", b"bc"], dtype=np.object_))
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("scores", "FP32", [1, 2]),
+        ("labels", "BYTES", [2]),
+    ]
+    assert response.raw_output_contents[0] == np.array([1.0, 2.0], np.float32).tobytes()
+    assert response.raw_output_contents[1] == b"\x01\x00\x00\x00a\x02\x00\x00\x00bc"
+
+
+def test_classify_takes_the_top_k_of_each_item():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4]], np.float32)
+    top = classify(scores, 2, ["cat", "dog", "eel"], batched=True)
+    assert top.tolist() == [
+        [b"0.700000:1:dog", b"0.200000:2:eel"],
+        [b"0.500000:0:cat", b"0.400000:2:eel"],
+    ]
+    assert classify(np.array([3, 9], np.int64), 5, None, batched=False).tolist() == [
+        b"9:1",
+        b"3:0",
+    ]  # k beyond the class count gives every class; no labels, no third part

@@ -1,0 +1,216 @@
+"""netc's vision service end to end: exported models, a real server, VisionClient, `netc infer`.
+
+Results are checked against onnxruntime run here on the same file, fed by the
+training-time preprocessing (`runtime.preprocess.Preprocessing`).
+"""
+
+import io
+import json
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import assert_close
+from PIL import Image
+
+from netc.cli import main
+from netc.protos.generated import vision_pb2, vision_pb2_grpc
+from netc.runtime.preprocess import Preprocessing
+from netc.serving import images
+from netc.serving.client import RequestFailed, VisionClient
+from netc.serving.server import BackgroundServer, ServerOptions
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+MEAN, STD = [0.5], [0.25]
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """lenet5 (1x32x32, normalised, with labels) and tinyseg (open H/W, needs multiples of 4)."""
+    root = tmp_path_factory.mktemp("vision_repo")
+    for name in ("lenet5", "tinyseg"):
+        assert main(["export", name, "--repository", str(root), "--name", name,
+                     "--no-verify"]) == 0
+    path = root / "lenet5" / "1" / "model.onnx"
+    model = onnx.load(path)
+    props = {p.key: p for p in model.metadata_props}
+    pre = json.loads(props["netc.preprocessing"].value)
+    props["netc.preprocessing"].value = json.dumps({**pre, "mean": MEAN, "std": STD})
+    model.metadata_props.add(key="netc.labels", value=json.dumps(DIGITS))
+    onnx.save(model, path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    running = BackgroundServer(repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server):
+    with VisionClient(server.address) as vision:
+        yield vision
+
+
+def _session(repo, name):
+    return ort.InferenceSession(str(repo / name / "1" / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _softmax(x, axis):
+    return torch.softmax(torch.from_numpy(x), axis).numpy()
+
+
+def test_list_models_says_what_each_model_does(client):
+    models = {m.name: m for m in client.models()}
+    assert set(models) == {"lenet5", "tinyseg"}
+    assert models["lenet5"].task == "classification" and models["lenet5"].labels == tuple(DIGITS)
+    assert models["lenet5"].input_shape == (1, 32, 32) and models["lenet5"].version == "1"
+    assert models["tinyseg"].task == "segmentation"
+    assert models["tinyseg"].input_shape == (3, -1, -1)
+
+
+def test_classify_png_and_raw_tensors_match_local_onnxruntime(repo, server, client):
+    grey = (RNG.random((40, 30)) * 255).astype(np.uint8)
+    picture = torch.from_numpy(grey / np.float32(255))[None]
+    x = Preprocessing(MEAN, STD, input_size=(32, 32)).apply(picture)[None].numpy()
+    expected = _softmax(_session(repo, "lenet5").run(None, {"image": x})[0][0], 0)
+    best = np.argsort(-expected)[:3]
+    sent = [_png(grey), grey, grey.astype(np.float32) / 255, np.dstack([grey] * 3)]
+    results = client.classify(sent, "lenet5", top_k=3)
+    assert len(results) == len(sent)
+    for result in results:
+        assert [index for _, index, _ in result] == list(best)
+        assert [label for label, _, _ in result] == [DIGITS[i] for i in best]
+        assert_close([score for _, _, score in result], expected[best], rtol=1e-4, atol=1e-5)
+
+
+def test_images_of_one_request_are_batched_together(server, client):
+    stats = server.running.repository.get("lenet5").stats
+    before = {size: runs.count for size, runs in stats.batch_sizes.items()}
+    pictures = [(RNG.random((32, 32)) * 255).astype(np.uint8) for _ in range(8)]
+    assert len(client.classify(pictures, "lenet5")) == 8
+    grown = [size for size, runs in stats.batch_sizes.items()
+             if runs.count > before.get(size, 0)]
+    assert max(grown) > 1, f"batch sizes run: {stats.batch_sizes}"
+
+
+def test_top_k_defaults_to_5_and_is_capped_at_the_class_count(client):
+    grey = np.zeros((32, 32), np.uint8)
+    assert len(client.classify([grey], "lenet5", top_k=0)[0]) == 5
+    assert sorted(i for _, i, _ in client.classify([grey], "lenet5", top_k=50)[0]) == list(
+        range(10))
+
+
+def test_segment_returns_a_mask_of_the_images_own_size(repo, client):
+    rgb = (RNG.random((50, 70, 3)) * 255).astype(np.uint8)
+    mask, labels, scores = client.segment(_png(rgb), "tinyseg", scores=True)
+    assert mask.shape == (50, 70) and mask.dtype == np.uint8
+    assert labels == ["0", "1", "2", "3"] and scores.shape == (4, 50, 70)
+    # reference: pad to 52x72 (tinyseg needs multiples of 4), run, crop back
+    x = np.pad(rgb.transpose(2, 0, 1) / np.float32(255), ((0, 0), (0, 2), (0, 2)), mode="edge")
+    logits = _session(repo, "tinyseg").run(None, {"image": x[None]})[0][0, :, :50, :70]
+    assert_close(scores, _softmax(logits, 0), rtol=1e-4, atol=1e-5)
+    assert np.mean(mask == logits.argmax(axis=0)) > 0.999
+
+
+def test_segment_reports_pixel_counts_and_takes_raw_tensors(server):
+    rgb = (RNG.random((9, 13, 3)) * 255).astype(np.uint8)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vision_pb2_grpc.VisionServiceStub(channel)
+        tensor = vision_pb2.Tensor(shape=[9, 13, 3], layout="HWC", datatype="UINT8",
+                                   data=rgb.tobytes())
+        response = stub.Segment(vision_pb2.SegmentRequest(
+            model="tinyseg", image=vision_pb2.Image(tensor=tensor)), timeout=30)
+    assert (response.height, response.width) == (9, 13)
+    mask = np.asarray(Image.open(io.BytesIO(response.mask_png)))
+    assert mask.shape == (9, 13)
+    assert list(response.pixel_counts) == list(np.bincount(mask.ravel(), minlength=4))
+    assert not response.HasField("scores")
+
+
+def test_netc_infer_prints_labels_and_writes_masks(server, tmp_path, capsys):
+    files = []
+    for i, shape in enumerate([(32, 32), (20, 25, 3)]):
+        path = tmp_path / f"digit{i}.png"
+        path.write_bytes(_png((RNG.random(shape) * 255).astype(np.uint8)))
+        files.append(str(path))
+    assert main(["infer", "--model", "lenet5", *files, "--url", server.address,
+                 "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == files
+    assert all(line.count("(") == 2 and any(d in line for d in DIGITS) for line in lines)
+
+    picture = tmp_path / "street.png"
+    picture.write_bytes(_png((RNG.random((50, 70, 3)) * 255).astype(np.uint8)))
+    out = tmp_path / "masks"
+    assert main(["infer", "--model", "tinyseg", str(picture), "--url", server.address,
+                 "--out", str(out)]) == 0
+    written = Image.open(out / "street_mask.png")
+    assert written.size == (70, 50) and written.mode == "L"
+    assert f"wrote {out / 'street_mask.png'} (70x50;" in capsys.readouterr().out
+
+
+def _status(call) -> RequestFailed:
+    with pytest.raises(RequestFailed) as info:
+        call()
+    return info.value
+
+
+def test_bad_requests_get_status_codes_and_the_server_keeps_serving(client, monkeypatch):
+    grey = np.zeros((32, 32), np.uint8)
+    error = _status(lambda: client.classify([grey, b"not a picture"], "lenet5"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image 1: cannot decode the image" in str(error) and "PNG or JPEG" in str(error)
+
+    error = _status(lambda: client.classify([grey], "lenet"))
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert "unknown model 'lenet'" in str(error) and "did you mean 'lenet5'" in str(error)
+
+    error = _status(lambda: client.classify([grey], "tinyseg"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'tinyseg' is a segmentation model" in str(error) and "use Segment" in str(error)
+    error = _status(lambda: client.segment(grey, "lenet5"))
+    assert "'lenet5' is a classification model" in str(error)
+
+    error = _status(lambda: client.classify([], "lenet5"))
+    assert "no images" in str(error)
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    error = _status(lambda: client.segment(_png(np.zeros((50, 70), np.uint8)), "tinyseg"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "70x50" in str(error) and "at most 0.001 megapixels" in str(error)
+    monkeypatch.undo()
+
+    assert len(client.models()) == 2
+    assert client.segment(grey, "tinyseg")[0].shape == (32, 32)
+
+
+def test_netc_infer_user_errors_exit_2_with_one_message(server, tmp_path, capsys):
+    picture = tmp_path / "a.png"
+    picture.write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    assert main(["infer", "--model", "lenet", str(picture), "--url", server.address]) == 2
+    err = capsys.readouterr().err
+    assert "has no model 'lenet'" in err and "did you mean 'lenet5'" in err
+    assert main(["infer", "--model", "lenet5", str(tmp_path / "missing.png"),
+                 "--url", server.address]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["infer", "--model", "lenet5", str(picture), "--url", "127.0.0.1:1"]) == 2
+    assert "cannot reach a netc server at 127.0.0.1:1" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert main(["infer", "--model", "lenet5", str(tmp_path / "bad.png"),
+                 "--url", server.address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "INVALID_ARGUMENT" in err and "Traceback" not in err
