@@ -22,6 +22,8 @@ demo: $(VENV)/.installed
 	$(PY) -m netc zoo
 	$(PY) -m netc compile lenet5
 	$(PY) -m netc train lenet5 --data digits --out runs/demo/lenet5
+	$(PY) -m netc export runs/demo/lenet5 -o runs/demo/lenet5.onnx
+	$(PY) -m netc optimize runs/demo/lenet5.onnx -o runs/demo/lenet5.opt.onnx
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
@@ -33,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/compile.py
 	$(PY) bench/train_overhead.py
 	$(PY) bench/train.py
+	$(PY) bench/optimize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

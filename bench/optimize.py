@@ -1,0 +1,181 @@
+"""What the ONNX optimizer buys in onnxruntime, against the raw export and onnxoptimizer.
+
+For resnet18, googlenet and densenet121 from the zoo (random weights, random
+BN statistics; batch 1, 3x224x224) it times, in one process and in
+alternating rounds:
+  raw          netc's export, BatchNormalization kept
+  netc         `netc optimize` (default pipeline)
+  netc+flags   with every flagged fold enabled (shows which folds pay)
+  onnxoptimizer  onnxoptimizer's fuse_bn_into_conv
+each with onnxruntime's graph optimizations off and at ORT_ENABLE_ALL.
+Then it counts BatchNormalization nodes left by netc, onnxoptimizer and
+onnxruntime's own optimizer (its saved optimized model), also on plain-PyTorch
+ResNet-18 and MobileNet-style exports, and times optimizing resnet50.
+
+    .venv/bin/python bench/optimize.py [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxoptimizer
+import onnxruntime as ort
+import torch
+
+import netc
+from netc.compiler.onnx_export import export_onnx
+from netc.compiler.optimizer.api import optimize_model
+from netc.compiler.optimizer.pipeline import flags
+from netc.runtime.module import build_module
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "reference"))
+sys.path.insert(0, str(ROOT / "tests" / "compiler" / "optimizer"))
+import torch_zoo  # noqa: E402
+
+LEVELS = {
+    "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def zoo_export(name: str) -> onnx.ModelProto:
+    net = netc.load(name)
+    module = build_module(net.graph, seed=0).eval()
+    generator = torch.Generator().manual_seed(1)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.running_mean.normal_(0, 0.5, generator=generator)
+            layer.running_var.uniform_(0.5, 2.0, generator=generator)
+    return export_onnx(net.graph, module.state_dict())
+
+
+def torch_export(module: torch.nn.Module) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            torch.randn(1, 3, 224, 224),
+            buffer,
+            dynamo=False,
+            do_constant_folding=False,
+            training=torch.onnx.TrainingMode.EVAL,
+            input_names=["image"],
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def bn_count(model: onnx.ModelProto) -> int:
+    return sum(node.op_type == "BatchNormalization" for node in model.graph.node)
+
+
+def ort_own_bn(model: onnx.ModelProto) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.log_severity_level = 3
+        options.optimized_model_filepath = os.path.join(tmp, "ort.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return bn_count(onnx.load(options.optimized_model_filepath))
+
+
+def session(model: onnx.ModelProto, level) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3  # unused-initializer warnings of the unoptimized variants
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def latency(sessions: dict[str, ort.InferenceSession], runs: int) -> dict[str, float]:
+    """Median ms per variant, variants interleaved so machine noise hits all alike."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+    for name, s in sessions.items():
+        for _ in range(3):
+            s.run(None, feeds[name])
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds[name])
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    print(
+        f"onnxruntime {ort.__version__}, intra-op threads: default; batch 1, 3x224x224; "
+        f"median of {args.runs} interleaved runs (ms)\n"
+    )
+    header = (
+        f"{'model':<12} {'ORT opt':<7} {'raw':>7} {'netc':>7} {'netc+flags':>10} "
+        f"{'onnxopt':>8} {'netc/raw':>8} {'netc/onnxopt':>12}"
+    )
+    print(header)
+    macs_lines = []
+    for name in ("resnet18", "googlenet", "densenet121"):
+        raw = zoo_export(name)
+        result = optimize_model(raw, name=name)
+        flagged = optimize_model(raw, name=name, enable=flags()).model
+        variants = {
+            "raw": raw,
+            "netc": result.model,
+            "netc+flags": flagged,
+            "onnxopt": onnxoptimizer.optimize(raw, ["fuse_bn_into_conv"]),
+        }
+        macs_lines.append(
+            f"{name}: netc saved {result.macs_saved:,} MACs; BN nodes raw "
+            f"{bn_count(raw)}, netc {bn_count(result.model)}, onnxoptimizer "
+            f"{bn_count(variants['onnxopt'])}, onnxruntime {ort_own_bn(raw)}"
+        )
+        for level_name, level in LEVELS.items():
+            ms = latency({k: session(m, level) for k, m in variants.items()}, args.runs)
+            print(
+                f"{name:<12} {level_name:<7} {ms['raw']:>7.2f} {ms['netc']:>7.2f} "
+                f"{ms['netc+flags']:>10.2f} {ms['onnxopt']:>8.2f} "
+                f"{ms['netc'] / ms['raw']:>8.3f} {ms['netc'] / ms['onnxopt']:>12.3f}"
+            )
+    print()
+    print("\n".join(macs_lines))
+    from test_pipeline import MobileNetish
+
+    for label, module in (
+        ("pytorch resnet18", torch_zoo.build("resnet18")),
+        ("pytorch mobilenet-style", MobileNetish()),
+    ):
+        torch.manual_seed(0)
+        model = torch_export(module)
+        fused = optimize_model(model, name=label).model
+        print(
+            f"{label}: BN nodes raw {bn_count(model)}, netc {bn_count(fused)}, onnxoptimizer "
+            f"{bn_count(onnxoptimizer.optimize(model, ['fuse_bn_into_conv']))}, "
+            f"onnxruntime {ort_own_bn(model)}"
+        )
+    resnet50 = zoo_export("resnet50")
+    start = time.perf_counter()
+    optimize_model(resnet50, name="resnet50")
+    print(
+        f"\noptimizing resnet50 (with verification): {time.perf_counter() - start:.2f} s "
+        "(target < 2 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
