@@ -340,7 +340,7 @@ def metadata_for(
     pre["value_range"] = [0.0, 1.0]
     pre["input_size"] = [d if isinstance(d, int) else None for d in input_shape[2:]]
     pre["channels"] = input_shape[1]
-    data = {"netc.preprocessing": json.dumps(pre)}
+    data = {"netc.task": task, "netc.preprocessing": json.dumps(pre)}
     if labels is not None:
         data["netc.labels"] = json.dumps(list(labels))
     return data

@@ -9,8 +9,6 @@ repository)` returning the full names of the services it added.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import signal
 import sys
 import threading
@@ -19,10 +17,10 @@ from pathlib import Path
 
 import grpc
 
+from netc.serving import triton_service, vision_service
 from netc.serving.metrics import start_metrics_server
 from netc.serving.repository import ModelRepository
 
-SERVICE_MODULES = ("netc.serving.triton_service", "netc.serving.vision_service")
 DEFAULT_MESSAGE_MB = 128  # gRPC's 4 MiB default is too small for images and score maps
 
 
@@ -33,6 +31,7 @@ class ServerOptions:
     metrics_port: int | None = 8002
     max_message_mb: int = DEFAULT_MESSAGE_MB
     poll_seconds: float | None = None  # rescan the repository this often (hot reload)
+    max_image_pixels: int | None = None  # vision service limit (None: images.MAX_PIXELS)
 
 
 @dataclass
@@ -76,10 +75,10 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         ]
     )
     names: list[str] = []
-    for module_name in SERVICE_MODULES:
-        with contextlib.suppress(ModuleNotFoundError):
-            module = importlib.import_module(module_name)
-            names += module.add_to_server(server, repository)
+    names += triton_service.add_to_server(server, repository)
+    names += vision_service.add_to_server(
+        server, repository, max_image_pixels=options.max_image_pixels
+    )
     health, health_pb2 = _add_health_and_reflection(server, names)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
     if port == 0:

@@ -237,6 +237,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         return response
 
 
-def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[str]:
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(repository), server)
+def add_to_server(
+    server: grpc.aio.Server, repository: ModelRepository, *, max_image_pixels: int | None = None
+) -> list[str]:
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(
+        VisionServicer(repository, max_pixels=max_image_pixels), server
+    )
     return [SERVICE]

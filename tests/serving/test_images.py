@@ -26,10 +26,19 @@ def _encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> byt
 
 def _info(dims, *, mean=None, std=None, max_batch_size=8, name="m") -> ModelInfo:
     return ModelInfo(
-        name=name, version="1", inputs=(TensorSpec("image", "FP32", tuple(dims)),),
-        outputs=(TensorSpec("out", "FP32", (10,)),), max_batch_size=max_batch_size,
-        preprocessing={"mean": mean, "std": std, "layout": "NCHW", "value_range": [0, 1],
-                       "channels": dims[-3] if len(dims) > 2 else None})
+        name=name,
+        version="1",
+        inputs=(TensorSpec("image", "FP32", tuple(dims)),),
+        outputs=(TensorSpec("out", "FP32", (10,)),),
+        max_batch_size=max_batch_size,
+        preprocessing={
+            "mean": mean,
+            "std": std,
+            "layout": "NCHW",
+            "value_range": [0, 1],
+            "channels": dims[-3] if len(dims) > 2 else None,
+        },
+    )
 
 
 RNG = np.random.default_rng(0)
@@ -85,8 +94,9 @@ def test_raw_tensors_in_every_layout_and_datatype():
     chw_default = images.decode_tensor([3, 7, 9], "", "", np.ascontiguousarray(chw).tobytes())
     assert_close(chw_default, expected, rtol=0, atol=1e-7)
     floats = expected.astype("<f4")
-    assert_close(images.decode_tensor([3, 7, 9], "CHW", "FP32", floats.tobytes()), floats,
-                 rtol=0, atol=0)
+    assert_close(
+        images.decode_tensor([3, 7, 9], "CHW", "FP32", floats.tobytes()), floats, rtol=0, atol=0
+    )
     assert images.decode_tensor([7, 9], "", "UINT8", RGB[..., 0].tobytes()).shape == (1, 7, 9)
     with pytest.raises(InvalidRequest, match="needs 189 bytes of data, found 188"):
         images.decode_tensor([3, 7, 9], "CHW", "UINT8", chw.tobytes()[:-1])
@@ -111,8 +121,9 @@ def test_channel_conversion_follows_pillow():
 @pytest.mark.parametrize("size", [(32, 32), (5, 13), (3, 3)])
 def test_resize_is_torch_bilinear_without_antialiasing(size):
     x = RNG.random((3, 11, 17), dtype=np.float32)
-    expected = F.interpolate(torch.from_numpy(x)[None], size=size, mode="bilinear",
-                             align_corners=False)[0]
+    expected = F.interpolate(
+        torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False
+    )[0]
     assert_close(images.resize(x, size), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -121,7 +132,8 @@ def test_prepare_matches_training_preprocessing_for_a_fixed_size_model():
     picture = RNG.random((3, 45, 61), dtype=np.float32)
     prepared = images.prepare(picture, _info((3, 32, 32), mean=mean, std=std))
     reference = Preprocessing(mean=mean, std=std, input_size=(32, 32)).apply(
-        torch.from_numpy(picture))
+        torch.from_numpy(picture)
+    )
     assert prepared.original == (45, 61) and prepared.content == (32, 32)
     assert prepared.tensor.shape == (1, 3, 32, 32) and prepared.tensor.dtype == np.float32
     assert_close(prepared.tensor[0], reference, rtol=1e-5, atol=1e-5)
@@ -158,11 +170,15 @@ def test_padding_round_trip_returns_a_mask_of_the_pictures_size():
     """An identity 'model' on a padded picture: the mask is the picture's own argmax."""
     scores = RNG.random((4, 50, 70), dtype=np.float32)
     rules = (images.size_rule("4*(H//4)", "H"), images.size_rule("4*(W//4)", "W"))
-    prepared = images.prepare(scores, images.ImageInput("x", np.dtype(np.float32), 4,
-                                                        (None, None), None, None), rules=rules)
+    prepared = images.prepare(
+        scores,
+        images.ImageInput("x", np.dtype(np.float32), 4, (None, None), None, None),
+        rules=rules,
+    )
     assert prepared.tensor.shape == (1, 4, 52, 72) and prepared.content == (50, 70)
-    assert_close(prepared.tensor[0, :, 50:, :70], np.repeat(scores[:, -1:], 2, axis=1),
-                 rtol=0, atol=0)
+    assert_close(
+        prepared.tensor[0, :, 50:, :70], np.repeat(scores[:, -1:], 2, axis=1), rtol=0, atol=0
+    )
     mask, probs = images.dense_scores(prepared.tensor[0], prepared, want_scores=True)
     assert mask.shape == (50, 70) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, scores.argmax(axis=0))
@@ -173,8 +189,9 @@ def test_coarse_score_maps_are_sampled_through_stride_and_offset():
     """Output pixel i looks at input offset + i·stride: a map of those centres reads back
     each pixel's own coordinate (inside the covered range)."""
     stride, offset, height = 4.0, 15.5, 60
-    prepared = images.Prepared(np.zeros((1, 1, height, height), np.float32),
-                               (height, height), (height, height))
+    prepared = images.Prepared(
+        np.zeros((1, 1, height, height), np.float32), (height, height), (height, height)
+    )
     centres = offset + stride * np.arange(8, dtype=np.float32)  # (60 - 28)//4 = 8 outputs
     output = np.stack([np.broadcast_to(centres[:, None], (8, 8))])
     scale, shift = images.output_mapping(prepared, (8, 8), (stride, stride), (offset, offset))
@@ -188,8 +205,12 @@ def test_scores_pass_through_when_already_probabilities():
     p = np.array([0.7, 0.2, 0.1], np.float32)
     assert images.probabilities(p) is p or np.array_equal(images.probabilities(p), p)
     logits = np.array([1.0, 2.0, 3.0], np.float32)
-    assert_close(images.probabilities(logits), torch.softmax(torch.from_numpy(logits), 0),
-                 rtol=1e-6, atol=1e-7)
+    assert_close(
+        images.probabilities(logits),
+        torch.softmax(torch.from_numpy(logits), 0),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_masks_encode_as_8_bit_png():

@@ -33,8 +33,7 @@ def repo(tmp_path_factory):
     """lenet5 (1x32x32, normalised, with labels) and tinyseg (open H/W, needs multiples of 4)."""
     root = tmp_path_factory.mktemp("vision_repo")
     for name in ("lenet5", "tinyseg"):
-        assert main(["export", name, "--repository", str(root), "--name", name,
-                     "--no-verify"]) == 0
+        assert main(["export", name, "--repository", str(root), "--name", name, "--no-verify"]) == 0
     path = root / "lenet5" / "1" / "model.onnx"
     model = onnx.load(path)
     props = {p.key: p for p in model.metadata_props}
@@ -59,8 +58,9 @@ def client(server):
 
 
 def _session(repo, name):
-    return ort.InferenceSession(str(repo / name / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -102,8 +102,7 @@ def test_images_of_one_request_are_batched_together(server, client):
     before = {size: runs.count for size, runs in stats.batch_sizes.items()}
     pictures = [(RNG.random((32, 32)) * 255).astype(np.uint8) for _ in range(8)]
     assert len(client.classify(pictures, "lenet5")) == 8
-    grown = [size for size, runs in stats.batch_sizes.items()
-             if runs.count > before.get(size, 0)]
+    grown = [size for size, runs in stats.batch_sizes.items() if runs.count > before.get(size, 0)]
     assert max(grown) > 1, f"batch sizes run: {stats.batch_sizes}"
 
 
@@ -111,7 +110,8 @@ def test_top_k_defaults_to_5_and_is_capped_at_the_class_count(client):
     grey = np.zeros((32, 32), np.uint8)
     assert len(client.classify([grey], "lenet5", top_k=0)[0]) == 5
     assert sorted(i for _, i, _ in client.classify([grey], "lenet5", top_k=50)[0]) == list(
-        range(10))
+        range(10)
+    )
 
 
 def test_segment_returns_a_mask_of_the_images_own_size(repo, client):
@@ -130,10 +130,13 @@ def test_segment_reports_pixel_counts_and_takes_raw_tensors(server):
     rgb = (RNG.random((9, 13, 3)) * 255).astype(np.uint8)
     with grpc.insecure_channel(server.address) as channel:
         stub = vision_pb2_grpc.VisionServiceStub(channel)
-        tensor = vision_pb2.Tensor(shape=[9, 13, 3], layout="HWC", datatype="UINT8",
-                                   data=rgb.tobytes())
-        response = stub.Segment(vision_pb2.SegmentRequest(
-            model="tinyseg", image=vision_pb2.Image(tensor=tensor)), timeout=30)
+        tensor = vision_pb2.Tensor(
+            shape=[9, 13, 3], layout="HWC", datatype="UINT8", data=rgb.tobytes()
+        )
+        response = stub.Segment(
+            vision_pb2.SegmentRequest(model="tinyseg", image=vision_pb2.Image(tensor=tensor)),
+            timeout=30,
+        )
     assert (response.height, response.width) == (9, 13)
     mask = np.asarray(Image.open(io.BytesIO(response.mask_png)))
     assert mask.shape == (9, 13)
@@ -147,8 +150,9 @@ def test_netc_infer_prints_labels_and_writes_masks(server, tmp_path, capsys):
         path = tmp_path / f"digit{i}.png"
         path.write_bytes(_png((RNG.random(shape) * 255).astype(np.uint8)))
         files.append(str(path))
-    assert main(["infer", "--model", "lenet5", *files, "--url", server.address,
-                 "--top-k", "2"]) == 0
+    assert (
+        main(["infer", "--model", "lenet5", *files, "--url", server.address, "--top-k", "2"]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[0] for line in lines] == files
     assert all(line.count("(") == 2 and any(d in line for d in DIGITS) for line in lines)
@@ -156,8 +160,21 @@ def test_netc_infer_prints_labels_and_writes_masks(server, tmp_path, capsys):
     picture = tmp_path / "street.png"
     picture.write_bytes(_png((RNG.random((50, 70, 3)) * 255).astype(np.uint8)))
     out = tmp_path / "masks"
-    assert main(["infer", "--model", "tinyseg", str(picture), "--url", server.address,
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--model",
+                "tinyseg",
+                str(picture),
+                "--url",
+                server.address,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = Image.open(out / "street_mask.png")
     assert written.size == (70, 50) and written.mode == "L"
     assert f"wrote {out / 'street_mask.png'} (70x50;" in capsys.readouterr().out
@@ -204,13 +221,17 @@ def test_netc_infer_user_errors_exit_2_with_one_message(server, tmp_path, capsys
     assert main(["infer", "--model", "lenet", str(picture), "--url", server.address]) == 2
     err = capsys.readouterr().err
     assert "has no model 'lenet'" in err and "did you mean 'lenet5'" in err
-    assert main(["infer", "--model", "lenet5", str(tmp_path / "missing.png"),
-                 "--url", server.address]) == 2
+    assert (
+        main(["infer", "--model", "lenet5", str(tmp_path / "missing.png"), "--url", server.address])
+        == 2
+    )
     assert "cannot read" in capsys.readouterr().err
     assert main(["infer", "--model", "lenet5", str(picture), "--url", "127.0.0.1:1"]) == 2
     assert "cannot reach a netc server at 127.0.0.1:1" in capsys.readouterr().err
     (tmp_path / "bad.png").write_bytes(b"nope")
-    assert main(["infer", "--model", "lenet5", str(tmp_path / "bad.png"),
-                 "--url", server.address]) == 2
+    assert (
+        main(["infer", "--model", "lenet5", str(tmp_path / "bad.png"), "--url", server.address])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "INVALID_ARGUMENT" in err and "Traceback" not in err
