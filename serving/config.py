@@ -3,7 +3,8 @@
 ```yaml
 max_batch_size: 16            # largest batch the batcher builds; 0 turns batching off
 dynamic_batching:             # or false
-  max_queue_delay_us: 500     # how long the first request waits for company
+  max_queue_delay_us: 0       # how long the first request may wait for company (0: batches
+                              # form from what queues while the model is busy; no added latency)
   preferred_batch_sizes: [8, 16]
   max_queue_size: 256         # beyond this, RESOURCE_EXHAUSTED at once
 instances: 1                  # requests run concurrently on this many threads
@@ -39,7 +40,7 @@ BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_sizes", "max_queue_size"
 class ModelConfig:
     max_batch_size: int = 16
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
     instances: int = 1
@@ -116,7 +117,7 @@ def load_config(folder: Path) -> ModelConfig:
     return ModelConfig(
         max_batch_size=_int(data, "max_batch_size", 16, 0, where),
         dynamic_batching=enabled,
-        max_queue_delay_us=_int(batching, "max_queue_delay_us", 500, 0, where),
+        max_queue_delay_us=_int(batching, "max_queue_delay_us", 0, 0, where),
         preferred_batch_sizes=tuple(sorted(preferred)),
         max_queue_size=_int(batching, "max_queue_size", 256, 1, where),
         instances=_int(data, "instances", 1, 1, where),

@@ -1,0 +1,308 @@
+"""Serving throughput and latency against their floors, on loopback, in one run.
+
+Targets measured side by side, each driven by the same load generator (a
+separate process: grpc.aio client, C concurrent callers, a bounded number of
+requests, the request serialized once):
+  echo-aio     a bare grpc.aio server returning a response of the same size
+               (the floor for any Python gRPC server on this machine)
+  echo-threads the same echo on grpc's thread-pool server (aio vs threads)
+  ort          in-process onnxruntime, no gRPC (batch 1; and the best
+               throughput over batch sizes, for concurrency 16)
+  netc         `netc serve` over Triton's ModelInfer, dynamic batching on
+  netc-nobatch `netc serve` with dynamic batching off
+for the digits classifier (lenet5, 1x32x32) and resnet18 (3x224x224), at
+concurrency 1 and 16.
+
+    .venv/bin/python bench/serve.py [--requests 2000] [--resnet-requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+PY = sys.executable
+ECHO = "/netc.bench.Echo/Call"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- servers -----------------------------------------------------------------------
+
+
+def echo_server(port: int, response_size: int, threads: bool) -> None:
+    import grpc
+
+    reply = b"x" * response_size
+    handler = grpc.method_handlers_generic_handler(
+        "netc.bench.Echo",
+        {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply)},
+    )
+    options = [("grpc.max_receive_message_length", 64 << 20),
+               ("grpc.max_send_message_length", 64 << 20)]
+    if threads:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        server.wait_for_termination()
+        return
+
+    async def handle(request, context):
+        return reply
+
+    async def run() -> None:
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "netc.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def start(args: list[str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode()[-2000:])
+        time.sleep(0.1)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def netc_ready(port: int) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            status = stub.Check(health_pb2.HealthCheckRequest()).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+    raise RuntimeError("netc serve did not become ready")
+
+
+# --- load generator (runs in its own process) ----------------------------------------
+
+
+def load(port: int, method: str, payload_file: str, concurrency: int, requests: int) -> None:
+    import grpc
+
+    payload = Path(payload_file).read_bytes()
+
+    async def run() -> list[float]:
+        options = [("grpc.max_receive_message_length", 64 << 20),
+                   ("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            call = channel.unary_unary(method)
+            for _ in range(min(20, requests)):  # warm-up
+                await call(payload)
+            latencies: list[float] = []
+            remaining = [requests]
+
+            async def caller() -> None:
+                while remaining[0] > 0:
+                    remaining[0] -= 1
+                    begin = time.perf_counter()
+                    await call(payload)
+                    latencies.append(time.perf_counter() - begin)
+
+            begin = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            latencies.append(-(time.perf_counter() - begin))  # last entry: wall time
+            return latencies
+
+    print(json.dumps(asyncio.run(run())))
+
+
+def drive(port: int, method: str, payload: bytes, concurrency: int, requests: int) -> dict:
+    with tempfile.NamedTemporaryFile(delete=False) as handle:
+        handle.write(payload)
+    try:
+        out = subprocess.run([PY, __file__, "--load", str(port), method, handle.name,
+                              str(concurrency), str(requests)],
+                             capture_output=True, text=True, timeout=600, check=True).stdout
+    finally:
+        os.unlink(handle.name)
+    values = json.loads(out)
+    wall, latencies = -values[-1], sorted(values[:-1])
+    return {"rps": len(latencies) / wall, "p50": latencies[len(latencies) // 2] * 1e3,
+            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e3}
+
+
+# --- in-process onnxruntime --------------------------------------------------------
+
+
+def ort_numbers(path: Path, shape: tuple[int, ...], requests: int) -> dict:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    for _ in range(10):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(requests):
+        begin = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - begin)
+    times.sort()
+    best = len(times) / sum(times)
+    for batch in (4, 16):
+        xb = np.repeat(x, batch, axis=0)
+        begin = time.perf_counter()
+        runs = max(3, requests // batch // 2)
+        for _ in range(runs):
+            session.run(None, {name: xb})
+        best = max(best, runs * batch / (time.perf_counter() - begin))
+    return {"p50": times[len(times) // 2] * 1e3, "p99": times[int(len(times) * 0.99) - 1] * 1e3,
+            "rps_batch1": len(times) / sum(times), "rps_best": best}
+
+
+def infer_request(model: str, shape: tuple[int, ...]) -> bytes:
+    from netc.protos.generated import grpc_service_pb2 as pb
+
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "image", "FP32"
+    tensor.shape.extend([1, *shape])
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+def response_size(port: int, request: bytes) -> int:
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(request)
+    return len(reply)
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--resnet-requests", type=int, default=200)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="netc-bench-"))
+    repos = {"batch": root / "batch", "nobatch": root / "nobatch"}
+    models = {"digits": ("lenet5", (1, 32, 32), args.requests),
+              "resnet18": ("resnet18", (3, 224, 224), args.resnet_requests)}
+    for name, (zoo_name, _, _) in models.items():
+        for repo in repos.values():
+            subprocess.run([PY, "-m", "netc", "export", zoo_name, "--repository", str(repo),
+                            "--name", name, "--no-verify"], check=True, capture_output=True)
+        (repos["nobatch"] / name / "config.yaml").write_text("dynamic_batching: false\n")
+    rows = []
+    servers = []
+    try:
+        ports = {key: free_port() for key in ("batch", "nobatch")}
+        for key, repo in repos.items():
+            servers.append(start([PY, "-m", "netc", "serve", "--repository", str(repo),
+                                  "--host", "127.0.0.1", "--port", str(ports[key]),
+                                  "--no-metrics"], ports[key]))
+            netc_ready(ports[key])
+        for name, (_, shape, requests) in models.items():
+            request = infer_request(name, shape)
+            reply_size = response_size(ports["batch"], request)
+            ort_stats = ort_numbers(repos["batch"] / name / "1" / "model.onnx", shape,
+                                    min(requests, 500))
+            echo = {}
+            for threads in (False, True):
+                port = free_port()
+                process = subprocess.Popen([PY, __file__, "--echo", str(port), str(reply_size),
+                                            str(int(threads))], stderr=subprocess.PIPE)
+                start_wait(port, process)
+                try:
+                    for c in (1, 16):
+                        echo[(threads, c)] = drive(port, ECHO, request, c, requests)
+                finally:
+                    process.kill()
+            for c in (1, 16):
+                measured = {
+                    "echo-aio": echo[(False, c)], "echo-threads": echo[(True, c)],
+                    "netc": drive(ports["batch"], "/inference.GRPCInferenceService/ModelInfer",
+                                  request, c, requests),
+                    "netc-nobatch": drive(ports["nobatch"],
+                                          "/inference.GRPCInferenceService/ModelInfer",
+                                          request, c, requests),
+                }
+                rows.append((name, c, len(request), measured, ort_stats))
+    finally:
+        for process in servers:
+            process.kill()
+    report(rows)
+
+
+def start_wait(port: int, process: subprocess.Popen) -> None:
+    for _ in range(300):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(process.stderr.read().decode()[-2000:])
+
+
+def report(rows) -> None:
+    print(f"{'model':<9} {'c':>2} {'target':<13} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    checks = []
+    for name, c, size, measured, ort_stats in rows:
+        print(f"{name:<9} {c:>2} {'ort (in-proc)':<13} "
+              f"{ort_stats['rps_batch1' if c == 1 else 'rps_best']:>8.0f} "
+              f"{ort_stats['p50']:>8.2f} {ort_stats['p99']:>8.2f}")
+        for target, stats in measured.items():
+            print(f"{name:<9} {c:>2} {target:<13} {stats['rps']:>8.0f} {stats['p50']:>8.2f} "
+                  f"{stats['p99']:>8.2f}")
+        netc, echo = measured["netc"], measured["echo-aio"]
+        if c == 1:
+            budget = ort_stats["p50"] + echo["p50"] + 0.5
+            checks.append(f"{name} c=1: netc p50 {netc['p50']:.2f} ms <= ort p50 + echo p50 "
+                          f"+ 0.5 = {budget:.2f} ms: {'yes' if netc['p50'] <= budget else 'NO'}")
+        else:
+            floor = echo["rps"] if name == "digits" else ort_stats["rps_best"]
+            need = 0.7 if name == "digits" else 0.9
+            what = "echo floor" if name == "digits" else "in-process ort best"
+            checks.append(f"{name} c=16: netc {netc['rps']:.0f} req/s = "
+                          f"{netc['rps'] / floor:.0%} of {what} (target {need:.0%}): "
+                          f"{'yes' if netc['rps'] >= need * floor else 'NO'}")
+        checks.append(f"{name} c={c}: batching on/off throughput ratio "
+                      f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; "
+                      f"aio/threads echo ratio "
+                      f"{measured['echo-aio']['rps'] / measured['echo-threads']['rps']:.2f}; "
+                      f"request {size / 1024:.1f} KiB")
+    print()
+    print("\n".join(checks))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
+        echo_server(int(sys.argv[2]), int(sys.argv[3]), bool(int(sys.argv[4])))
+    else:
+        main()
