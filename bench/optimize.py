@@ -91,9 +91,18 @@ def ort_own_bn(model: onnx.ModelProto) -> int:
         return bn_count(onnx.load(options.optimized_model_filepath))
 
 
+THREADS = 1  # one intra-op thread: the other core absorbs machine noise
+
+
+def set_threads(count: int) -> None:
+    global THREADS
+    THREADS = count
+
+
 def session(model: onnx.ModelProto, level) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
+    options.intra_op_num_threads = THREADS
     options.log_severity_level = 3  # unused-initializer warnings of the unoptimized variants
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -119,9 +128,11 @@ def latency(sessions: dict[str, ort.InferenceSession], runs: int) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args()
+    set_threads(args.threads)
     print(
-        f"onnxruntime {ort.__version__}, intra-op threads: default; batch 1, 3x224x224; "
+        f"onnxruntime {ort.__version__}, intra-op threads {THREADS}; batch 1, 3x224x224; "
         f"median of {args.runs} interleaved runs (ms)\n"
     )
     header = (

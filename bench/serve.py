@@ -55,8 +55,10 @@ def echo_server(port: int, response_size: int, threads: bool) -> None:
         "netc.bench.Echo",
         {"Call": grpc.unary_unary_rpc_method_handler(lambda request, context: reply)},
     )
-    options = [("grpc.max_receive_message_length", 64 << 20),
-               ("grpc.max_send_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
     if threads:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
         server.add_generic_rpc_handlers((handler,))
@@ -70,8 +72,13 @@ def echo_server(port: int, response_size: int, threads: bool) -> None:
 
     async def run() -> None:
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "netc.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}),))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "netc.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}
+                ),
+            )
+        )
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
@@ -115,8 +122,10 @@ def load(port: int, method: str, payload_file: str, concurrency: int, requests: 
     payload = Path(payload_file).read_bytes()
 
     async def run() -> list[float]:
-        options = [("grpc.max_receive_message_length", 64 << 20),
-                   ("grpc.max_send_message_length", 64 << 20)]
+        options = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
             call = channel.unary_unary(method)
             for _ in range(min(20, requests)):  # warm-up
@@ -143,15 +152,31 @@ def drive(port: int, method: str, payload: bytes, concurrency: int, requests: in
     with tempfile.NamedTemporaryFile(delete=False) as handle:
         handle.write(payload)
     try:
-        out = subprocess.run([PY, __file__, "--load", str(port), method, handle.name,
-                              str(concurrency), str(requests)],
-                             capture_output=True, text=True, timeout=600, check=True).stdout
+        out = subprocess.run(
+            [
+                PY,
+                __file__,
+                "--load",
+                str(port),
+                method,
+                handle.name,
+                str(concurrency),
+                str(requests),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
     finally:
         os.unlink(handle.name)
     values = json.loads(out)
     wall, latencies = -values[-1], sorted(values[:-1])
-    return {"rps": len(latencies) / wall, "p50": latencies[len(latencies) // 2] * 1e3,
-            "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e3}
+    return {
+        "rps": len(latencies) / wall,
+        "p50": latencies[len(latencies) // 2] * 1e3,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1e3,
+    }
 
 
 # --- in-process onnxruntime --------------------------------------------------------
@@ -177,8 +202,12 @@ def ort_numbers(path: Path, shape: tuple[int, ...], requests: int) -> dict:
         for _ in range(runs):
             session.run(None, {name: xb})
         best = max(best, runs * batch / (time.perf_counter() - begin))
-    return {"p50": times[len(times) // 2] * 1e3, "p99": times[int(len(times) * 0.99) - 1] * 1e3,
-            "rps_batch1": len(times) / sum(times), "rps_best": best}
+    return {
+        "p50": times[len(times) // 2] * 1e3,
+        "p99": times[int(len(times) * 0.99) - 1] * 1e3,
+        "rps_batch1": len(times) / sum(times),
+        "rps_best": best,
+    }
 
 
 def infer_request(model: str, shape: tuple[int, ...]) -> bytes:
@@ -211,32 +240,66 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="netc-bench-"))
     repos = {"batch": root / "batch", "nobatch": root / "nobatch"}
-    models = {"digits": ("lenet5", (1, 32, 32), args.requests),
-              "resnet18": ("resnet18", (3, 224, 224), args.resnet_requests)}
+    models = {
+        "digits": ("lenet5", (1, 32, 32), args.requests),
+        "resnet18": ("resnet18", (3, 224, 224), args.resnet_requests),
+    }
     for name, (zoo_name, _, _) in models.items():
         for repo in repos.values():
-            subprocess.run([PY, "-m", "netc", "export", zoo_name, "--repository", str(repo),
-                            "--name", name, "--no-verify"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    PY,
+                    "-m",
+                    "netc",
+                    "export",
+                    zoo_name,
+                    "--repository",
+                    str(repo),
+                    "--name",
+                    name,
+                    "--no-verify",
+                ],
+                check=True,
+                capture_output=True,
+            )
         (repos["nobatch"] / name / "config.yaml").write_text("dynamic_batching: false\n")
     rows = []
     servers = []
     try:
         ports = {key: free_port() for key in ("batch", "nobatch")}
         for key, repo in repos.items():
-            servers.append(start([PY, "-m", "netc", "serve", "--repository", str(repo),
-                                  "--host", "127.0.0.1", "--port", str(ports[key]),
-                                  "--no-metrics"], ports[key]))
+            servers.append(
+                start(
+                    [
+                        PY,
+                        "-m",
+                        "netc",
+                        "serve",
+                        "--repository",
+                        str(repo),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ports[key]),
+                        "--no-metrics",
+                    ],
+                    ports[key],
+                )
+            )
             netc_ready(ports[key])
         for name, (_, shape, requests) in models.items():
             request = infer_request(name, shape)
             reply_size = response_size(ports["batch"], request)
-            ort_stats = ort_numbers(repos["batch"] / name / "1" / "model.onnx", shape,
-                                    min(requests, 500))
+            ort_stats = ort_numbers(
+                repos["batch"] / name / "1" / "model.onnx", shape, min(requests, 500)
+            )
             echo = {}
             for threads in (False, True):
                 port = free_port()
-                process = subprocess.Popen([PY, __file__, "--echo", str(port), str(reply_size),
-                                            str(int(threads))], stderr=subprocess.PIPE)
+                process = subprocess.Popen(
+                    [PY, __file__, "--echo", str(port), str(reply_size), str(int(threads))],
+                    stderr=subprocess.PIPE,
+                )
                 start_wait(port, process)
                 try:
                     for c in (1, 16):
@@ -245,12 +308,22 @@ def main() -> None:
                     process.kill()
             for c in (1, 16):
                 measured = {
-                    "echo-aio": echo[(False, c)], "echo-threads": echo[(True, c)],
-                    "netc": drive(ports["batch"], "/inference.GRPCInferenceService/ModelInfer",
-                                  request, c, requests),
-                    "netc-nobatch": drive(ports["nobatch"],
-                                          "/inference.GRPCInferenceService/ModelInfer",
-                                          request, c, requests),
+                    "echo-aio": echo[(False, c)],
+                    "echo-threads": echo[(True, c)],
+                    "netc": drive(
+                        ports["batch"],
+                        "/inference.GRPCInferenceService/ModelInfer",
+                        request,
+                        c,
+                        requests,
+                    ),
+                    "netc-nobatch": drive(
+                        ports["nobatch"],
+                        "/inference.GRPCInferenceService/ModelInfer",
+                        request,
+                        c,
+                        requests,
+                    ),
                 }
                 rows.append((name, c, len(request), measured, ort_stats))
     finally:
@@ -272,29 +345,39 @@ def report(rows) -> None:
     print(f"{'model':<9} {'c':>2} {'target':<13} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     checks = []
     for name, c, size, measured, ort_stats in rows:
-        print(f"{name:<9} {c:>2} {'ort (in-proc)':<13} "
-              f"{ort_stats['rps_batch1' if c == 1 else 'rps_best']:>8.0f} "
-              f"{ort_stats['p50']:>8.2f} {ort_stats['p99']:>8.2f}")
+        print(
+            f"{name:<9} {c:>2} {'ort (in-proc)':<13} "
+            f"{ort_stats['rps_batch1' if c == 1 else 'rps_best']:>8.0f} "
+            f"{ort_stats['p50']:>8.2f} {ort_stats['p99']:>8.2f}"
+        )
         for target, stats in measured.items():
-            print(f"{name:<9} {c:>2} {target:<13} {stats['rps']:>8.0f} {stats['p50']:>8.2f} "
-                  f"{stats['p99']:>8.2f}")
+            print(
+                f"{name:<9} {c:>2} {target:<13} {stats['rps']:>8.0f} {stats['p50']:>8.2f} "
+                f"{stats['p99']:>8.2f}"
+            )
         netc, echo = measured["netc"], measured["echo-aio"]
         if c == 1:
             budget = ort_stats["p50"] + echo["p50"] + 0.5
-            checks.append(f"{name} c=1: netc p50 {netc['p50']:.2f} ms <= ort p50 + echo p50 "
-                          f"+ 0.5 = {budget:.2f} ms: {'yes' if netc['p50'] <= budget else 'NO'}")
+            checks.append(
+                f"{name} c=1: netc p50 {netc['p50']:.2f} ms <= ort p50 + echo p50 "
+                f"+ 0.5 = {budget:.2f} ms: {'yes' if netc['p50'] <= budget else 'NO'}"
+            )
         else:
             floor = echo["rps"] if name == "digits" else ort_stats["rps_best"]
             need = 0.7 if name == "digits" else 0.9
             what = "echo floor" if name == "digits" else "in-process ort best"
-            checks.append(f"{name} c=16: netc {netc['rps']:.0f} req/s = "
-                          f"{netc['rps'] / floor:.0%} of {what} (target {need:.0%}): "
-                          f"{'yes' if netc['rps'] >= need * floor else 'NO'}")
-        checks.append(f"{name} c={c}: batching on/off throughput ratio "
-                      f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; "
-                      f"aio/threads echo ratio "
-                      f"{measured['echo-aio']['rps'] / measured['echo-threads']['rps']:.2f}; "
-                      f"request {size / 1024:.1f} KiB")
+            checks.append(
+                f"{name} c=16: netc {netc['rps']:.0f} req/s = "
+                f"{netc['rps'] / floor:.0%} of {what} (target {need:.0%}): "
+                f"{'yes' if netc['rps'] >= need * floor else 'NO'}"
+            )
+        checks.append(
+            f"{name} c={c}: batching on/off throughput ratio "
+            f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; "
+            f"aio/threads echo ratio "
+            f"{measured['echo-aio']['rps'] / measured['echo-threads']['rps']:.2f}; "
+            f"request {size / 1024:.1f} KiB"
+        )
     print()
     print("\n".join(checks))
 
