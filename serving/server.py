@@ -59,7 +59,11 @@ def _add_health_and_reflection(server: grpc.aio.Server, names: list[str]):
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    from netc.protos import reflection_pool
+
+    # our stubs live in netc's own descriptor pool (see protos/__init__.py)
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server,
+                                        pool=reflection_pool())
     return servicer, health_pb2
 
 

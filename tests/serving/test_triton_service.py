@@ -33,10 +33,13 @@ def _options(**overrides) -> ServerOptions:
 
 @pytest.fixture(scope="module")
 def repo(repository, tmp_path_factory):
-    """A copy of the exported repository, with class names for lenet5."""
+    """A copy of the exported repository, with class names and batching settings for lenet5."""
     root = tmp_path_factory.mktemp("triton") / "repo"
     shutil.copytree(repository, root)
-    (root / "lenet5" / "config.yaml").write_text(f"labels: {LABELS}\n")
+    (root / "lenet5" / "config.yaml").write_text(
+        f"labels: {LABELS}\ndynamic_batching: {{max_queue_delay_us: 300, "
+        "preferred_batch_sizes: [4, 8]}\n"
+    )
     return root
 
 
@@ -112,7 +115,8 @@ def test_model_config(client):
     assert (image.name, image.data_type, list(image.dims)) == ("image", 11, [1, 32, 32])
     assert (fc3.name, fc3.data_type, list(fc3.dims)) == ("fc3", 11, [10])  # 11: TYPE_FP32
     assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
-    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert config.dynamic_batching.max_queue_delay_microseconds == 300
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     seg = client.get_model_config("tinyseg", as_json=True)["config"]
     assert seg["input"][0]["dims"] == ["3", "-1", "-1"] and seg["input"][0]["data_type"] == (
         "TYPE_FP32"
@@ -390,13 +394,22 @@ def test_reflection_lists_the_services(server):
         ProtoReflectionDescriptorDatabase,
     )
 
+    from google.protobuf.descriptor_pool import DescriptorPool
+
     with grpc.insecure_channel(server.address) as channel:
-        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        pool = DescriptorPool(database)  # what grpcurl-style tools do to describe a call
+        infer = pool.FindServiceByName("inference.GRPCInferenceService")
+        classify = pool.FindServiceByName("netc.vision.VisionService")
     assert {
         "inference.GRPCInferenceService",
+        "netc.vision.VisionService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
+    assert infer.methods_by_name["ModelInfer"].input_type.name == "ModelInferRequest"
+    assert "Classify" in classify.methods_by_name
 
 
 # A small server: the message limit, and a model that cannot load.
