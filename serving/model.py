@@ -97,6 +97,8 @@ class ServedModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.intra_op_threads:
             options.intra_op_num_threads = config.intra_op_threads
+        # Spinning idle threads would take the cores the event loop and gRPC need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers())
         except Exception as exc:  # onnxruntime raises many kinds
