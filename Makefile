@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 	$(PY) -m netc train lenet5 --data digits --out runs/demo/lenet5
 	$(PY) -m netc export runs/demo/lenet5 -o runs/demo/lenet5.onnx
 	$(PY) -m netc optimize runs/demo/lenet5.onnx -o runs/demo/lenet5.opt.onnx
+	$(PY) examples/serve_digits.py runs/demo/lenet5 runs/demo/repo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -18,7 +18,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,10 @@ def prepare(
         pca_whitening=config.pca_whitening,
         input_size=tuple(train_set.images.shape[2:]),
     )
+    # The network trains on what export and serving will feed it: preprocessed images.
+    train_set = replace(train_set, images=preprocessing.apply(train_set.images))
+    if len(val_set):
+        val_set = replace(val_set, images=preprocessing.apply(val_set.images))
     return _Run(network, config, train_set, val_set, preprocessing, list(data.classes), params)
 
 

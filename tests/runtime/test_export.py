@@ -115,3 +115,20 @@ def test_bad_exports_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, arg
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_exported_model_scores_the_recorded_validation_accuracy(runs, tmp_path):
+    """What serving computes (metadata preprocessing + ONNX) is what training measured."""
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(runs / "plain" / "last.pt"), "-o", str(out)]) == 0
+    state = checkpoint.load(runs / "plain" / "last.pt")
+    from netc.runtime.datasets import load_dataset, resize, split
+
+    data = resize(load_dataset("digits"), (8, 8))
+    _, val = split(data, state["config"]["val_fraction"], state["config"]["seed"])
+    pre = json.loads(_props(onnx.load(out))["netc.preprocessing"])
+    mean = np.array(pre["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.array(pre["std"], np.float32).reshape(1, -1, 1, 1)
+    scores = _run(out, ((val.images.numpy() - mean) / std).astype(np.float32))
+    accuracy = float((scores.argmax(1) == val.targets.numpy()).mean())
+    assert accuracy == pytest.approx(state["history"][-1]["accuracy"], abs=1e-9)
