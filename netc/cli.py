@@ -47,6 +47,18 @@ def _param(text: str) -> tuple[str, object]:
         ) from None
 
 
+def _add_set(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument(
+        "--set",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="params",
+        help=text,
+    )
+
+
 def _add_compile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compile",
@@ -62,15 +74,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         metavar="C,H,W",
         help="replace the first input's shape (fixes open H and W)",
     )
-    p.add_argument(
-        "--set",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="params",
-        help="override a network parameter, e.g. num_classes=10",
-    )
+    _add_set(p, "override a network parameter, e.g. num_classes=10")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "-o",
@@ -154,15 +158,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, dest="val_fraction")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument(
-        "--set",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="params",
-        help="override a network parameter, e.g. num_classes=10",
-    )
+    _add_set(p, "override a network parameter, e.g. num_classes=10")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument(
         "--init-from",
@@ -263,15 +259,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         metavar="C,H,W",
         help="the declared input size (for a description, or before --fully-convolutional)",
     )
-    p.add_argument(
-        "--set",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="params",
-        help="override a network parameter (descriptions only)",
-    )
+    _add_set(p, "override a network parameter (descriptions only)")
     p.add_argument(
         "--no-verify",
         action="store_true",
