@@ -390,11 +390,10 @@ def test_health_service(server):
 
 
 def test_reflection_lists_the_services(server):
+    from google.protobuf.descriptor_pool import DescriptorPool
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
     )
-
-    from google.protobuf.descriptor_pool import DescriptorPool
 
     with grpc.insecure_channel(server.address) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
