@@ -39,6 +39,17 @@ def providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    """The onnxruntime options a served model runs with (bench/serve.py measures them too)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if config.intra_op_threads:
+        options.intra_op_num_threads = config.intra_op_threads
+    # Spinning idle threads would take the cores the event loop and gRPC need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _dims(shape: list[Any]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
 
@@ -93,14 +104,10 @@ class ServedModel:
     """A loaded model version that checks, queues, batches and runs requests."""
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if config.intra_op_threads:
-            options.intra_op_num_threads = config.intra_op_threads
-        # Spinning idle threads would take the cores the event loop and gRPC need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers())
+            self.session = ort.InferenceSession(
+                str(path), session_options(config), providers=providers()
+            )
         except Exception as exc:  # onnxruntime raises many kinds
             raise UserError(
                 f"error: model '{name}' version {version}: onnxruntime cannot load {path}: {exc}"
