@@ -9,6 +9,7 @@ new versions only once they are ready; `unload(name)` stops serving it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from netc.serving.errors import ModelNotFound, ModelUnavailable
 from netc.serving.model import ServedModel
 
 MODEL_FILE = "model.onnx"
+UNLOADED = "unloaded"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class ModelRepository:
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.states: dict[str, IndexEntry] = {}
         self.loading = 0
+        # called after every load/unload (the server keeps grpc.health.v1 in step)
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+
+    async def _changed(self) -> None:
+        for listener in self.on_change:
+            await listener()
 
     def names(self) -> list[str]:
         return sorted(
@@ -63,6 +71,12 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """(Re)load every version the model's policy selects; keep serving the old ones
         until the new ones are warmed up."""
+        try:
+            await self._load(name)
+        finally:
+            await self._changed()
+
+    async def _load(self, name: str) -> None:
         folder = self.root / name
         if not folder.is_dir():
             raise ModelNotFound(f"no model '{name}' in the repository {self.root}")
@@ -99,7 +113,8 @@ class ModelRepository:
             raise ModelNotFound(f"no model '{name}' is loaded")
         for model in self.models.pop(name, {}).values():
             await model.close()
-        self.states[name] = IndexEntry(name, "", "UNAVAILABLE", "unloaded")
+        self.states[name] = IndexEntry(name, "", "UNAVAILABLE", UNLOADED)
+        await self._changed()
 
     async def close(self) -> None:
         for name in list(self.models):
@@ -107,7 +122,10 @@ class ModelRepository:
                 await model.close()
 
     def ready(self) -> bool:
-        return self.loading == 0 and all(e.state == "READY" for e in self.states.values())
+        """Every model the server should serve is loaded (an explicit unload does not count)."""
+        return self.loading == 0 and all(
+            e.state == "READY" or e.reason == UNLOADED for e in self.states.values()
+        )
 
     def index(self) -> list[IndexEntry]:
         entries = []

@@ -62,8 +62,9 @@ def _add_health_and_reflection(server: grpc.aio.Server, names: list[str]):
     from netc.protos import reflection_pool
 
     # our stubs live in netc's own descriptor pool (see protos/__init__.py)
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server,
-                                        pool=reflection_pool())
+    reflection.enable_server_reflection(
+        [*names, reflection.SERVICE_NAME], server, pool=reflection_pool()
+    )
     return servicer, health_pb2
 
 
@@ -89,14 +90,18 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         raise OSError(f"cannot listen on {options.host}:{options.port}")
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    await repository.load_all()
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if repository.ready()
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ["", *names]:
-        await health.set(name, status)
+
+    async def update_health() -> None:
+        if repository.loading:
+            return  # the load in progress reports when it ends
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if repository.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *names]:
+            await health.set(name, status)
+
+    await repository.load_all()  # NOT_SERVING until every model has had its try
+    await update_health()
+    repository.on_change.append(update_health)
     running = RunningServer(server, repository, port, options.metrics_port)
     if options.metrics_port is not None:
         running.metrics = await start_metrics_server(repository, options.host, options.metrics_port)

@@ -10,6 +10,5 @@ def repository(tmp_path_factory):
     """REPO with lenet5 (classifier, fixed 1x32x32) and tinyseg (segmentation, open H/W)."""
     root = tmp_path_factory.mktemp("repo")
     for name in ("lenet5", "tinyseg"):
-        assert main(["export", name, "--repository", str(root), "--name", name,
-                     "--no-verify"]) == 0
+        assert main(["export", name, "--repository", str(root), "--name", name, "--no-verify"]) == 0
     return root

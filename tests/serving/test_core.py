@@ -29,7 +29,9 @@ def test_repository_loads_describes_and_finds_models(repository):
         try:
             assert repo.ready()
             assert [(e.name, e.version, e.state) for e in repo.index()] == [
-                ("lenet5", "1", "READY"), ("tinyseg", "1", "READY")]
+                ("lenet5", "1", "READY"),
+                ("tinyseg", "1", "READY"),
+            ]
             lenet = repo.get("lenet5")
             assert lenet.info.max_batch_size == 16 and lenet.info.task == "classification"
             assert lenet.info.inputs[0].dims == (1, 32, 32)
@@ -45,8 +47,9 @@ def test_repository_loads_describes_and_finds_models(repository):
 
 
 def test_batched_results_equal_single_runs(repository):
-    session = ort.InferenceSession(str(repository / "lenet5" / "1" / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(repository / "lenet5" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(0)
     images = [rng.random((1, 1, 32, 32), dtype=np.float32) for _ in range(24)]
 
@@ -68,15 +71,20 @@ def test_batched_results_equal_single_runs(repository):
     assert stats.success.count == 24
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({"image": np.zeros((1, 1, 32, 32), np.float64)}, "datatype FP64, expected FP32"),
-    ({"image": np.zeros((1, 32, 32), np.float32)}, "expected [batch, 1, 32, 32]"),
-    ({"image": np.zeros((1, 1, 28, 28), np.float32)}, "has shape [1, 1, 28, 28]"),
-    ({}, "missing input 'image'"),
-    ({"image": np.zeros((1, 1, 32, 32), np.float32), "extra": np.zeros(1)},
-     "unexpected input 'extra'"),
-    ({"image": np.zeros((17, 1, 32, 32), np.float32)}, "batch size 17 is outside 1..16"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"image": np.zeros((1, 1, 32, 32), np.float64)}, "datatype FP64, expected FP32"),
+        ({"image": np.zeros((1, 32, 32), np.float32)}, "expected [batch, 1, 32, 32]"),
+        ({"image": np.zeros((1, 1, 28, 28), np.float32)}, "has shape [1, 1, 28, 28]"),
+        ({}, "missing input 'image'"),
+        (
+            {"image": np.zeros((1, 1, 32, 32), np.float32), "extra": np.zeros(1)},
+            "unexpected input 'extra'",
+        ),
+        ({"image": np.zeros((17, 1, 32, 32), np.float32)}, "batch size 17 is outside 1..16"),
+    ],
+)
 def test_bad_requests_name_the_tensor(repository, inputs, message):
     async def scenario():
         repo = await _loaded(repository)
@@ -96,8 +104,9 @@ def test_segmentation_requests_of_different_sizes_are_never_mixed(repository):
         try:
             model = repo.get("tinyseg")
             shapes = [(32, 32), (48, 40), (32, 32), (48, 40)]
-            outs = await asyncio.gather(*(model.infer(
-                {"image": np.zeros((1, 3, h, w), np.float32)}) for h, w in shapes))
+            outs = await asyncio.gather(
+                *(model.infer({"image": np.zeros((1, 3, h, w), np.float32)}) for h, w in shapes)
+            )
             return [tuple(o["upsample"].shape) for o in outs]
         finally:
             await repo.close()
@@ -109,15 +118,17 @@ def test_full_queue_and_passed_deadline_fail_fast(repository, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(repository / "lenet5", root / "lenet5")
     (root / "lenet5" / "config.yaml").write_text(
-        "max_batch_size: 1\ndynamic_batching: {max_queue_size: 2}\n")
+        "max_batch_size: 1\ndynamic_batching: {max_queue_size: 2}\n"
+    )
 
     async def scenario():
         repo = await _loaded(root)
         try:
             model = repo.get("lenet5")
             x = {"image": np.zeros((1, 1, 32, 32), np.float32)}
-            outcome = await asyncio.gather(*(model.infer(x) for _ in range(40)),
-                                           return_exceptions=True)
+            outcome = await asyncio.gather(
+                *(model.infer(x) for _ in range(40)), return_exceptions=True
+            )
             late = await asyncio.gather(model.infer(x, timeout=0.0), return_exceptions=True)
             return outcome, late
         finally:

@@ -447,3 +447,21 @@ def test_a_model_that_cannot_load_is_unavailable_with_its_reason(small_server):
         (entry,) = c.get_model_repository_index().models
         assert (entry.name, entry.state) == ("broken", "UNAVAILABLE")
         assert not c.is_model_ready("broken") and c.is_server_live()
+
+
+def test_health_follows_unload_and_load(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = grpcclient.InferenceServerClient(server.address)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        def status():
+            return stub.Check(health_pb2.HealthCheckRequest()).status
+
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert status() == serving
+        client.unload_model("tinyseg")  # an explicit unload is not a failure
+        assert status() == serving and client.is_server_ready()
+        client.load_model("tinyseg")
+        assert status() == serving and client.is_model_ready("tinyseg")
