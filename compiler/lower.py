@@ -9,6 +9,7 @@ Steps, in order:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from netc.compiler import receptive_field as rfield
@@ -190,9 +191,13 @@ def _parse_init(layer: FlatLayer) -> InitSpec:
         )
     std, bias, mode = spec.get("std"), spec.get("bias", 0.0), spec.get("mode", "fan_in")
     for key, value in (("std", std), ("bias", bias)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise SpecError(
-                f"init '{key}' must be a number",
+                f"init '{key}' must be a finite number",
                 loc=where(key),
                 layer=layer.name,
                 found=describe(value),

@@ -43,7 +43,8 @@ def load(
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise UserError(f"error: no such network file: {source}")
+            problem = "is a directory, not a network file" if path.is_dir() else "no such file"
+            raise UserError(f"error: {source}: {problem}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -80,4 +80,4 @@ def test_missing_file_exits_2_without_traceback(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert "no such network file" in result.stderr and "Traceback" not in result.stderr
+    assert "nope.yaml: no such file" in result.stderr and "Traceback" not in result.stderr
