@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
 from netc.serving.stats import ModelStats
 
 WARMUP_SIZE = 64  # spatial size used to warm up models whose H and W are open
+SMALL_MODEL_NS = 1_000_000  # below this warm-up run time a model runs single-threaded
 
 
 def providers() -> list[str]:
@@ -150,8 +153,23 @@ class ServedModel:
             inputs[spec.name] = np.zeros((*batch, *dims), dtype=DATATYPES[spec.datatype])
         try:
             self._run(inputs)
+            runs = []
+            for _ in range(5):
+                start = time.perf_counter_ns()
+                self._run(inputs)
+                runs.append(time.perf_counter_ns() - start)
         except Exception:  # a model may reject zeros or our guess at sizes
-            pass
+            return
+        if self.config.intra_op_threads == 0 and sorted(runs)[2] < SMALL_MODEL_NS:
+            self._single_threaded()
+
+    def _single_threaded(self) -> None:
+        """Rebuild the session with one intra-op thread: for a model that runs in well under a
+        millisecond, waking a second thread costs more than it saves, and the core it would
+        take is the one gRPC and the event loop need (measured on LeNet at 16 concurrent
+        requests: 90 → 55 µs per run, +5-10 % requests per second)."""
+        options = session_options(replace(self.config, intra_op_threads=1))
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers())
 
     def check(self, inputs: Tensors) -> tuple[int, tuple]:
         """Validate a request; returns its batch size and its batching key."""
