@@ -42,8 +42,10 @@ def wait_until_serving(address: str, process: subprocess.Popen, seconds: float =
             if process.poll() is not None:
                 raise SystemExit(f"netc serve exited with status {process.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -65,15 +67,39 @@ def png(image: np.ndarray) -> bytes:
 
 
 def main(run_dir: Path, repository: Path) -> None:
-    subprocess.run([sys.executable, "-m", "netc", "export", str(run_dir), "--repository",
-                    str(repository), "--name", "digits"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netc",
+            "export",
+            str(run_dir),
+            "--repository",
+            str(repository),
+            "--name",
+            "digits",
+        ],
+        check=True,
+    )
     val = held_out(run_dir)
     images = [png(x) for x in val.images.numpy()]
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "netc", "serve", "--repository",
-                               str(repository), "--host", "127.0.0.1", "--port", str(port),
-                               "--no-metrics"])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "netc",
+            "serve",
+            "--repository",
+            str(repository),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-metrics",
+        ]
+    )
     try:
         wait_until_serving(address, server)
         latencies, correct = [], 0
@@ -84,10 +110,12 @@ def main(run_dir: Path, repository: Path) -> None:
                 latencies.append((time.perf_counter() - start) * 1e3)
                 correct += int(result[0][1] == label)
         latencies.sort()
-        print(f"\nserved digits: {correct}/{len(images)} held-out images correct "
-              f"({correct / len(images):.2%}) through gRPC at {address}; latency p50 "
-              f"{statistics.median(latencies):.2f} ms, p99 "
-              f"{latencies[int(len(latencies) * 0.99) - 1]:.2f} ms per PNG")
+        print(
+            f"\nserved digits: {correct}/{len(images)} held-out images correct "
+            f"({correct / len(images):.2%}) through gRPC at {address}; latency p50 "
+            f"{statistics.median(latencies):.2f} ms, p99 "
+            f"{latencies[int(len(latencies) * 0.99) - 1]:.2f} ms per PNG"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
