@@ -1,0 +1,126 @@
+"""Steps 1-2 of a run: the network, its settings and the data, all checked.
+
+Nothing is written here: a mistake found while preparing leaves no RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
+
+from netc.compiler.network import Network, load, load_string
+from netc.errors import DataError
+from netc.runtime.config import TrainConfig, parse_training
+from netc.runtime.datasets import ArrayDataset, load_dataset, resize, split
+from netc.runtime.preprocess import Preprocessing, fit_preprocessing
+
+
+@dataclass
+class PreparedRun:
+    network: Network
+    config: TrainConfig
+    train_set: ArrayDataset
+    val_set: ArrayDataset
+    preprocessing: Preprocessing
+    classes: list[str]
+    params: dict[str, Any]
+
+
+def say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _compile(source: str, params: dict[str, Any], stored: dict[str, Any] | None) -> Network:
+    if stored is not None:
+        return load_string(
+            stored["description"], file=stored["description_file"], params=stored["params"]
+        )
+    return load(source, params=params)
+
+
+def _network_classes(network: Network) -> int:
+    shape = next(iter(network.analysis.outputs.values())).shape
+    return shape[1]
+
+
+def _fit_to_data(
+    network: Network, source: str, params: dict[str, Any], data: ArrayDataset, quiet: bool
+) -> tuple[Network, dict[str, Any]]:
+    """Match the head to the data: set the network's num_classes when it has one."""
+    classes = len(data.classes)
+    if network.graph.task == "embedding" or _network_classes(network) == classes:
+        return network, params
+    if "num_classes" in network.spec.params and "num_classes" not in params:
+        say(f"note: num_classes set to {classes} to match the data ({data.source})", quiet)
+        params = {**params, "num_classes": classes}
+        return load_string(network.graph.source, file=network.graph.file, params=params), params
+    raise DataError(
+        f"error: the network's output has {_network_classes(network)} classes but the data "
+        f"set {data.source} has {classes}\n  hint: set the head's size, e.g. "
+        f"--set num_classes={classes}"
+    )
+
+
+def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> ArrayDataset:
+    graph = network.graph
+    task = graph.task
+    if task != "embedding" and data.task != task:
+        raise DataError(
+            f"error: {graph.name} is a {task} network but {data.source} is a {data.task} data set"
+        )
+    shape = next(iter(graph.inputs.values())).shape
+    channels = data.images.shape[1]
+    if shape[1] != channels:
+        raise DataError(
+            f"error: {graph.name} takes {shape[1]}-channel input but {data.source} "
+            f"has {channels}-channel images"
+        )
+    size = config.input_size
+    if size is None and all(isinstance(d, int) for d in shape[2:]):
+        size = (shape[2], shape[3])
+    if size is not None:
+        data = resize(data, size)
+    return data
+
+
+def prepare(
+    source: str,
+    data_spec: str,
+    *,
+    overrides: dict[str, Any],
+    params: dict[str, Any],
+    stored: dict[str, Any] | None,
+    quiet: bool,
+) -> PreparedRun:
+    """Steps 1-2: the network, its settings and the data, all checked."""
+    network = _compile(source, params, stored)
+    config = parse_training(network.spec.training, overrides)
+    if stored is not None:
+        config = parse_training(stored["config"], overrides)
+    data = load_dataset(data_spec)
+    if stored is None:
+        network, params = _fit_to_data(network, source, params, data, quiet)
+    else:
+        params = stored["params"]
+    data = _check_data(network, data, config)
+    train_set, val_set = split(data, config.val_fraction, config.seed)
+    if len(train_set) < config.batch_size:
+        raise DataError(
+            f"error: batch size {config.batch_size} is larger than the training "
+            f"split ({len(train_set)} samples of {data.source})\n"
+            f"  hint: --batch-size {max(1, len(train_set) // 4)}"
+        )
+    preprocessing = fit_preprocessing(
+        train_set.images,
+        normalize=config.normalize,
+        pca_whitening=config.pca_whitening,
+        input_size=tuple(train_set.images.shape[2:]),
+    )
+    # The network trains on what export and serving will feed it: preprocessed images.
+    train_set = replace(train_set, images=preprocessing.apply(train_set.images))
+    if len(val_set):
+        val_set = replace(val_set, images=preprocessing.apply(val_set.images))
+    classes = list(data.classes)
+    return PreparedRun(network, config, train_set, val_set, preprocessing, classes, params)

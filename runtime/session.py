@@ -1,0 +1,361 @@
+"""Steps 3-5 of a run: the module, optimizer and schedule, and the epoch loop.
+
+Each epoch shuffles and augments from generators seeded by (seed, epoch),
+which is what makes a resumed run repeat an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netc.errors import UserError
+from netc.fileio import write_atomic
+from netc.runtime import checkpoint, metrics
+from netc.runtime import distributed as distrib
+from netc.runtime.config import TASK_METRICS, TrainConfig
+from netc.runtime.finetune import load_by_name
+from netc.runtime.losses import build_loss
+from netc.runtime.module import build_module
+from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
+from netc.runtime.prepare import PreparedRun, say
+from netc.runtime.preprocess import Augment, balanced_sampler
+from netc.runtime.progress import Progress
+
+EVAL_BATCH = 256
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"error: device '{config.device}' requested but no CUDA GPU is present")
+    return torch.device(config.device)
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext(), None
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _first_output(outputs: Any) -> torch.Tensor:
+    return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+
+
+def _freeze_frozen_norms(module: nn.Module) -> None:
+    """Frozen batch norms keep their running statistics too (eval mode in training)."""
+    for layer in module.modules():
+        if (
+            isinstance(layer, nn.modules.batchnorm._BatchNorm)
+            and layer.affine
+            and not any(p.requires_grad for p in layer.parameters(recurse=False))
+        ):
+            layer.eval()
+
+
+def _batches(
+    count: int,
+    batch: int,
+    generator: torch.Generator,
+    sampler_labels: torch.Tensor | None,
+    seed: int,
+) -> list[torch.Tensor]:
+    if sampler_labels is not None:
+        order = torch.tensor(list(balanced_sampler(sampler_labels, count, seed)))
+    else:
+        order = torch.randperm(count, generator=generator)
+    usable = count - count % batch  # drop the ragged last batch: BN needs > 1 sample
+    return list(order[:usable].split(batch))
+
+
+def evaluate(
+    module: nn.Module, run: PreparedRun, loss_fn, device: torch.device, autocast
+) -> dict[str, float]:
+    """Validation loss and the task's metric over the whole validation split."""
+    module.eval()
+    images, targets = run.val_set.images, run.val_set.targets
+    if len(images) == 0:
+        return {}
+    total_loss, correct = 0.0, 0
+    classes = len(run.classes)
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(images), EVAL_BATCH):
+            x = images[start : start + EVAL_BATCH].to(device)
+            y = targets[start : start + EVAL_BATCH].to(device)
+            with autocast:
+                scores = _first_output(module(x))
+            scores = scores.float()
+            total_loss += float(loss_fn(scores, y)) * len(x)
+            if run.network.graph.task == "classification":
+                correct += metrics.correct_count(scores, y)
+            elif run.network.graph.task == "segmentation":
+                confusion += metrics.confusion_matrix(scores.cpu(), y.cpu(), classes)
+    result = {"val_loss": total_loss / len(images)}
+    if run.network.graph.task == "classification":
+        result["accuracy"] = correct / len(images)
+    elif run.network.graph.task == "segmentation":
+        result["mean_iou"] = metrics.mean_iou(confusion)
+    return result
+
+
+@dataclass
+class Session:
+    """The state of a run between epochs: module, optimizer, schedule, best so far."""
+
+    run: PreparedRun
+    run_dir: Path
+    world: distrib.World
+    device: torch.device
+    module: nn.Module
+    trained: nn.Module  # the module, or its DDP wrapper
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    autocast: Any
+    scaler: Any
+    metric: str
+    quiet: bool
+    first_epoch: int = 1
+    best: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    writer: Any = None
+
+    @classmethod
+    def start(
+        cls,
+        run: PreparedRun,
+        run_dir: Path,
+        stored: dict[str, Any] | None,
+        init_from: str | None,
+        lr: float | None,
+        quiet: bool,
+    ) -> Session:
+        config, task = run.config, run.network.graph.task
+        device = _device(config)
+        world = distrib.init_world(device)
+        if world.distributed and config.batch_size % world.size:
+            raise UserError(
+                f"error: batch size {config.batch_size} does not split evenly "
+                f"over {world.size} processes"
+            )
+        module = build_module(run.network.graph, seed=config.seed)
+        if init_from and stored is None:
+            report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
+            for line in report.lines():
+                say(f"init-from {init_from}: {line}", quiet or not world.is_main)
+        module.to(device)
+        if device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(module, config.optimizer)
+        schedule = build_scheduler(
+            optimizer,
+            config.schedule,
+            epochs=config.epochs,
+            steps_per_epoch=len(run.train_set) // config.batch_size,
+        )
+        autocast, scaler = _autocast(device, config.precision)
+        session = cls(
+            run=run,
+            run_dir=run_dir,
+            world=world,
+            device=device,
+            module=module,
+            trained=(
+                torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
+            ),
+            loss_fn=build_loss(config.loss, task=task, num_classes=len(run.classes)),
+            optimizer=optimizer,
+            schedule=schedule,
+            autocast=autocast,
+            scaler=scaler,
+            metric=config.metric or TASK_METRICS[task],
+            quiet=quiet,
+        )
+        if stored is not None:
+            session.restore(stored, lr)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
+            session.writer = _tensorboard(run_dir)
+        return session
+
+    def restore(self, stored: dict[str, Any], lr: float | None) -> None:
+        self.module.load_state_dict(stored["model"])
+        self.optimizer.load_state_dict(stored["optimizer"])
+        self.schedule.load_state_dict(stored["scheduler"])
+        self.history = list(stored["history"])
+        self.best, self.best_epoch = stored["best_metric"], stored["best_epoch"]
+        self.first_epoch = stored["epoch"] + 1
+        if lr is not None:  # an explicit --lr wins over the saved state
+            self.schedule.set_base_lr(lr)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        config, world = self.run.config, self.world
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
+        generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
+        self.module.train()
+        _freeze_frozen_norms(self.module)
+        images, targets = self.run.train_set.images, self.run.train_set.targets
+        balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
+        batches = _batches(
+            len(images),
+            config.batch_size,
+            generator,
+            targets if balanced else None,
+            config.seed * 1_000_037 + epoch,
+        )
+        augment = Augment(config.augment["crop_padding"], config.augment["hflip"])
+        progress = Progress(
+            len(batches), f"epoch {epoch}/{config.epochs}", enabled=not self.quiet and world.is_main
+        )
+        loss_sum, seen = 0.0, 0
+        try:
+            for step, index in enumerate(batches, 1):
+                x, y = augment(images[index], targets[index], generator)
+                shard = slice(
+                    world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
+                )
+                loss = self.step(x[shard], y[shard], epoch, step)
+                loss_sum += loss * len(x)
+                seen += len(x)
+                progress.update(step, loss=loss_sum / seen)
+        finally:
+            progress.close()
+        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": self.schedule.lr()}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+        """One optimizer step on a batch; returns its loss."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            outputs = _first_output(self.trained(x))
+        loss = self.loss_fn(outputs.float(), y)
+        if distrib.broadcast_flag(self.world, not bool(torch.isfinite(loss))):
+            raise self.diverged(float(loss.detach()), epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.run.config.clip_grad_norm
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.module, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            clip_gradients(self.module, clip)
+            self.optimizer.step()
+        self.schedule.after_batch()
+        return float(loss.detach())
+
+    def diverged(self, loss: float, epoch: int, step: int) -> TrainingDiverged:
+        last = self.run_dir / "last.pt"
+        return TrainingDiverged(
+            f"error: the loss became {loss} at epoch {epoch}, batch {step}; training stopped\n"
+            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}) or set "
+            "clip_grad_norm; the last good checkpoint is "
+            + (str(last) if last.exists() else "(none yet)")
+        )
+
+    def end_epoch(self, row: dict[str, Any], started: float) -> None:
+        """Schedule, pick the best, write checkpoints and metrics (rank 0), log."""
+        self.schedule.after_epoch(row.get("val_loss"))
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        value = row.get(self.metric, row.get("val_loss", row["loss"]))
+        lower_is_better = self.metric == "loss"
+        improved = self.best is None or (
+            value < self.best if lower_is_better else value > self.best
+        )
+        if improved:
+            self.best, self.best_epoch = value, row["epoch"]
+        self.history.append(row)
+        if self.world.is_main:
+            state = _state(
+                self.run,
+                self.module,
+                self.optimizer,
+                self.schedule,
+                row["epoch"],
+                self.best,
+                self.best_epoch,
+                self.history,
+            )
+            checkpoint.save(self.run_dir / "last.pt", state)
+            if improved:
+                checkpoint.save(self.run_dir / "best.pt", state)
+            _write_metrics(self.run_dir, self.history)
+            if self.writer is not None:
+                for key, number in row.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, number, row["epoch"])
+            say(_epoch_line(row, self.run.config.epochs, self.metric, improved), self.quiet)
+        distrib.barrier(self.world)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        distrib.shutdown(self.world)
+
+
+def _state(
+    run: PreparedRun, module: nn.Module, optimizer, schedule, epoch: int, best, best_epoch, history
+) -> dict[str, Any]:
+    graph = run.network.graph
+    return {
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "epoch": epoch,
+        "best_metric": best,
+        "best_epoch": best_epoch,
+        "history": list(history),
+        "description": graph.source,
+        "description_file": graph.file,
+        "params": run.params,
+        "network": graph.name,
+        "task": graph.task,
+        "labels": run.classes,
+        "preprocessing": run.preprocessing.to_dict(),
+        "config": run.config.to_dict(),
+    }
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    write_atomic(run_dir / "metrics.jsonl", text.encode())
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, metric: str, improved: bool) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
+    if "val_loss" in row:
+        parts.append(f"val_loss {row['val_loss']:.4f}")
+    if metric in row and metric != "loss":
+        parts.append(f"{metric} {row[metric]:.4f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s"]
+    return "  ".join(parts) + ("  *" if improved else "")
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
