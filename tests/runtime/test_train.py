@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_close
+from PIL import Image
 
 from netc.cli import main
 from netc.runtime import checkpoint
@@ -161,7 +162,28 @@ def _npz(tmp_path, x, y, name="data.npz"):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "labels", "batch", "channels", "empty"])
+def _image_folder_with_a_broken_file(root):
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / label / f"{i}.png")
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n not really")
+    return str(root)
+
+
+def _segmentation_folder_with_a_wrong_mask(root):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / f"{i}.png")
+        size = (8, 8) if i else (6, 8)
+        Image.fromarray(np.zeros(size, np.uint8)).save(root / "masks" / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "labels", "batch", "channels", "empty", "unreadable", "mask", "range"]
+)
 def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
     rng = np.random.default_rng(0)
     x = rng.random((40, 1, 8, 8)).astype(np.float32)
@@ -176,7 +198,16 @@ def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
             "channels.npz",
         ),
         "empty": str(tmp_path / "empty_dir"),
-    }[case]
+    }.get(case)
+    if case == "unreadable":
+        data = _image_folder_with_a_broken_file(tmp_path / "folder")
+    elif case == "mask":
+        data = _segmentation_folder_with_a_wrong_mask(tmp_path / "seg")
+    elif case == "range":  # named classes, one label beyond them
+        data = str(tmp_path / "range.npz")
+        labels = np.arange(40) % 10
+        labels[7] = 12
+        np.savez(data, x=x, y=labels, classes=np.array([str(i) for i in range(10)]))
     if case == "empty":
         (tmp_path / "empty_dir").mkdir()
     run = tmp_path / "run"
@@ -192,6 +223,9 @@ def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         "batch": "batch size 64",
         "channels": "3-channel",
         "empty": "empty_dir",
+        "unreadable": "broken.png",
+        "mask": "0.png",
+        "range": "12",
     }[case]
     assert expected in err
     assert not run.exists()
