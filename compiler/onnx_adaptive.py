@@ -26,35 +26,21 @@ def _bounds(b, name: str, x: str, axis: int, size, bins: int) -> tuple[list, lis
         starts = [(i * size) // bins for i in range(bins)]
         ends = [-((-(i + 1) * size) // bins) for i in range(bins)]
         return starts, ends
-    dim = b.add(
-        "Shape",
-        [x],
-        b.fresh(f"{name}.size{axis}"),
-        b.fresh(f"{name}/shape"),
-        start=axis,
-        end=axis + 1,
-    )
+    dim = b.step("Shape", [x], f"{name}.size{axis}", start=axis, end=axis + 1)
     index = b.const(f"{name}.index", np.arange(bins))
     count = b.const(f"{name}.bins", [bins])
-    scaled = b.add("Mul", [index, dim], b.fresh(f"{name}.i_s"), b.fresh(f"{name}/mul"))
-    start_all = b.add("Div", [scaled, count], b.fresh(f"{name}.starts"), b.fresh(f"{name}/div"))
-    upper = b.add("Add", [scaled, dim], b.fresh(f"{name}.i1_s"), b.fresh(f"{name}/add"))
-    upper = b.add(
-        "Add",
-        [upper, b.const(f"{name}.round", [bins - 1])],
-        b.fresh(f"{name}.i1_s_r"),
-        b.fresh(f"{name}/add"),
-    )
-    end_all = b.add("Div", [upper, count], b.fresh(f"{name}.ends"), b.fresh(f"{name}/div"))
+    scaled = b.step("Mul", [index, dim], f"{name}.i_s")
+    start_all = b.step("Div", [scaled, count], f"{name}.starts")
+    upper = b.step("Add", [scaled, dim], f"{name}.i1_s")
+    upper = b.step("Add", [upper, b.const(f"{name}.round", [bins - 1])], f"{name}.i1_s_r")
+    end_all = b.step("Div", [upper, count], f"{name}.ends")
     pick = []
     for i in range(bins):
         where = b.const(f"{name}.at", [i])
         pick.append(
             (
-                b.add(
-                    "Gather", [start_all, where], b.fresh(f"{name}.s"), b.fresh(f"{name}/gather")
-                ),
-                b.add("Gather", [end_all, where], b.fresh(f"{name}.e"), b.fresh(f"{name}/gather")),
+                b.step("Gather", [start_all, where], f"{name}.s"),
+                b.step("Gather", [end_all, where], f"{name}.e"),
             )
         )
     return [p[0] for p in pick], [p[1] for p in pick]
@@ -64,7 +50,7 @@ def _pair(b, name: str, h, w) -> str:
     if isinstance(h, int) and isinstance(w, int):
         return b.const(name, [h, w])
     parts = [v if isinstance(v, str) else b.const(name, [v]) for v in (h, w)]
-    return b.add("Concat", parts, b.fresh(name), b.fresh(f"{name}/concat"), axis=0)
+    return b.step("Concat", parts, name, axis=0)
 
 
 def _binned(b, name: str, x: str, shape, out: tuple[int, int], mode: str, result: str) -> str:
@@ -79,24 +65,9 @@ def _binned(b, name: str, x: str, shape, out: tuple[int, int], mode: str, result
         for j in range(out[1]):
             starts = _pair(b, f"{name}.starts", h_starts[i], w_starts[j])
             ends = _pair(b, f"{name}.ends", h_ends[i], w_ends[j])
-            window = b.add(
-                "Slice", [x, starts, ends, axes], b.fresh(f"{name}.bin"), b.fresh(f"{name}/slice")
-            )
-            cells.append(
-                b.add(
-                    reduce,
-                    [window],
-                    b.fresh(f"{name}.cell"),
-                    b.fresh(f"{name}/reduce"),
-                    axes=[2, 3],
-                    keepdims=1,
-                )
-            )
-        rows.append(
-            cells[0]
-            if len(cells) == 1
-            else b.add("Concat", cells, b.fresh(f"{name}.row"), b.fresh(f"{name}/concat"), axis=3)
-        )
+            window = b.step("Slice", [x, starts, ends, axes], f"{name}.bin")
+            cells.append(b.step(reduce, [window], f"{name}.cell", axes=[2, 3], keepdims=1))
+        rows.append(cells[0] if len(cells) == 1 else b.step("Concat", cells, f"{name}.row", axis=3))
     if len(rows) == 1:
         return b.add("Identity", rows, result, b.fresh(f"{name}/identity"))
     return b.add("Concat", rows, result, b.fresh(f"{name}/concat"), axis=2)
@@ -136,7 +107,5 @@ def emit_spp(b, node: Node, ins: list[str], out: str, shapes) -> None:
             b.fresh(base),
             b.fresh(f"{base}/pool"),
         )
-        flat.append(
-            b.add("Flatten", [pooled], b.fresh(f"{base}.flat"), b.fresh(f"{base}/flatten"), axis=1)
-        )
+        flat.append(b.step("Flatten", [pooled], f"{base}.flat", axis=1))
     b.add("Concat", flat, out, node.name, axis=1)

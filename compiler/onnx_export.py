@@ -62,6 +62,10 @@ class _Builder:
             self.initializers.append(numpy_helper.from_array(array, key))
         return key
 
+    def step(self, op: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        """A helper node (not one of the user's layers), named fresh from `base`."""
+        return self.add(op, inputs, self.fresh(base), self.fresh(f"{base}/{op}"), **attrs)
+
     def add(self, op: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
         return output
@@ -153,17 +157,8 @@ def _crop(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None:
     if all(isinstance(d, int) for d in ref[2:]):
         ends = b.const(f"{node.name}.ends", [oh + ref[2], ow + ref[3]])
     else:  # ends = offset + reference's runtime H, W
-        shape = b.add(
-            "Shape",
-            [ins[1]],
-            b.fresh(f"{node.name}.ref_shape"),
-            b.fresh(f"{node.name}/shape"),
-            start=2,
-            end=4,
-        )
-        ends = b.add(
-            "Add", [shape, starts], b.fresh(f"{node.name}.ends"), b.fresh(f"{node.name}/ends")
-        )
+        shape = b.step("Shape", [ins[1]], f"{node.name}.ref_shape", start=2, end=4)
+        ends = b.step("Add", [shape, starts], f"{node.name}.ends")
     b.add("Slice", [ins[0], starts, ends, axes], out, node.name)
 
 
@@ -177,19 +172,11 @@ def _upsample(b: _Builder, node: Node, ins: list[str], out: str, shapes) -> None
         transform = "align_corners" if a["align_corners"] else "pytorch_half_pixel"
         modes = dict(mode="linear", coordinate_transformation_mode=transform)
     if a["size"] is not None:
-        shape = b.add(
-            "Shape",
-            [ins[0]],
-            b.fresh(f"{node.name}.nc"),
-            b.fresh(f"{node.name}/shape"),
-            start=0,
-            end=2,
-        )
-        sizes = b.add(
+        shape = b.step("Shape", [ins[0]], f"{node.name}.nc", start=0, end=2)
+        sizes = b.step(
             "Concat",
             [shape, b.const(f"{node.name}.hw", list(a["size"]))],
-            b.fresh(f"{node.name}.sizes"),
-            b.fresh(f"{node.name}/sizes"),
+            f"{node.name}.sizes",
             axis=0,
         )
         b.add("Resize", [ins[0], "", "", sizes], out, node.name, **modes)
@@ -252,21 +239,13 @@ def _value_info(name: str, shape) -> onnx.ValueInfoProto:
 
 def _whiten(b: _Builder, name: str, pca: np.ndarray, pca_mean: np.ndarray | None) -> str:
     """ZCA whitening baked in front of the network: reshape((flat(x) - m) @ Pᵀ, shape(x))."""
-    flat = b.add("Flatten", [name], b.fresh("whiten.flat"), "whiten/flatten", axis=1)
+    flat = b.step("Flatten", [name], "whiten.flat", axis=1)
     if pca_mean is not None:
-        flat = b.add(
-            "Sub",
-            [flat, b.const("whiten.mean", pca_mean, np.float32)],
-            b.fresh("whiten.centred"),
-            "whiten/centre",
-        )
-    projected = b.add(
-        "MatMul",
-        [flat, b.const("whiten.matrix", np.asarray(pca).T, np.float32)],
-        b.fresh("whiten.projected"),
-        "whiten/project",
-    )
-    shape = b.add("Shape", [name], b.fresh("whiten.shape"), "whiten/shape")
+        mean = b.const("whiten.mean", pca_mean, np.float32)
+        flat = b.step("Sub", [flat, mean], "whiten.centred")
+    matrix = b.const("whiten.matrix", np.asarray(pca).T, np.float32)
+    projected = b.step("MatMul", [flat, matrix], "whiten.projected")
+    shape = b.step("Shape", [name], "whiten.shape")
     return b.add("Reshape", [projected, shape], "whitened", "whiten/reshape")
 
 

@@ -91,10 +91,10 @@ def _run_compile(args: argparse.Namespace) -> int:
     from netc.compiler.network import load
 
     network = load(args.spec, input_shape=args.input_shape, params=dict(args.params))
-    data = summary.to_json(network)
+    text = json.dumps(summary.to_json(network), indent=2) if args.json or args.output else None
     if args.output:
-        write_atomic(args.output, (json.dumps(data, indent=2) + "\n").encode())
-    print(json.dumps(data, indent=2) if args.json else summary.table(network))
+        write_atomic(args.output, (text + "\n").encode())
+    print(text if args.json else summary.table(network))
     return 0
 
 

@@ -30,9 +30,10 @@ from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint
 from netc.runtime.module import build_module
+from netc.runtime.preprocess import whiten
 
 RTOL, ATOL = 1e-4, 1e-5
-OPEN_SIZES = ((64, 64),)  # the smallest spatial size used to check open-size models
+OPEN_SIZE = 64  # the smallest spatial size used to check open-size models
 
 
 @dataclass
@@ -64,18 +65,13 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
 
 
 def _sample_shapes(graph: Graph) -> list[tuple[int, ...]]:
-    """Two valid input sizes for an open-size model (the smallest one and a bit more)."""
+    """Two valid input sizes for an open-size model (at least OPEN_SIZE, then a bit more)."""
     shape = next(iter(graph.inputs.values())).shape
     if all(sym.is_static(d) for d in shape[1:]):
         return [(2, *shape[1:])]
     low_h, low_w = minimum_input_size(graph) or (1, 1)
-    return [
-        (2, shape[1], max(low_h, h), max(low_w, w))
-        for h, w in (
-            (OPEN_SIZES[0][0], OPEN_SIZES[0][1]),
-            (max(low_h, OPEN_SIZES[0][0]) + 37, max(low_w, OPEN_SIZES[0][1]) + 21),
-        )
-    ]
+    h, w = max(low_h, OPEN_SIZE), max(low_w, OPEN_SIZE)
+    return [(2, shape[1], h, w), (2, shape[1], h + 37, w + 21)]
 
 
 def check_against_torch(
@@ -116,11 +112,9 @@ def _whitened(x: torch.Tensor, whitening: tuple[Any, Any] | None) -> torch.Tenso
     if whitening is None:
         return x
     matrix, mean = (
-        torch.as_tensor(v, dtype=torch.float32) if v is not None else None for v in whitening
+        None if v is None else torch.as_tensor(v, dtype=torch.float32) for v in whitening
     )
-    flat = x.reshape(x.shape[0], -1)
-    flat = flat - mean if mean is not None else flat
-    return (flat @ matrix.T).reshape(x.shape)
+    return whiten(x, matrix, mean)
 
 
 def export_model(

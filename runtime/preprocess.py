@@ -63,7 +63,7 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
         if self.pca is not None:
-            x = _whiten(x, self.pca, self.pca_mean)
+            x = whiten(x, self.pca, self.pca_mean)
         return x[0] if single else x
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class Preprocessing:
         )
 
 
-def _whiten(x: torch.Tensor, pca: torch.Tensor, pca_mean: torch.Tensor | None) -> torch.Tensor:
+def whiten(x: torch.Tensor, pca: torch.Tensor, pca_mean: torch.Tensor | None) -> torch.Tensor:
     """ZCA on flattened images: (x - pca_mean) @ pcaᵀ, reshaped back."""
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != pca.shape[0]:

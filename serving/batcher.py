@@ -180,7 +180,7 @@ class Batcher:
             return
         end = time.perf_counter_ns()
         samples = sum(p.batch for p in group)
-        self.stats.executed(samples, samples, compute_ns)
+        self.stats.executed(samples, compute_ns)
         per_sample = compute_ns / samples
         self.typical_ns = (
             per_sample if self.typical_ns is None else (0.9 * self.typical_ns + 0.1 * per_sample)

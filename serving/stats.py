@@ -29,9 +29,10 @@ class ModelStats:
     last_inference_ms: int = 0
     batch_sizes: dict[int, Duration] = field(default_factory=dict)  # size → executions
 
-    def executed(self, batch: int, samples: int, ns: int) -> None:
+    def executed(self, samples: int, ns: int) -> None:
+        """One model run over a batch of `samples`, taking `ns`."""
         self.execution_count += 1
         self.inference_count += samples
         self.compute_infer.add(ns)
-        self.batch_sizes.setdefault(batch, Duration()).add(ns)
+        self.batch_sizes.setdefault(samples, Duration()).add(ns)
         self.last_inference_ms = int(time.time() * 1000)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from netc.compiler.optimizer.rewrite import bypass, label
+
 
 class OptimizerPass(ir.passes.InPlacePass):
     name: str = "unnamed"
@@ -33,6 +35,20 @@ class OptimizerPass(ir.passes.InPlacePass):
     def refuse(self, line: str) -> None:
         """A rewrite this pass considered and did not make, with the reason (verbose output)."""
         self.refusals.append(line)
+
+    def remove_identity(self, graph: ir.Graph, node: ir.Node, why: str = "") -> bool:
+        """Bypass `node`, which computes its first input, and note it; or refuse, saying why.
+
+        The shared step of every pass that drops a node computing x → x.
+        """
+        problem = bypass(graph, node, node.inputs[0])
+        if problem is None:
+            self.note(f"{label(node)} removed" + (f": {why}" if why else ""))
+            return True
+        self.refuse(
+            f"{label(node, with_op=True)} kept" + (f" ({why})" if why else "") + f": {problem}"
+        )
+        return False
 
 
 @dataclass

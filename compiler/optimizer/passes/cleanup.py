@@ -6,7 +6,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import DeduplicateInitializersPass, RemoveUnusedNodesPass
 
 from netc.compiler.optimizer.base import OptimizerPass
-from netc.compiler.optimizer.rewrite import bypass, constant, label
+from netc.compiler.optimizer.rewrite import constant, label
 from netc.compiler.optimizer.shapes import quiet_onnx_ir
 
 
@@ -30,12 +30,7 @@ class IdentityElimination(OptimizerPass):
         for node in [n for n in model.graph if n.op_type == "Identity" and n.domain == ""]:
             if len(node.inputs) != 1 or node.inputs[0] is None or len(node.outputs) != 1:
                 continue
-            problem = bypass(model.graph, node, node.inputs[0])  # cases 1-3
-            if problem is None:
-                modified = True
-                self.note(f"{label(node)} removed")
-            else:
-                self.refuse(f"{label(node, with_op=True)} kept: {problem}")
+            modified |= self.remove_identity(model.graph, node)  # cases 1-3
         return ir.passes.PassResult(model, modified)
 
 
@@ -58,13 +53,10 @@ class DropoutRemoval(OptimizerPass):
         modified = False
         for node in [n for n in model.graph if n.op_type == "Dropout" and n.domain == ""]:
             problem = _dropout_problem(node, node.version or opset)
-            if problem is None:
-                problem = bypass(model.graph, node, node.inputs[0])
-            if problem is None:
-                modified = True
-                self.note(f"{label(node)} removed")
-            else:
+            if problem is not None:
                 self.refuse(f"{label(node, with_op=True)} kept: {problem}")
+                continue
+            modified |= self.remove_identity(model.graph, node)
         return ir.passes.PassResult(model, modified)
 
 

@@ -150,13 +150,10 @@ def _fold(graph: ir.Graph, bn: ir.Node, affine: Affine, names: NameScope) -> str
 
 def _fold_conv(graph, conv, bn, affine, names) -> str | None:
     # Cases 1 and 2: W' = W·scale per output channel, b' = b·scale + shift.
-    weight, bias = _weight_and_bias(conv, bias_index=2)
-    if isinstance(weight, str):
-        return weight
-    if isinstance(bias, str):
-        return bias
-    dtype, weight = weight.dtype, weight.astype(np.float64)
-    bias = None if bias is None else bias.astype(np.float64)
+    read = _weight_and_bias(conv, bias_index=2)
+    if isinstance(read, str):
+        return read
+    dtype, weight, bias = read
     channels = affine.scale.size
     if conv.op_type == "Conv":
         if weight.ndim < 3 or weight.shape[0] != channels:
@@ -186,13 +183,10 @@ def _fold_conv(graph, conv, bn, affine, names) -> str | None:
 
 def _fold_gemm(graph, gemm, bn, affine, names) -> str | None:
     # Case 3: scale op(B) per output column, C' = β_g·C·scale + shift, β_g = 1.
-    weight, bias = _weight_and_bias(gemm, bias_index=2)
-    if isinstance(weight, str):
-        return weight
-    if isinstance(bias, str):
-        return bias
-    dtype, weight = weight.dtype, weight.astype(np.float64)
-    bias = None if bias is None else bias.astype(np.float64)
+    read = _weight_and_bias(gemm, bias_index=2)
+    if isinstance(read, str):
+        return read
+    dtype, weight, bias = read
     trans_b = gemm.attributes.get_int("transB", 0)
     channels = affine.scale.size
     if weight.ndim != 2 or weight.shape[0 if trans_b else 1] != channels:
@@ -278,22 +272,22 @@ def _matmul_weight(matmul: ir.Node, affine: Affine) -> tuple[np.ndarray, np.dtyp
 
 
 def _weight_and_bias(layer: ir.Node, bias_index: int):
-    """(W, b) from a layer's inputs 1 and `bias_index`, in their own dtype; b None when absent.
-
-    Either is a str instead when it is not a usable constant.
-    """
+    """(dtype, W, b) from a layer's inputs 1 and `bias_index`, W and b in float64 (the fold's
+    precision) and b None when absent; or a str saying why they are not usable constants."""
     weight = constant(layer.inputs[1] if len(layer.inputs) > 1 else None)
     if isinstance(weight, str):
-        return f"the weight of {label(layer, with_op=True)} is not a constant: {weight}", None
+        return f"the weight of {label(layer, with_op=True)} is not a constant: {weight}"
     if not _is_float(weight):
-        return f"the weight of {label(layer, with_op=True)} has dtype {weight.dtype}", None
+        return f"the weight of {label(layer, with_op=True)} has dtype {weight.dtype}"
     bias_value = layer.inputs[bias_index] if len(layer.inputs) > bias_index else None
-    if bias_value is None:
-        return weight, None
-    bias = constant(bias_value)
+    bias = None if bias_value is None else constant(bias_value)
     if isinstance(bias, str):
-        return weight, f"the bias is not a constant: {bias}"
-    return weight, bias
+        return f"the bias is not a constant: {bias}"
+    return (
+        weight.dtype,
+        weight.astype(np.float64),
+        (None if bias is None else bias.astype(np.float64)),
+    )
 
 
 def _is_float(array: np.ndarray) -> bool:

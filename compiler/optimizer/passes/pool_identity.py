@@ -6,7 +6,6 @@ import onnx_ir as ir
 
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.passes import pool_common as pc
-from netc.compiler.optimizer.rewrite import bypass, label
 
 
 class IdentityPoolRemoval(OptimizerPass):
@@ -32,12 +31,7 @@ class IdentityPoolRemoval(OptimizerPass):
             why = _copies_input(node)
             if why is None:
                 continue
-            problem = bypass(model.graph, node, node.inputs[0])
-            if problem is None:
-                modified = True
-                self.note(f"{label(node)} removed: {why}")
-            else:
-                self.refuse(f"{label(node, with_op=True)} kept ({why}): {problem}")
+            modified |= self.remove_identity(model.graph, node, why)
         return ir.passes.PassResult(model, modified)
 
 
