@@ -194,6 +194,8 @@ def _run_train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         quiet=args.quiet,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return 0
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     print(
         f"trained {result.epochs_run} epochs in {result.seconds:.1f}s; best {result.metric} "
