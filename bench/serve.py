@@ -21,6 +21,7 @@ swings by 2x, so every target is measured `--repeats` times in interleaved
 rounds (drift hits all targets alike) and the table shows the medians.
 
     .venv/bin/python bench/serve.py [--requests 2000] [--resnet-requests 200] [--repeats 3]
+                                    [--models digits,resnet18]
 """
 
 from __future__ import annotations
@@ -253,6 +254,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--resnet-requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per target")
+    parser.add_argument(
+        "--models", default="digits,resnet18", help="which of digits,resnet18 to measure"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="netc-bench-"))
     repos = {"batch": root / "batch", "nobatch": root / "nobatch"}
@@ -260,6 +264,7 @@ def main() -> None:
         "digits": ("lenet5", (1, 32, 32), args.requests),
         "resnet18": ("resnet18", (3, 224, 224), args.resnet_requests),
     }
+    models = {name: models[name] for name in args.models.split(",")}
     for name, (zoo_name, _, _) in models.items():
         for repo in repos.values():
             subprocess.run(

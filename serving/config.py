@@ -3,8 +3,9 @@
 ```yaml
 max_batch_size: 16            # largest batch the batcher builds; 0 turns batching off
 dynamic_batching:             # or false
-  max_queue_delay_us: 0       # how long the first request may wait for company (0: batches
-                              # form from what queues while the model is busy; no added latency)
+  max_queue_delay_us: auto    # how long a short batch may wait for company: auto (wait up
+                              # to 1 ms, only while clients send concurrently), or microseconds
+                              # (0: never wait; batches form from what queued while the model ran)
   preferred_batch_sizes: [8, 16]
   max_queue_size: 256         # beyond this, RESOURCE_EXHAUSTED at once
 instances: 1                  # requests run concurrently on this many threads
@@ -40,7 +41,7 @@ BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_sizes", "max_queue_size"
 class ModelConfig:
     max_batch_size: int = 16
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int | None = None  # None: auto
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
     instances: int = 1
@@ -54,6 +55,19 @@ def _int(data: dict, key: str, default: int, low: int, where: str) -> int:
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise UserError(f"error: {where}: '{key}' must be an integer >= {low}, found {value!r}")
+    return value
+
+
+def _delay(batching: dict, where: str) -> int | None:
+    """`max_queue_delay_us`: None for auto (serving.batcher), else microseconds."""
+    value = batching.get("max_queue_delay_us", "auto")
+    if value == "auto":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UserError(
+            f"error: {where}: 'max_queue_delay_us' must be auto or an integer >= 0 "
+            f"(microseconds), found {value!r}"
+        )
     return value
 
 
@@ -117,7 +131,7 @@ def load_config(folder: Path) -> ModelConfig:
     return ModelConfig(
         max_batch_size=_int(data, "max_batch_size", 16, 0, where),
         dynamic_batching=enabled,
-        max_queue_delay_us=_int(batching, "max_queue_delay_us", 0, 0, where),
+        max_queue_delay_us=_delay(batching, where),
         preferred_batch_sizes=tuple(sorted(preferred)),
         max_queue_size=_int(batching, "max_queue_size", 256, 1, where),
         instances=_int(data, "instances", 1, 1, where),

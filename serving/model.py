@@ -119,17 +119,22 @@ class ServedModel:
         self.info = describe(name, version, self.session, config)
         self.stats = ModelStats()
         self.output_names = [spec.name for spec in self.info.outputs]
+        # what `check` compares each request against, built once
+        self.expected = {
+            spec.name: (spec, np.dtype(DATATYPES[spec.datatype])) for spec in self.info.inputs
+        }
         self.batcher: Batcher | None = None
 
     def start(self) -> None:
         """Create the batcher (needs the running event loop)."""
         info = self.info
+        delay = info.max_queue_delay_us
         self.batcher = Batcher(
             f"{self.name}/{self.version}",
             self._run,
             batching=info.dynamic_batching,
             max_batch=max(1, info.max_batch_size),
-            max_delay_s=info.max_queue_delay_us / 1e6,
+            max_delay_s=None if delay is None else delay / 1e6,
             preferred=info.preferred_batch_sizes,
             max_queue=self.config.max_queue_size,
             instances=self.config.instances,
@@ -173,7 +178,7 @@ class ServedModel:
 
     def check(self, inputs: Tensors) -> tuple[int, tuple]:
         """Validate a request; returns its batch size and its batching key."""
-        expected = {spec.name: spec for spec in self.info.inputs}
+        expected = self.expected
         for name in inputs:
             if name not in expected:
                 raise InvalidRequest(
@@ -181,21 +186,21 @@ class ServedModel:
                     f"model's inputs are {', '.join(expected)}"
                 )
         batch, key = 1, []
-        for name, spec in expected.items():
-            if name not in inputs:
+        max_batch = self.info.max_batch_size
+        for name, (spec, want) in expected.items():
+            value = inputs.get(name)
+            if value is None:
                 raise InvalidRequest(
                     f"model '{self.name}': missing input '{name}' "
                     f"({spec.datatype} {list(spec.dims)})"
                 )
-            value = inputs[name]
-            want = np.dtype(DATATYPES[spec.datatype])
             if value.dtype != want:
                 raise InvalidRequest(
                     f"model '{self.name}': input '{name}' has datatype "
                     f"{_type_name(value.dtype)}, expected {spec.datatype}"
                 )
             shape = value.shape
-            if self.info.max_batch_size:
+            if max_batch:
                 if len(shape) != len(spec.dims) + 1:
                     raise InvalidRequest(
                         f"model '{self.name}': input '{name}' has shape {list(shape)}, "
@@ -203,10 +208,10 @@ class ServedModel:
                         f"{len(spec.dims) + 1})"
                     )
                 batch = shape[0]
-                if not 1 <= batch <= self.info.max_batch_size:
+                if not 1 <= batch <= max_batch:
                     raise InvalidRequest(
                         f"model '{self.name}': input '{name}' batch size {batch} is outside "
-                        f"1..{self.info.max_batch_size} (max_batch_size)"
+                        f"1..{max_batch} (max_batch_size)"
                     )
                 shape = shape[1:]
             if len(shape) != len(spec.dims) or any(

@@ -64,5 +64,5 @@ class ModelInfo:
     output_stride: tuple[float, float] | None = None
     dynamic_batching: bool = True
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int | None = None  # None: auto (serving.batcher)
     metadata: dict[str, str] = field(default_factory=dict)

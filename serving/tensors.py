@@ -10,6 +10,7 @@ was expected.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -37,10 +38,14 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+# Looked up once: this module runs for every request, and building a dtype costs
+# more than the rest of a small request's decoding.
+WIRE_DTYPES = {name: np.dtype(kind).newbyteorder("<") for name, kind in DATATYPES.items()}
+DATATYPE_NAMES = {np.dtype(kind): name for name, kind in DATATYPES.items() if name != "BYTES"}
 
 
 def _dtype(datatype: str) -> np.dtype:
-    return np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    return WIRE_DTYPES[datatype]
 
 
 def _described(datatype: str, shape: Sequence[int]) -> str:
@@ -54,17 +59,17 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, t
         raise InvalidRequest(
             f"input '{name}': unknown or unsupported datatype '{datatype}'; expected one of {known}"
         )
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidRequest(
             f"input '{name}': shape {list(shape)} has a negative "
             "dimension; a request must give every size"
         )
-    for key in SHARED_MEMORY:
-        if key in tensor.parameters:
-            raise Unsupported(
-                f"input '{name}': shared-memory inputs are not supported by "
-                "this server; send the data in the request"
-            )
+    parameters = tensor.parameters
+    if parameters and any(key in parameters for key in SHARED_MEMORY):
+        raise Unsupported(
+            f"input '{name}': shared-memory inputs are not supported by "
+            "this server; send the data in the request"
+        )
     return datatype, shape
 
 
@@ -104,7 +109,7 @@ def encode_bytes(array: np.ndarray) -> bytes:
 
 
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if datatype == "BYTES":
         return decode_bytes(data, count, f"input '{name}'").reshape(shape)
     expected = count * _dtype(datatype).itemsize
@@ -119,7 +124,7 @@ def _from_raw(name: str, datatype: str, shape: tuple[int, ...], data: bytes) -> 
 def _from_contents(
     name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
 ) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidRequest(
@@ -172,7 +177,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
             )
         if raw:
             tensors[name] = _from_raw(name, datatype, shape, raw[index])
-        elif has_contents or int(np.prod(shape, dtype=np.int64)) == 0:
+        elif has_contents or math.prod(shape) == 0:
             tensors[name] = _from_contents(name, datatype, shape, tensor.contents)
         else:
             raise InvalidRequest(
@@ -185,11 +190,12 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
 
 def datatype_of(array: np.ndarray) -> str:
     """Triton's name for an array's element type."""
-    if array.dtype.kind in "OSU":
+    dtype = array.dtype
+    if dtype.kind in "OSU":
         return "BYTES"
-    for name, kind in DATATYPES.items():
-        if name != "BYTES" and np.dtype(kind) == array.dtype.newbyteorder("="):
-            return name
+    name = DATATYPE_NAMES.get(dtype) or DATATYPE_NAMES.get(dtype.newbyteorder("="))
+    if name is not None:
+        return name
     raise InvalidRequest(
         f"the model produced {array.dtype} data, which Triton's protocol cannot carry"
     )

@@ -26,6 +26,7 @@ from netc.errors import UserError
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
+from netc.serving.batcher import AUTO_MAX_DELAY_S
 from netc.serving.errors import InvalidRequest, ServingError, Unsupported, status_code
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
@@ -144,7 +145,10 @@ def model_config(model: ServedModel) -> config_pb.ModelConfig:
     )
     if info.dynamic_batching:
         config.dynamic_batching.preferred_batch_size.extend(info.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = info.max_queue_delay_us
+        delay = info.max_queue_delay_us  # auto: the longest it makes a request wait
+        config.dynamic_batching.max_queue_delay_microseconds = (
+            round(AUTO_MAX_DELAY_S * 1e6) if delay is None else delay
+        )
     return config
 
 

@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from netc.serving.batcher import Batcher
+from netc.serving.errors import DeadlineExceeded
 from netc.serving.stats import ModelStats
 
 
@@ -45,3 +46,152 @@ def test_cancelled_requests_are_skipped_and_others_still_run():
     assert isinstance(results[1], asyncio.CancelledError)
     assert float(results[0]["y"][0, 0]) == 0.0 and float(results[2]["y"][0, 0]) == 4.0
     assert ran == [0.0, 2.0]  # request 1 never reached the model
+
+
+def _batcher(run, *, delay_s, instances=1, max_batch=16, preferred=()):
+    return Batcher(
+        "m",
+        run,
+        batching=True,
+        max_batch=max_batch,
+        max_delay_s=delay_s,
+        preferred=preferred,
+        max_queue=64,
+        instances=instances,
+        stats=ModelStats(),
+    )
+
+
+def _double(inputs):
+    return {"y": inputs["x"] * 2}
+
+
+def _request(value: float):
+    return {"x": np.full((1, 1), value, dtype=np.float32)}
+
+
+async def _staggered(batcher, count: int, gap_s: float) -> list:
+    """`count` callers arriving `gap_s` apart, as concurrent clients do."""
+
+    async def call(i: int):
+        await asyncio.sleep(i * gap_s)
+        return await batcher.submit(_request(float(i)), 1, ("x",), None)
+
+    return await asyncio.gather(*(call(i) for i in range(count)))
+
+
+def test_auto_never_makes_a_lone_client_wait():
+    async def scenario():
+        batcher = _batcher(_double, delay_s=None)
+        try:
+            for i in range(20):
+                result = await batcher.submit(_request(float(i)), 1, ("x",), None)
+                assert float(result["y"][0, 0]) == 2.0 * i
+            return batcher
+        finally:
+            await batcher.close()
+
+    batcher = asyncio.run(scenario())
+    assert not batcher.concurrent
+    assert set(batcher.stats.batch_sizes) == {1}
+    assert batcher.stats.queue.ns / batcher.stats.queue.count < 500_000  # no 1 ms waits
+
+
+def test_auto_batches_staggered_concurrent_clients():
+    async def scenario():
+        batcher = _batcher(_double, delay_s=None)
+        try:
+            results = await _staggered(batcher, 32, 0.0002)
+            return batcher, results
+        finally:
+            await batcher.close()
+
+    batcher, results = asyncio.run(scenario())
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(32)]
+    assert batcher.concurrent
+    # arrivals 0.2 ms apart: without waiting nearly every run would hold one request
+    assert batcher.stats.execution_count < 16, dict(batcher.stats.batch_sizes)
+
+
+def test_auto_stops_waiting_when_the_concurrent_clients_go():
+    async def scenario():
+        batcher = _batcher(_double, delay_s=None)
+        try:
+            await _staggered(batcher, 16, 0.0002)
+            assert batcher.concurrent
+            for i in range(4):  # one client now: its first waits find nobody
+                await batcher.submit(_request(float(i)), 1, ("x",), None)
+            return batcher
+        finally:
+            await batcher.close()
+
+    assert not asyncio.run(scenario()).concurrent
+
+
+def test_zero_delay_never_waits_for_company():
+    waits: list = []
+
+    async def scenario():
+        batcher = _batcher(_double, delay_s=0.0)
+        idle = batcher._arrival
+
+        async def recorded(timeout):
+            waits.append(timeout)
+            await idle(timeout)
+
+        batcher._arrival = recorded
+        try:
+            await _staggered(batcher, 16, 0.0005)
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert waits and all(timeout is None for timeout in waits)  # only idle waits, no gathering
+
+
+def test_fixed_delay_dispatches_early_at_a_preferred_size():
+    async def scenario():
+        batcher = _batcher(_double, delay_s=5.0, preferred=(4,))
+        try:
+            begin = time.perf_counter()
+            await _staggered(batcher, 4, 0.001)
+            return batcher, time.perf_counter() - begin
+        finally:
+            await batcher.close()
+
+    batcher, elapsed = asyncio.run(scenario())
+    assert dict((k, v.count) for k, v in batcher.stats.batch_sizes.items()) == {4: 1}
+    assert elapsed < 1.0  # did not sit out the 5 s delay
+
+
+def test_two_workers_never_take_the_same_request():
+    def slowish(inputs):
+        time.sleep(0.001)
+        return _double(inputs)
+
+    async def scenario():
+        batcher = _batcher(slowish, delay_s=0.002, instances=2, max_batch=4)
+        try:
+            return batcher, await _staggered(batcher, 40, 0.0001)
+        finally:
+            await batcher.close()
+
+    batcher, results = asyncio.run(scenario())
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(40)]
+    assert batcher.stats.inference_count == 40  # each request ran exactly once
+
+
+def test_deadline_that_passes_while_the_batch_waits_fails_the_request():
+    async def scenario():
+        batcher = _batcher(_double, delay_s=0.05)
+        try:
+            loop = asyncio.get_running_loop()
+            return await asyncio.gather(
+                batcher.submit(_request(1.0), 1, ("x",), loop.time() + 0.01),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+
+    (result,) = asyncio.run(scenario())
+    assert isinstance(result, DeadlineExceeded) and "deadline passed" in str(result)

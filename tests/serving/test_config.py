@@ -1,0 +1,76 @@
+"""`REPO/<model>/config.yaml`: every setting parsed, every mistake named with its file."""
+
+import pytest
+
+from netc.errors import UserError
+from netc.serving.config import ModelConfig, load_config
+
+
+def _load(tmp_path, text: str) -> ModelConfig:
+    (tmp_path / "config.yaml").write_text(text)
+    return load_config(tmp_path)
+
+
+def test_no_file_gives_the_defaults(tmp_path):
+    config = load_config(tmp_path)
+    assert config == ModelConfig()
+    assert config.max_queue_delay_us is None  # auto
+    assert (config.max_batch_size, config.dynamic_batching, config.instances) == (16, True, 1)
+
+
+def test_every_setting_is_read(tmp_path):
+    (tmp_path / "labels.txt").write_text("cat\n\ndog\n")
+    config = _load(
+        tmp_path,
+        "max_batch_size: 8\n"
+        "dynamic_batching: {max_queue_delay_us: 250, preferred_batch_sizes: [8, 4], "
+        "max_queue_size: 32}\n"
+        "instances: 2\nintra_op_threads: 3\nlabels_file: labels.txt\nversion_policy: [1, 3]\n",
+    )
+    assert config.max_batch_size == 8 and config.max_queue_delay_us == 250
+    assert config.preferred_batch_sizes == (4, 8) and config.max_queue_size == 32
+    assert (config.instances, config.intra_op_threads) == (2, 3)
+    assert config.labels == ("cat", "dog") and config.version_policy == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dynamic_batching: {max_queue_delay_us: auto}\n", None),
+        ("dynamic_batching: {max_queue_delay_us: 0}\n", 0),
+        ("dynamic_batching: {}\n", None),
+    ],
+)
+def test_queue_delay_is_auto_or_microseconds(tmp_path, text, expected):
+    assert _load(tmp_path, text).max_queue_delay_us == expected
+
+
+def test_batching_can_be_turned_off(tmp_path):
+    assert not _load(tmp_path, "dynamic_batching: false\n").dynamic_batching
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_batch: 4\n", "unknown setting 'max_batch'"),
+        ("dynamic_batching: {max_delay: 5}\n", "unknown dynamic_batching setting 'max_delay'"),
+        (
+            "dynamic_batching: {max_queue_delay_us: soon}\n",
+            "'max_queue_delay_us' must be auto or an integer >= 0 (microseconds), found 'soon'",
+        ),
+        ("dynamic_batching: {max_queue_delay_us: -5}\n", "integer >= 0 (microseconds), found -5"),
+        ("dynamic_batching: yes\n", "dynamic_batching must be a mapping or false"),
+        ("dynamic_batching: {preferred_batch_sizes: [0]}\n", "preferred_batch_sizes must be"),
+        ("instances: 0\n", "'instances' must be an integer >= 1, found 0"),
+        ("version_policy: newest\n", "version_policy must be 'latest', 'all' or a list"),
+        ("labels: cat\n", "labels must be a list of names"),
+        ("labels_file: missing.txt\n", "cannot read labels_file"),
+        ("[1, 2]\n", "expected a mapping of settings"),
+        ("max_batch_size: [\n", "not readable YAML"),
+    ],
+)
+def test_mistakes_name_the_file_and_the_setting(tmp_path, text, message):
+    with pytest.raises(UserError) as error:
+        _load(tmp_path, text)
+    assert message in str(error.value)
+    assert str(tmp_path / "config.yaml") in str(error.value)
