@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,17 +45,31 @@ AUTO_MAX_DELAY_S = 0.001  # the longest `auto` makes a request wait for company
 IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not load
 
 
-@dataclass(eq=False)  # identity, not field equality: the queue holds arrays
 class _Pending:
-    inputs: Tensors
-    batch: int
-    key: tuple
-    future: asyncio.Future
-    deadline: float | None
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    """One queued request. Compared by identity: the queue holds arrays."""
+
+    __slots__ = ("batch", "deadline", "enqueued_ns", "future", "inputs", "key")
+
+    def __init__(
+        self, inputs: Tensors, batch: int, key: tuple, future: asyncio.Future, deadline
+    ) -> None:
+        self.inputs, self.batch, self.key = inputs, batch, key
+        self.future, self.deadline = future, deadline
+        self.enqueued_ns = time.perf_counter_ns()
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now > self.deadline)
+
+
+class _Gathering:
+    """A worker holding a short batch while it waits for company. Arrivals of its key
+    are counted as they come, and the worker is woken only once they could complete the
+    batch (or at its deadline): one wake-up per batch, not one per arrival."""
+
+    __slots__ = ("key", "size", "waiter")
+
+    def __init__(self, key: tuple, size: int, waiter: asyncio.Future) -> None:
+        self.key, self.size, self.waiter = key, size, waiter
 
 
 class Batcher:
@@ -79,15 +92,15 @@ class Batcher:
         self.max_delay_s, self.preferred = max_delay_s, set(preferred)
         self.max_queue, self.stats = max_queue, stats
         self.queue: deque[_Pending] = deque()
-        self.waiters: list[asyncio.Future] = []  # workers waiting for an arrival
+        self.idle: list[asyncio.Future] = []  # workers waiting for any request
+        self.gatherings: list[_Gathering] = []
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"netc-{name}")
         self.workers = [asyncio.create_task(self._work()) for _ in range(instances)]
         self.typical_ns: float | None = None  # moving average of run time per sample
+        self.running = 0  # batches on a worker thread now
         # what `auto` learns from arrivals: are clients concurrent, how far apart they come
         self.concurrent = False
         self.fruitless_waits = 0
-        self.gathering = 0  # workers holding a short batch while it waits for company
-        self.running = 0  # batches on a worker thread now
         self.gap_s = IDLE_GAP_S
         self.last_arrival: float | None = None
 
@@ -103,15 +116,20 @@ class Batcher:
         self._arrived(loop.time())
         pending = _Pending(inputs, batch, key, loop.create_future(), deadline)
         self.queue.append(pending)
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.waiters.clear()
+        if self.idle:
+            for waiter in self.idle:
+                _wake(waiter)
+            self.idle.clear()
+        for gathering in self.gatherings:
+            if gathering.key == key:
+                gathering.size += batch
+                if self._complete(gathering.size):
+                    _wake(gathering.waiter)
         return await pending.future  # cancelled with the client's call: the worker skips it
 
     def _arrived(self, now: float) -> None:
         """Learn the arrival pattern `auto` batching decides by."""
-        if self.queue or self.gathering or self.running:  # clients are sending concurrently
+        if self.queue or self.gatherings or self.running:  # clients are sending concurrently
             self.concurrent, self.fruitless_waits = True, 0
         if self.last_arrival is not None:
             gap = min(now - self.last_arrival, IDLE_GAP_S)
@@ -127,25 +145,12 @@ class Batcher:
                 pending.future.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _arrival(self, timeout: float | None) -> None:
-        """Sleep until the next request arrives, or `timeout` seconds pass."""
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self.waiters.append(waiter)
-        timer = None
-        if timeout is not None:
-            timer = loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
+    def _complete(self, size: int) -> bool:
+        return size >= self.max_batch or size in self.preferred
 
     def _patience(self, size: int) -> float:
         """How long a batch of `size` may wait for company."""
-        if not self.batching or size >= self.max_batch or size in self.preferred:
+        if not self.batching or self._complete(size):
             return 0.0
         if self.max_delay_s is not None:
             return self.max_delay_s
@@ -190,32 +195,44 @@ class Batcher:
         return size
 
     async def _next_batch(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
         while (first := self._live()) is None:
-            await self._arrival(None)
+            waiter = loop.create_future()
+            self.idle.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self.idle:
+                    self.idle.remove(waiter)
         group: list[_Pending] = []
         size = self._take(first, group, 0)
         patience = self._patience(size)
         if patience > 0:
-            loop = asyncio.get_running_loop()
-            alone, until = size, loop.time() + patience
-            self.gathering += 1
-            try:
-                while size < self.max_batch and size not in self.preferred:
-                    remaining = until - loop.time()
-                    if remaining <= 0:
-                        break
-                    await self._arrival(remaining)
-                    size = self._take(first, group, size)
-            except asyncio.CancelledError:
-                self.queue.extendleft(reversed(group))  # back in line for close()
-                raise
-            finally:
-                self.gathering -= 1
-            if self.max_delay_s is None and size == alone:
-                self.fruitless_waits += 1
-                if self.fruitless_waits >= 2:  # the concurrent clients have gone
-                    self.concurrent = False
+            size = await self._gather(first, group, size, patience)
         return group
+
+    async def _gather(
+        self, first: _Pending, group: list[_Pending], size: int, patience: float
+    ) -> int:
+        """Hold the short batch `group` until arrivals complete it or `patience` runs out."""
+        loop = asyncio.get_running_loop()
+        gathering = _Gathering(first.key, size, loop.create_future())
+        self.gatherings.append(gathering)
+        timer = loop.call_later(patience, _wake, gathering.waiter)
+        try:
+            await gathering.waiter
+        except asyncio.CancelledError:
+            self.queue.extendleft(reversed(group))  # back in line for close()
+            raise
+        finally:
+            timer.cancel()
+            self.gatherings.remove(gathering)
+        alone, size = size, self._take(first, group, size)
+        if self.max_delay_s is None and size == alone:
+            self.fruitless_waits += 1
+            if self.fruitless_waits >= 2:  # the concurrent clients have gone
+                self.concurrent = False
+        return size
 
     async def _work(self) -> None:
         """A worker must outlive any one bad batch: errors go to that batch's callers."""
@@ -228,7 +245,7 @@ class Batcher:
                 logging.getLogger("netc.serving").exception("batcher %s: worker error", self.name)
 
     async def _work_once(self) -> None:
-        """Take one batch, run it in a worker thread, hand each caller its slice."""
+        """Take one batch, run it (inline or on a worker thread), hand each caller its slice."""
         loop = asyncio.get_running_loop()
         group = await self._next_batch()
         now = loop.time()
@@ -239,11 +256,10 @@ class Batcher:
         if not group:
             return
         start = time.perf_counter_ns()
-        for pending in group:
-            self.stats.queue.add(start - pending.enqueued_ns)
+        samples = sum(p.batch for p in group)
+        self.stats.queue.add(start * len(group) - sum(p.enqueued_ns for p in group), len(group))
         try:
-            expected_ns = (self.typical_ns or INLINE_NS) * sum(p.batch for p in group)
-            if expected_ns < INLINE_NS:
+            if (self.typical_ns or INLINE_NS) * samples < INLINE_NS:
                 results, compute_ns = self._execute(group)
             else:
                 self.running += 1
@@ -255,25 +271,24 @@ class Batcher:
                     self.running -= 1
         except Exception as exc:  # the error goes to every waiting caller
             end = time.perf_counter_ns()
+            self.stats.fail.add(end * len(group) - sum(p.enqueued_ns for p in group), len(group))
             for pending in group:
-                self.stats.fail.add(end - pending.enqueued_ns)
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         end = time.perf_counter_ns()
-        samples = sum(p.batch for p in group)
         self.stats.executed(samples, compute_ns)
         per_sample = compute_ns / samples
         self.typical_ns = (
             per_sample if self.typical_ns is None else (0.9 * self.typical_ns + 0.1 * per_sample)
         )
+        self.stats.success.add(end * len(group) - sum(p.enqueued_ns for p in group), len(group))
         for pending, result in zip(group, results):
-            self.stats.success.add(end - pending.enqueued_ns)
             if not pending.future.done():
                 pending.future.set_result(result)
 
     def _execute(self, group: list[_Pending]) -> tuple[list[Tensors], int]:
-        """Runs in a worker thread: concatenate, run, split; returns results and run time."""
+        """Concatenate, run, split; returns each caller's results and the run time."""
         start = time.perf_counter_ns()
         if len(group) == 1:
             merged = group[0].inputs
@@ -285,9 +300,12 @@ class Batcher:
         elapsed = time.perf_counter_ns() - start
         if len(group) == 1:
             return [outputs], elapsed
-        bounds = np.cumsum([p.batch for p in group])[:-1]
-        pieces = {name: np.split(value, bounds) for name, value in outputs.items()}
-        return [{name: pieces[name][i] for name in outputs} for i in range(len(group))], elapsed
+        results, offset = [], 0
+        for pending in group:
+            end = offset + pending.batch
+            results.append({name: value[offset:end] for name, value in outputs.items()})
+            offset = end
+        return results, elapsed
 
 
 def _wake(waiter: asyncio.Future) -> None:

@@ -133,20 +133,21 @@ def test_zero_delay_never_waits_for_company():
 
     async def scenario():
         batcher = _batcher(_double, delay_s=0.0)
-        idle = batcher._arrival
+        gather = batcher._gather
 
-        async def recorded(timeout):
-            waits.append(timeout)
-            await idle(timeout)
+        async def recorded(first, group, size, patience):
+            waits.append(patience)
+            return await gather(first, group, size, patience)
 
-        batcher._arrival = recorded
+        batcher._gather = recorded
         try:
             await _staggered(batcher, 16, 0.0005)
+            return batcher
         finally:
             await batcher.close()
 
-    asyncio.run(scenario())
-    assert waits and all(timeout is None for timeout in waits)  # only idle waits, no gathering
+    batcher = asyncio.run(scenario())
+    assert batcher.stats.inference_count == 16 and waits == []
 
 
 def test_fixed_delay_dispatches_early_at_a_preferred_size():
