@@ -119,6 +119,7 @@ class ServedModel:
         self.info = describe(name, version, self.session, config)
         self.stats = ModelStats()
         self.output_names = [spec.name for spec in self.info.outputs]
+        self.every_output = [(name, 0) for name in self.output_names]  # (name, top k: none)
         # what `check` compares each request against, built once
         self.expected = {
             spec.name: (spec, np.dtype(DATATYPES[spec.datatype])) for spec in self.info.inputs
@@ -214,8 +215,9 @@ class ServedModel:
                         f"1..{max_batch} (max_batch_size)"
                     )
                 shape = shape[1:]
-            if len(shape) != len(spec.dims) or any(
-                d >= 0 and d != s for d, s in zip(spec.dims, shape)
+            if shape != spec.dims and (  # equal: a fixed-size input, the common case
+                len(shape) != len(spec.dims)
+                or any(d >= 0 and d != s for d, s in zip(spec.dims, shape))
             ):
                 raise InvalidRequest(
                     f"model '{self.name}': input '{name}' has shape {list(value.shape)}, "

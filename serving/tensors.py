@@ -170,12 +170,12 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
             raise InvalidRequest(f"input '{name}' appears more than once in the request")
         datatype, shape = _check_header(tensor)
         has_contents = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        if raw and has_contents:
-            raise InvalidRequest(
-                f"input '{name}': typed contents given together with "
-                "raw_input_contents; use one or the other"
-            )
         if raw:
+            if has_contents:
+                raise InvalidRequest(
+                    f"input '{name}': typed contents given together with "
+                    "raw_input_contents; use one or the other"
+                )
             tensors[name] = _from_raw(name, datatype, shape, raw[index])
         elif has_contents or math.prod(shape) == 0:
             tensors[name] = _from_contents(name, datatype, shape, tensor.contents)

@@ -174,9 +174,9 @@ def _timeout(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -
 
 def _requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> list[tuple[str, int]]:
     """(output name, classification k or 0), in request order, or every output."""
-    known = [spec.name for spec in model.info.outputs]
     if not request.outputs:
-        return [(name, 0) for name in known]
+        return model.every_output
+    known = model.output_names
     chosen: list[tuple[str, int]] = []
     for output in request.outputs:
         name = output.name
