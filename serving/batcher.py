@@ -104,9 +104,11 @@ class Batcher:
         self.gap_s = IDLE_GAP_S
         self.last_arrival: float | None = None
 
-    async def submit(
+    def submit(
         self, inputs: Tensors, batch: int, key: tuple, deadline: float | None
-    ) -> Tensors:
+    ) -> asyncio.Future:
+        """Queue a request; await the returned future for its outputs. Cancelling the future
+        (as gRPC does when the client goes away) takes the request out of its batch."""
         if len(self.queue) >= self.max_queue:
             raise QueueFull(
                 f"model '{self.name}': queue is full ({self.max_queue} requests "
@@ -125,7 +127,7 @@ class Batcher:
                 gathering.size += batch
                 if self._complete(gathering.size):
                     _wake(gathering.waiter)
-        return await pending.future  # cancelled with the client's call: the worker skips it
+        return pending.future
 
     def _arrived(self, now: float) -> None:
         """Learn the arrival pattern `auto` batching decides by."""

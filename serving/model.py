@@ -230,13 +230,17 @@ class ServedModel:
         dims = ", ".join("?" if d < 0 else str(d) for d in spec.dims)
         return f"[batch, {dims}]" if self.info.max_batch_size else f"[{dims}]"
 
-    async def infer(self, inputs: Tensors, *, timeout: float | None = None) -> Tensors:
+    def infer(self, inputs: Tensors, *, timeout: float | None = None) -> asyncio.Future:
+        """Check and queue a request; await the result for its outputs. A bad request or a
+        full queue raises here, at the call. (A plain function returning the batcher's
+        future, not a coroutine: one frame less on every request.)"""
         batch, key = self.check(inputs)
         if self.batcher is None:
             raise InternalError(f"model '{self.name}' was not started before serving")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout is not None else None
-        return await self.batcher.submit(inputs, batch, key, deadline)
+        deadline = None
+        if timeout is not None:
+            deadline = asyncio.get_running_loop().time() + timeout
+        return self.batcher.submit(inputs, batch, key, deadline)
 
     async def close(self) -> None:
         if self.batcher is not None:

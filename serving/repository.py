@@ -50,6 +50,7 @@ class ModelRepository:
             raise UserError(f"error: model repository {root} is not a directory")
         self.root = root
         self.models: dict[str, dict[str, ServedModel]] = {}
+        self.latest: dict[str, ServedModel] = {}  # each model's newest version, per request
         self.states: dict[str, IndexEntry] = {}
         self.loading = 0
         # called after every load/unload (the server keeps grpc.health.v1 in step)
@@ -104,6 +105,7 @@ class ModelRepository:
             self.loading -= 1
         old = self.models.get(name, {})
         self.models[name] = loaded
+        self.latest[name] = loaded[max(loaded, key=int)]
         self.states[name] = IndexEntry(name, max(loaded, key=int), "READY")
         for model in old.values():
             await model.close()
@@ -111,12 +113,14 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         if name not in self.models and name not in self.states:
             raise ModelNotFound(f"no model '{name}' is loaded")
+        self.latest.pop(name, None)
         for model in self.models.pop(name, {}).values():
             await model.close()
         self.states[name] = IndexEntry(name, "", "UNAVAILABLE", UNLOADED)
         await self._changed()
 
     async def close(self) -> None:
+        self.latest.clear()
         for name in list(self.models):
             for model in self.models.pop(name).values():
                 await model.close()
@@ -142,6 +146,8 @@ class ModelRepository:
 
     def get(self, name: str, version: str = "") -> ServedModel:
         """The model version to run; NOT_FOUND / UNAVAILABLE errors say what exists."""
+        if not version and (model := self.latest.get(name)) is not None:
+            return model
         versions = self.models.get(name)
         if versions is None:
             if name in self.states:

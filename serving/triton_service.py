@@ -57,15 +57,16 @@ def _failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error in {call}: {type(error).__name__}: {error}"
 
 
-def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+def _unary(method: Callable[..., Awaitable], name: str = "") -> Callable[..., Awaitable]:
     """Turn exceptions escaping a unary handler into an aborted call."""
+    call = name or method.__name__
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
         except Exception as exc:  # every failure becomes a status
-            code, message = _failure(exc, method.__name__)
+            code, message = _failure(exc, call)
         await context.abort(code, message)
 
     return handler
@@ -165,7 +166,7 @@ def _timeout(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -
     remaining = context.time_remaining()
     if remaining is not None:
         limits.append(remaining)
-    if "timeout" in request.parameters:
+    if request.parameters and "timeout" in request.parameters:
         micros = request.parameters["timeout"].int64_param
         if micros > 0:
             limits.append(micros / 1e6)
@@ -203,7 +204,7 @@ def _requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> lis
 
 
 def _check_parameters(request: pb.ModelInferRequest) -> None:
-    if "sequence_id" in request.parameters:
+    if request.parameters and "sequence_id" in request.parameters:
         raise InvalidRequest(
             f"model '{request.model_name}' is not a sequence model; the "
             "request must not set sequence_id"
@@ -296,9 +297,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
             add_output(response, name, array)
         return response
 
-    @_unary
-    async def ModelInfer(self, request, context):
-        return await self._infer(request, context)
+    ModelInfer = _unary(_infer, "ModelInfer")
 
     async def _stream_answer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext

@@ -31,10 +31,7 @@ def test_cancelled_requests_are_skipped_and_others_still_run():
             stats=ModelStats(),
         )
         try:
-            calls = [
-                asyncio.create_task(batcher.submit({"x": np.array([[float(i)]])}, 1, (), None))
-                for i in range(3)
-            ]
+            calls = [batcher.submit({"x": np.array([[float(i)]])}, 1, (), None) for i in range(3)]
             await asyncio.sleep(0.01)  # request 0 is running, 1 and 2 are queued
             calls[1].cancel()  # the client of request 1 hangs up
             results = await asyncio.gather(*calls, return_exceptions=True)

@@ -126,10 +126,12 @@ def test_full_queue_and_passed_deadline_fail_fast(repository, tmp_path):
         try:
             model = repo.get("lenet5")
             x = {"image": np.zeros((1, 1, 32, 32), np.float32)}
-            outcome = await asyncio.gather(
-                *(model.infer(x) for _ in range(40)), return_exceptions=True
-            )
-            late = await asyncio.gather(model.infer(x, timeout=0.0), return_exceptions=True)
+
+            async def call(timeout=None):
+                return await model.infer(x, timeout=timeout)
+
+            outcome = await asyncio.gather(*(call() for _ in range(40)), return_exceptions=True)
+            late = await asyncio.gather(call(timeout=0.0), return_exceptions=True)
             return outcome, late
         finally:
             await repo.close()
