@@ -13,6 +13,8 @@ requests, the request serialized once):
                spinning, `serving.model.session_options`)
   netc         `netc serve` over Triton's ModelInfer, dynamic batching on
   netc-nobatch `netc serve` with dynamic batching off
+  netc-on-threads  netc's ModelInfer handler code on grpc's thread-pool server
+               (leader/follower batching): aio vs threads for the real work
 for the digits classifier (lenet5, 1x32x32) and resnet18 (3x224x224), at
 concurrency 1 and 16.
 
@@ -20,7 +22,7 @@ On a small shared machine one measurement of a few hundred milliseconds
 swings by 2x, so every target is measured `--repeats` times in interleaved
 rounds (drift hits all targets alike) and the table shows the medians.
 
-    .venv/bin/python bench/serve.py [--requests 2000] [--resnet-requests 200] [--repeats 3]
+    .venv/bin/python bench/serve.py [--requests 5000] [--resnet-requests 200] [--repeats 3]
                                     [--models digits,resnet18]
 """
 
@@ -92,6 +94,80 @@ def echo_server(port: int, response_size: int, threads: bool) -> None:
         await server.wait_for_termination()
 
     asyncio.run(run())
+
+
+def threads_server(port: int, model_path: str) -> None:
+    """netc's ModelInfer work (its decoding, checks, model run and response code) on grpc's
+    thread-pool server instead of grpc.aio: the aio-vs-threads question asked of the real
+    handler, not only of an echo. Batching is leader/follower: the thread that finds the
+    model idle runs everything queued (up to the model's max batch) for all waiting threads.
+    """
+    import threading
+
+    import grpc
+
+    from netc.protos.generated import grpc_service_pb2 as pb
+    from netc.serving.config import ModelConfig
+    from netc.serving.model import ServedModel
+    from netc.serving.tensors import add_output, decode_inputs
+
+    model = ServedModel("m", "1", Path(model_path), ModelConfig())
+    model.warm_up()
+    lock, queue, busy = threading.Lock(), [], [False]
+
+    class Slot:
+        def __init__(self, inputs):
+            self.inputs, self.done, self.outputs = inputs, threading.Event(), None
+
+    def run_queued() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    busy[0] = False
+                    return
+                group = queue[: model.info.max_batch_size]
+                del queue[: len(group)]
+            names = group[0].inputs
+            merged = {n: np.concatenate([slot.inputs[n] for slot in group]) for n in names}
+            outputs = model._run(merged)
+            for i, slot in enumerate(group):
+                slot.outputs = {n: value[i : i + 1] for n, value in outputs.items()}
+                slot.done.set()
+
+    def infer(request_bytes: bytes, context) -> bytes:
+        request = pb.ModelInferRequest.FromString(request_bytes)
+        inputs = decode_inputs(request)
+        model.check(inputs)
+        slot = Slot(inputs)
+        with lock:
+            queue.append(slot)
+            lead, busy[0] = not busy[0], True
+        if lead:
+            run_queued()
+        slot.done.wait()
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for name, value in slot.outputs.items():
+            add_output(response, name, value)
+        return response.SerializeToString()
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "inference.GRPCInferenceService",
+                {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 def start(args: list[str], port: int) -> subprocess.Popen:
@@ -251,7 +327,7 @@ def response_size(port: int, request: bytes) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--resnet-requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per target")
     parser.add_argument(
@@ -343,11 +419,19 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
         processes.append(process)
         start_wait(port, process)
         echo_ports["echo-threads" if threads else "echo-aio"] = port
+    threads_port = free_port()
+    process = subprocess.Popen(
+        [PY, __file__, "--threads-server", str(threads_port), str(onnx_path)],
+        stderr=subprocess.PIPE,
+    )
+    processes.append(process)
+    start_wait(threads_port, process)
     targets = {
         "echo-aio": (echo_ports["echo-aio"], ECHO),
         "echo-threads": (echo_ports["echo-threads"], ECHO),
         "netc": (ports["batch"], infer),
         "netc-nobatch": (ports["nobatch"], infer),
+        "netc-on-threads": (threads_port, infer),
     }
     runs = {(c, target): [] for c in (1, 16) for target in targets}
     ort_runs = {False: [], True: []}
@@ -427,14 +511,17 @@ def _checks(name, c, size, measured, ort_stats) -> list[str]:
     return [
         line,
         f"{name} c={c}: batching on/off throughput ratio "
-        f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; aio/threads echo ratio "
-        f"{echo['rps'] / measured['echo-threads']['rps']:.2f}; request {size / 1024:.1f} KiB",
+        f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; aio/threads ratio: echo "
+        f"{echo['rps'] / measured['echo-threads']['rps']:.2f}, netc's handler "
+        f"{netc['rps'] / measured['netc-on-threads']['rps']:.2f}; request {size / 1024:.1f} KiB",
     ]
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--threads-server":
+        threads_server(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
         echo_server(int(sys.argv[2]), int(sys.argv[3]), bool(int(sys.argv[4])))
     else:
