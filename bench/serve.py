@@ -5,6 +5,9 @@ separate process: grpc.aio client, C concurrent callers, a bounded number of
 requests, the request serialized once):
   echo-aio     a bare grpc.aio server returning a response of the same size
                (the floor for any Python gRPC server on this machine)
+  echo-wait    the aio echo, its handler first busy for in-process onnxruntime's
+               p50 (concurrency 1 only): the floor for a handler that takes as
+               long as the model
   echo-threads the same echo on grpc's thread-pool server (aio vs threads)
   ort          in-process onnxruntime, no gRPC (batch 1; and the best
                throughput over batch sizes, for concurrency 16), with
@@ -46,6 +49,7 @@ import onnxruntime as ort
 
 PY = sys.executable
 ECHO = "/netc.bench.Echo/Call"
+ECHO_WAIT = "/netc.bench.Echo/Wait"
 
 
 def free_port() -> int:
@@ -57,7 +61,11 @@ def free_port() -> int:
 # --- servers -----------------------------------------------------------------------
 
 
-def echo_server(port: int, response_size: int, threads: bool) -> None:
+def echo_server(port: int, response_size: int, threads: bool, wait_s: float = 0.0) -> None:
+    """`Call` answers at once; `Wait` (aio only) first keeps the handler busy for `wait_s`,
+    as long as the model takes: the floor at concurrency 1 for any server whose handler
+    takes that long (on this VM an 11 ms handler alone adds ~0.7 ms to the echo's round
+    trip, before any serving code runs)."""
     import grpc
 
     reply = b"x" * response_size
@@ -80,14 +88,20 @@ def echo_server(port: int, response_size: int, threads: bool) -> None:
     async def handle(request, context):
         return reply
 
+    async def wait(request, context):
+        until = time.perf_counter() + wait_s
+        while time.perf_counter() < until:  # busy, as a model run keeps a core busy
+            pass
+        return reply
+
     async def run() -> None:
         server = grpc.aio.server(options=options)
+        methods = {
+            "Call": grpc.unary_unary_rpc_method_handler(handle),
+            "Wait": grpc.unary_unary_rpc_method_handler(wait),
+        }
         server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "netc.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(handle)}
-                ),
-            )
+            (grpc.method_handlers_generic_handler("netc.bench.Echo", methods),)
         )
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -409,11 +423,12 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
     infer = "/inference.GRPCInferenceService/ModelInfer"
     request = infer_request(name, shape)
     reply_size = response_size(ports["batch"], request)
+    wait_s = ort_numbers(onnx_path, shape, min(requests, 200), serving=False)["p50"] / 1e3
     echo_ports, processes = {}, []
     for threads in (False, True):
         port = free_port()
         process = subprocess.Popen(
-            [PY, __file__, "--echo", str(port), str(reply_size), str(int(threads))],
+            [PY, __file__, "--echo", str(port), str(reply_size), str(int(threads)), str(wait_s)],
             stderr=subprocess.PIPE,
         )
         processes.append(process)
@@ -428,19 +443,22 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
     start_wait(threads_port, process)
     targets = {
         "echo-aio": (echo_ports["echo-aio"], ECHO),
+        "echo-wait": (echo_ports["echo-aio"], ECHO_WAIT),
         "echo-threads": (echo_ports["echo-threads"], ECHO),
         "netc": (ports["batch"], infer),
         "netc-nobatch": (ports["nobatch"], infer),
         "netc-on-threads": (threads_port, infer),
     }
-    runs = {(c, target): [] for c in (1, 16) for target in targets}
+    at = {1: list(targets), 16: [t for t in targets if t != "echo-wait"]}  # one caller only
+    runs = {(c, target): [] for c in (1, 16) for target in at[c]}
     ort_runs = {False: [], True: []}
     try:
         for _ in range(repeats):
             for serving in (False, True):
                 ort_runs[serving].append(ort_numbers(onnx_path, shape, min(requests, 500), serving))
             for c in (1, 16):
-                for target, (port, method) in targets.items():
+                for target in at[c]:
+                    port, method = targets[target]
                     runs[(c, target)].append(drive(port, method, request, c, requests))
     finally:
         for process in processes:
@@ -448,7 +466,7 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
             process.wait()
     ort_stats = {"default": median_stats(ort_runs[False]), "serving": median_stats(ort_runs[True])}
     return [
-        (name, c, len(request), {t: median_stats(runs[(c, t)]) for t in targets}, ort_stats)
+        (name, c, len(request), {t: median_stats(runs[(c, t)]) for t in at[c]}, ort_stats)
         for c in (1, 16)
     ]
 
@@ -491,9 +509,11 @@ def _checks(name, c, size, measured, ort_stats) -> list[str]:
         budget = default["p50"] + echo["p50"] + 0.5
         budget_serving = serving["p50"] + echo["p50"] + 0.5
         verdict = "yes" if netc["p50"] <= budget else "NO"
+        floor = measured["echo-wait"]["p50"] + 0.5
         line = (
             f"{name} c=1: netc p50 {netc['p50']:.2f} ms <= ort p50 + echo p50 + 0.5 = "
-            f"{budget:.2f} ms: {verdict} [serve opts: {budget_serving:.2f} ms]"
+            f"{budget:.2f} ms: {verdict} [serve opts: {budget_serving:.2f} ms; "
+            f"echo-wait p50 + 0.5 = {floor:.2f} ms: {'yes' if netc['p50'] <= floor else 'NO'}]"
         )
     elif name == "digits":
         verdict = "yes" if netc["rps"] >= 0.7 * echo["rps"] else "NO"
@@ -523,6 +543,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--threads-server":
         threads_server(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
-        echo_server(int(sys.argv[2]), int(sys.argv[3]), bool(int(sys.argv[4])))
+        echo_server(int(sys.argv[2]), int(sys.argv[3]), bool(int(sys.argv[4])), float(sys.argv[5]))
     else:
         main()
