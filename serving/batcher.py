@@ -8,7 +8,8 @@ reaching `max_batch` or a preferred size:
 - a fixed `max_delay` (the model's `max_queue_delay_us`) waits that long;
   0 never waits and batches only what queued while the model was busy;
 - `None` (`auto`, the default) waits only while clients are sending
-  concurrently, i.e. a request recently arrived to find others still queued.
+  concurrently, i.e. a request recently arrived while others were queued,
+  gathering or running.
   It then waits as long as the recent arrival rate needs to fill the batch,
   at most `AUTO_MAX_DELAY_S`, and stops waiting after two waits that brought
   nobody. A lone client never waits, so batching costs it no latency; 16
@@ -22,7 +23,8 @@ or whose deadline passed is dropped before it runs.
 Runs normally happen on a worker thread, so the event loop keeps accepting
 requests. A batch expected to take less than `INLINE_NS` runs on the event
 loop itself: the thread hand-off (and the GIL traffic it brings) would cost
-more than the run.
+more than the run (LeNet batches at 16 clients: 6,250 req/s inline, 5,200 on
+the worker thread).
 """
 
 from __future__ import annotations

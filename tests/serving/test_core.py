@@ -11,6 +11,7 @@ from helpers import assert_close
 from netc.serving.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, QueueFull
 from netc.serving.metrics import render
 from netc.serving.repository import ModelRepository
+from netc.serving.triton_service import model_config
 
 
 def _run(coroutine):
@@ -34,6 +35,9 @@ def test_repository_loads_describes_and_finds_models(repository):
             ]
             lenet = repo.get("lenet5")
             assert lenet.info.max_batch_size == 16 and lenet.info.task == "classification"
+            assert lenet.info.max_queue_delay_us is None  # auto, by default
+            # Triton's view of `auto`: the longest it makes a request wait
+            assert model_config(lenet).dynamic_batching.max_queue_delay_microseconds == 1000
             assert lenet.info.inputs[0].dims == (1, 32, 32)
             assert repo.get("tinyseg").info.inputs[0].dims == (3, -1, -1)
             with pytest.raises(ModelNotFound, match="did you mean 'lenet5'"):
