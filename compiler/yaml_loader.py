@@ -46,6 +46,25 @@ class LocList(list):
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Aliases can make a few lines expand to billions of values ("billion laughs"). Even
+# the zoo's largest description is under 500 values, so 100,000 is a generous cap.
+MAX_VALUES = 100_000
+
+
+class _Budget:
+    """How many more values the document may expand to."""
+
+    def __init__(self, file: str) -> None:
+        self.left, self.file = MAX_VALUES, file
+
+    def spend(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise SpecError(
+                f"the description expands to more than {MAX_VALUES:,} values",
+                loc=_loc(node, self.file),
+                hint="YAML aliases (*name) repeat their anchor; nesting them multiplies it",
+            )
 
 
 def _loc(node: yaml.Node, file: str) -> SourceLoc:
@@ -53,8 +72,13 @@ def _loc(node: yaml.Node, file: str) -> SourceLoc:
 
 
 def _convert(
-    node: yaml.Node, file: str, constructor: yaml.SafeLoader, parents: tuple[yaml.Node, ...] = ()
+    node: yaml.Node,
+    file: str,
+    constructor: yaml.SafeLoader,
+    budget: _Budget,
+    parents: tuple[yaml.Node, ...] = (),
 ) -> Any:
+    budget.spend(node)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         if any(node is parent for parent in parents):
             raise SpecError(
@@ -73,7 +97,7 @@ def _convert(
                     loc=_loc(key_node, file),
                     hint="write the keys out, or make a block of the shared layers",
                 )
-            key = _convert(key_node, file, constructor, parents)
+            key = _convert(key_node, file, constructor, budget, parents)
             if not isinstance(key, str):
                 raise SpecError(
                     "mapping keys must be names",
@@ -87,12 +111,12 @@ def _convert(
                     loc=_loc(key_node, file),
                     hint=f"the first '{key}' is at line {result.key_locs[key].line}",
                 )
-            result[key] = _convert(value_node, file, constructor, parents)
+            result[key] = _convert(value_node, file, constructor, budget, parents)
             result.key_locs[key] = _loc(key_node, file)
             result.value_locs[key] = _loc(value_node, file)
         return result
     if isinstance(node, yaml.SequenceNode):
-        result = LocList(_convert(item, file, constructor, parents) for item in node.value)
+        result = LocList(_convert(item, file, constructor, budget, parents) for item in node.value)
         result.loc = _loc(node, file)
         result.item_locs = [_loc(item, file) for item in node.value]
         return result
@@ -131,4 +155,4 @@ def load_located(text: str, file: str) -> Any:
         loader.dispose()
     if node is None:
         raise SpecError("the description is empty", loc=SourceLoc(file, 1, 1))
-    return _convert(node, file, yaml.SafeLoader(""))
+    return _convert(node, file, yaml.SafeLoader(""), _Budget(file))

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from netc.compiler.yaml_loader import load_located
 from netc.errors import UserError, did_you_mean
 
 KEYS = (
@@ -104,9 +103,12 @@ def load_config(folder: Path) -> ModelConfig:
         return ModelConfig()
     where = str(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"error: {where}: not readable YAML: {exc}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"error: {where}: cannot read: {exc}") from None
+    # The located loader: YAML mistakes name their line and column, duplicate keys are
+    # refused, and aliases cannot expand without bound.
+    data = load_located(text, where) if text.strip() else {}
     if not isinstance(data, dict):
         raise UserError(f"error: {where}: expected a mapping of settings")
     for key in data:

@@ -66,7 +66,15 @@ def test_batching_can_be_turned_off(tmp_path):
         ("labels: cat\n", "labels must be a list of names"),
         ("labels_file: missing.txt\n", "cannot read labels_file"),
         ("[1, 2]\n", "expected a mapping of settings"),
-        ("max_batch_size: [\n", "not readable YAML"),
+        ("max_batch_size: [\n", "not valid YAML"),
+        ("instances: 1\ninstances: 2\n", "key 'instances' appears twice"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+            ),
+            "expands to more than 100,000 values",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_the_setting(tmp_path, text, message):
