@@ -393,6 +393,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="largest request or response in MiB (default 128)",
     )
     p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help="largest picture the vision service decodes, in pixels (default 40 million)",
+    )
+    p.add_argument(
         "--poll",
         type=float,
         metavar="SECONDS",
@@ -410,7 +416,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         metrics_port=None if args.no_metrics else args.metrics_port,
         max_message_mb=args.max_message_mb,
         poll_seconds=args.poll,
+        max_image_pixels=args.max_image_pixels,
     )
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        raise UserError(
+            f"error: --max-image-pixels must be at least 1, found {args.max_image_pixels}"
+        )
     try:
         return serve_forever(args.repository, options)
     except OSError as exc:
