@@ -235,6 +235,13 @@ class ServedModel:
         full queue raises here, at the call. (A plain function returning the batcher's
         future, not a coroutine: one frame less on every request.)"""
         batch, key = self.check(inputs)
+        return self.queue(inputs, batch, key, timeout=timeout)
+
+    def queue(
+        self, inputs: Tensors, batch: int, key: tuple, *, timeout: float | None = None
+    ) -> asyncio.Future:
+        """Queue a request that has passed `check` (or an equivalent), with its batch size
+        and batching key."""
         if self.batcher is None:
             raise InternalError(f"model '{self.name}' was not started before serving")
         deadline = None

@@ -188,6 +188,40 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
     return tensors
 
 
+def common_request(
+    request: pb.ModelInferRequest, expected: dict, max_batch: int
+) -> tuple[Tensors, int, tuple] | None:
+    """The common request, decoded and checked in one pass: one fixed-size input, sent
+    raw, without parameters, exactly as the model wants it. Returns what
+    `ServedModel.check` would (inputs, batch size, batching key), or None for anything
+    else, which takes the general path and its error messages. (On the busy server the
+    general path's dozen calls cost ~15 µs a request, a tenth of the event loop's time.)
+    `expected`: `ServedModel.expected`, input name → (spec, dtype)."""
+    raw = request.raw_input_contents
+    if len(raw) != 1 or len(expected) != 1 or len(request.inputs) != 1:
+        return None
+    tensor = request.inputs[0]
+    name = tensor.name
+    spec, dtype = expected.get(name, (None, None))
+    if (
+        spec is None
+        or tensor.datatype != spec.datatype
+        or spec.datatype == "BYTES"
+        or tensor.parameters
+        or tensor.HasField("contents")
+    ):
+        return None
+    shape = tuple(tensor.shape)
+    item = shape[1:] if max_batch else shape
+    if item != spec.dims or (max_batch and not 1 <= shape[0] <= max_batch):
+        return None  # also every open-size input: its dims hold -1
+    data = raw[0]
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        return None
+    array = np.frombuffer(data, dtype=WIRE_DTYPES[spec.datatype]).reshape(shape)
+    return {name: array}, shape[0] if max_batch else 1, ((name, item),)
+
+
 def datatype_of(array: np.ndarray) -> str:
     """Triton's name for an array's element type."""
     dtype = array.dtype

@@ -31,7 +31,7 @@ from netc.serving.errors import InvalidRequest, ServingError, Unsupported, statu
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
-from netc.serving.tensors import add_output, classify, decode_inputs
+from netc.serving.tensors import add_output, classify, common_request, decode_inputs
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
@@ -284,8 +284,12 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         model = self.repository.get(request.model_name, request.model_version)
         _check_parameters(request)
         wanted = _requested_outputs(request, model)
-        inputs = decode_inputs(request)
-        results = await model.infer(inputs, timeout=_timeout(request, context))
+        timeout = _timeout(request, context)
+        common = common_request(request, model.expected, model.info.max_batch_size)
+        if common is None:
+            results = await model.infer(decode_inputs(request), timeout=timeout)
+        else:
+            results = await model.queue(*common, timeout=timeout)
         response = pb.ModelInferResponse(
             model_name=model.name, model_version=model.version, id=request.id
         )

@@ -10,6 +10,7 @@ from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.tensors import (
     add_output,
     classify,
+    common_request,
     decode_bytes,
     decode_inputs,
     encode_bytes,
@@ -160,3 +161,65 @@ def test_classify_takes_the_top_k_of_each_item():
         b"9:1",
         b"3:0",
     ]  # k beyond the class count gives every class; no labels, no third part
+
+
+def _image(shape=(1, 1, 32, 32), datatype="FP32", name="image", data=None, **extra):
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    request = _request((name, datatype, list(shape), None), raw=[array.tobytes()])
+    if data is not None:
+        request.raw_input_contents[0] = data
+    for key, value in extra.items():
+        if key == "parameter":
+            request.inputs[0].parameters[value].bool_param = True
+        elif key == "contents":
+            request.inputs[0].contents.fp32_contents.extend(value)
+        elif key == "second":
+            request.inputs.add(name=value, datatype="FP32", shape=[1])
+            request.raw_input_contents.append(b"\0" * 4)
+    return request
+
+
+COMMON_CASES = {
+    "batch of 1": _image(),
+    "batch of 3": _image((3, 1, 32, 32)),
+    "batch of 16 (the most)": _image((16, 1, 32, 32)),
+    "batch of 17": _image((17, 1, 32, 32)),
+    "wrong size": _image((1, 1, 28, 28)),
+    "no batch dim": _image((1, 32, 32)),
+    "wrong datatype": _image(datatype="FP64"),
+    "unknown input": _image(name="picture"),
+    "short data": _image(data=b"\0" * 100),
+    "a parameter": _image(parameter="shared_memory_region"),
+    "typed contents too": _image(contents=[1.0]),
+    "a second input": _image(second="extra"),
+}
+
+
+@pytest.fixture(scope="module")
+def lenet(repository):
+    from netc.serving.config import ModelConfig
+    from netc.serving.model import ServedModel
+
+    return ServedModel("lenet5", "1", repository / "lenet5" / "1" / "model.onnx", ModelConfig())
+
+
+@pytest.mark.parametrize("case", sorted(COMMON_CASES))
+def test_common_request_agrees_with_the_general_path(lenet, case):
+    """The one-pass decoding gives exactly what decode + check give for every request the
+    model takes as it is, and declines every request the general path refuses (which
+    then names the mistake)."""
+    request = COMMON_CASES[case]
+    common = common_request(request, lenet.expected, lenet.info.max_batch_size)
+    try:
+        inputs = decode_inputs(request)
+        batch, key = lenet.check(inputs)
+    except (InvalidRequest, Unsupported):
+        assert common is None, f"{case}: the general path refuses what the fast one takes"
+        return
+    assert common is not None, f"{case}: declined a request the model takes as it is"
+    fast_inputs, fast_batch, fast_key = common
+    assert (fast_batch, fast_key) == (batch, key)
+    assert fast_inputs.keys() == inputs.keys()
+    for name in inputs:
+        assert fast_inputs[name].dtype == inputs[name].dtype
+        np.testing.assert_array_equal(fast_inputs[name], inputs[name])
