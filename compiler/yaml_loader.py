@@ -46,29 +46,33 @@ class LocList(list):
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-# Aliases can make a few lines expand to billions of values ("billion laughs"). Even
-# the zoo's largest description is under 500 values, so 100,000 is a generous cap.
+# Aliases can make a few lines expand to billions of values ("billion laughs"). A
+# value reached again through an alias counts against this cap; a document without
+# aliases never touches it, and the zoo's descriptions repeat nothing.
 MAX_VALUES = 100_000
-
-
-class _Budget:
-    """How many more values the document may expand to."""
-
-    def __init__(self, file: str) -> None:
-        self.left, self.file = MAX_VALUES, file
-
-    def spend(self, node: yaml.Node) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise SpecError(
-                f"the description expands to more than {MAX_VALUES:,} values",
-                loc=_loc(node, self.file),
-                hint="YAML aliases (*name) repeat their anchor; nesting them multiplies it",
-            )
 
 
 def _loc(node: yaml.Node, file: str) -> SourceLoc:
     return SourceLoc(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Budget:
+    """How many more values aliases may repeat."""
+
+    def __init__(self, file: str) -> None:
+        self.left, self.file, self.seen = MAX_VALUES, file, set()
+
+    def spend(self, node: yaml.Node) -> None:
+        if id(node) not in self.seen:  # its first appearance is free
+            self.seen.add(id(node))
+            return
+        self.left -= 1
+        if self.left < 0:
+            raise SpecError(
+                f"YAML aliases repeat more than {MAX_VALUES:,} values",
+                loc=_loc(node, self.file),
+                hint="each *alias repeats its anchor's value; nesting them multiplies it",
+            )
 
 
 def _convert(
@@ -133,8 +137,9 @@ def _convert(
         ) from None
 
 
-def load_located(text: str, file: str) -> Any:
-    """Parse YAML text; mappings and lists in the result carry source locations."""
+def load_located(text: str, file: str, *, allow_empty: bool = False) -> Any:
+    """Parse YAML text; mappings and lists in the result carry source locations.
+    `allow_empty`: a document with nothing in it (or only comments) gives None."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -154,5 +159,7 @@ def load_located(text: str, file: str) -> Any:
     finally:
         loader.dispose()
     if node is None:
+        if allow_empty:
+            return None
         raise SpecError("the description is empty", loc=SourceLoc(file, 1, 1))
     return _convert(node, file, yaml.SafeLoader(""), _Budget(file))

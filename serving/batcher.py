@@ -38,13 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from netc.serving.errors import DeadlineExceeded, QueueFull
+from netc.serving.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 from netc.serving.stats import ModelStats
 
 Tensors = dict[str, np.ndarray]
 INLINE_NS = 1_000_000  # batches expected to run faster than this skip the worker thread
 AUTO_MAX_DELAY_S = 0.001  # the longest `auto` makes a request wait for company
 IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not load
+DRAIN_S = 5.0  # how long close() lets queued and running requests finish
 
 
 class _Pending:
@@ -68,10 +69,12 @@ class _Gathering:
     are counted as they come, and the worker is woken only once they could complete the
     batch (or at its deadline): one wake-up per batch, not one per arrival."""
 
-    __slots__ = ("key", "size", "waiter")
+    __slots__ = ("group", "key", "size", "waiter")
 
-    def __init__(self, key: tuple, size: int, waiter: asyncio.Future) -> None:
-        self.key, self.size, self.waiter = key, size, waiter
+    def __init__(
+        self, key: tuple, group: list[_Pending], size: int, waiter: asyncio.Future
+    ) -> None:
+        self.key, self.group, self.size, self.waiter = key, group, size, waiter
 
 
 class Batcher:
@@ -100,6 +103,8 @@ class Batcher:
         self.workers = [asyncio.create_task(self._work()) for _ in range(instances)]
         self.typical_ns: float | None = None  # moving average of run time per sample
         self.running = 0  # batches on a worker thread now
+        self.taken: list[list[_Pending]] = []  # groups workers hold: gathering or running
+        self.closing = False
         # what `auto` learns from arrivals: are clients concurrent, how far apart they come
         self.concurrent = False
         self.fruitless_waits = 0
@@ -111,12 +116,16 @@ class Batcher:
     ) -> asyncio.Future:
         """Queue a request; await the returned future for its outputs. Cancelling the future
         (as gRPC does when the client goes away) takes the request out of its batch."""
-        if len(self.queue) >= self.max_queue:
-            raise QueueFull(
-                f"model '{self.name}': queue is full ({self.max_queue} requests "
-                "waiting); retry later"
-            )
+        if self.closing:
+            raise ModelUnavailable(f"model '{self.name}' is being unloaded; retry")
         loop = asyncio.get_running_loop()
+        if self._waiting() >= self.max_queue:
+            self._prune(loop.time())  # requests whose clients left must not keep others out
+            if self._waiting() >= self.max_queue:
+                raise QueueFull(
+                    f"model '{self.name}': queue is full ({self.max_queue} requests "
+                    "waiting); retry later"
+                )
         self._arrived(loop.time())
         pending = _Pending(inputs, batch, key, loop.create_future(), deadline)
         self.queue.append(pending)
@@ -140,13 +149,36 @@ class Batcher:
             self.gap_s = 0.8 * self.gap_s + 0.2 * gap
         self.last_arrival = now
 
-    async def close(self) -> None:
+    def _waiting(self) -> int:
+        """Requests waiting to run: queued, or held by a batch gathering company."""
+        return len(self.queue) + sum(len(g.group) for g in self.gatherings)
+
+    def _prune(self, now: float) -> None:
+        """Take every dead request (cancelled, or past its deadline) out of the queue."""
+        dead = [p for p in self.queue if p.dead(now)]
+        for pending in dead:
+            self.queue.remove(pending)
+            self._expire(pending)
+
+    async def close(self, drain_s: float = DRAIN_S) -> None:
+        """Let queued and running requests finish (up to `drain_s`), then stop the
+        workers; whatever is left answers UNAVAILABLE. Never leaves a caller waiting."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + drain_s
+        while (self.queue or self.taken) and loop.time() < until:
+            await asyncio.sleep(0.005)
         for worker in self.workers:
             worker.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
-        for pending in self.queue:
+        left = [*self.queue, *(p for group in self.taken for p in group)]
+        self.queue.clear()
+        self.taken.clear()
+        for pending in left:
             if not pending.future.done():
-                pending.future.cancel()
+                pending.future.set_exception(
+                    ModelUnavailable(f"model '{self.name}' was unloaded before the request ran")
+                )
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _complete(self, size: int) -> bool:
@@ -209,6 +241,7 @@ class Batcher:
                 if waiter in self.idle:
                     self.idle.remove(waiter)
         group: list[_Pending] = []
+        self.taken.append(group)  # until _work_once has answered it
         size = self._take(first, group, 0)
         patience = self._patience(size)
         if patience > 0:
@@ -220,14 +253,11 @@ class Batcher:
     ) -> int:
         """Hold the short batch `group` until arrivals complete it or `patience` runs out."""
         loop = asyncio.get_running_loop()
-        gathering = _Gathering(first.key, size, loop.create_future())
+        gathering = _Gathering(first.key, group, size, loop.create_future())
         self.gatherings.append(gathering)
         timer = loop.call_later(patience, _wake, gathering.waiter)
         try:
             await gathering.waiter
-        except asyncio.CancelledError:
-            self.queue.extendleft(reversed(group))  # back in line for close()
-            raise
         finally:
             timer.cancel()
             self.gatherings.remove(gathering)
@@ -249,9 +279,26 @@ class Batcher:
                 logging.getLogger("netc.serving").exception("batcher %s: worker error", self.name)
 
     async def _work_once(self) -> None:
-        """Take one batch, run it (inline or on a worker thread), hand each caller its slice."""
-        loop = asyncio.get_running_loop()
+        """Take one batch and answer every request in it."""
         group = await self._next_batch()
+        try:
+            await self._answer(group)
+        except asyncio.CancelledError:
+            raise  # close() answers whatever this worker held
+        except BaseException as exc:  # a bug of ours: answer rather than leave callers waiting
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            self._release(group)
+            raise
+        self._release(group)
+
+    def _release(self, group: list[_Pending]) -> None:
+        self.taken = [g for g in self.taken if g is not group]
+
+    async def _answer(self, group: list[_Pending]) -> None:
+        """Run the batch (inline or on a worker thread), hand each caller its slice."""
+        loop = asyncio.get_running_loop()
         now = loop.time()
         for pending in group:
             if pending.dead(now):  # cancelled, or its deadline passed while the batch formed

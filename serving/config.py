@@ -50,6 +50,14 @@ class ModelConfig:
     source: str = field(default="defaults", compare=False)
 
 
+MAX_DELAY_US = 60_000_000  # a minute: beyond it a "delay" is a mistake
+
+
+def _positive(value: Any) -> bool:
+    """A positive integer; YAML's true/false are not numbers here."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _int(data: dict, key: str, default: int, low: int, where: str) -> int:
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -62,10 +70,10 @@ def _delay(batching: dict, where: str) -> int | None:
     value = batching.get("max_queue_delay_us", "auto")
     if value == "auto":
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DELAY_US:
         raise UserError(
-            f"error: {where}: 'max_queue_delay_us' must be auto or an integer >= 0 "
-            f"(microseconds), found {value!r}"
+            f"error: {where}: 'max_queue_delay_us' must be auto or an integer from 0 to "
+            f"{MAX_DELAY_US:,} (microseconds), found {value!r}"
         )
     return value
 
@@ -73,7 +81,7 @@ def _delay(batching: dict, where: str) -> int | None:
 def _policy(value: Any, where: str) -> Any:
     if value in ("latest", "all"):
         return value
-    if isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value):
+    if isinstance(value, list) and value and all(_positive(v) for v in value):
         return tuple(value)
     raise UserError(
         f"error: {where}: version_policy must be 'latest', 'all' or a list of "
@@ -86,6 +94,12 @@ def _labels(data: dict, folder: Path, where: str) -> tuple[str, ...] | None:
         labels = data["labels"]
         if not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels):
             raise UserError(f"error: {where}: labels must be a list of names")
+        flags = [i for i, x in enumerate(labels) if isinstance(x, bool)]
+        if flags:
+            raise UserError(
+                f"error: {where}: label {flags[0]} reads as {labels[flags[0]]} in YAML "
+                "(yes/no/on/off are booleans); quote it, as in 'no'"
+            )
         return tuple(str(x) for x in labels)
     if "labels_file" in data:
         path = folder / str(data["labels_file"])
@@ -108,7 +122,9 @@ def load_config(folder: Path) -> ModelConfig:
         raise UserError(f"error: {where}: cannot read: {exc}") from None
     # The located loader: YAML mistakes name their line and column, duplicate keys are
     # refused, and aliases cannot expand without bound.
-    data = load_located(text, where) if text.strip() else {}
+    data = load_located(text, where, allow_empty=True)
+    if data is None:  # empty, only comments, or `~`: every setting at its default
+        return ModelConfig()
     if not isinstance(data, dict):
         raise UserError(f"error: {where}: expected a mapping of settings")
     for key in data:
@@ -128,7 +144,7 @@ def load_config(folder: Path) -> ModelConfig:
         if key not in BATCHING_KEYS:
             raise UserError(f"error: {where}: unknown dynamic_batching setting '{key}'")
     preferred = batching.get("preferred_batch_sizes", [])
-    if not isinstance(preferred, list) or not all(isinstance(v, int) and v > 0 for v in preferred):
+    if not isinstance(preferred, list) or not all(_positive(v) for v in preferred):
         raise UserError(f"error: {where}: preferred_batch_sizes must be positive integers")
     return ModelConfig(
         max_batch_size=_int(data, "max_batch_size", 16, 0, where),

@@ -212,9 +212,11 @@ def common_request(
     ):
         return None
     shape = tuple(tensor.shape)
+    if min(spec.dims, default=0) < 0 or len(shape) != len(spec.dims) + (1 if max_batch else 0):
+        return None  # open sizes (a request may even repeat the -1) and wrong ranks
     item = shape[1:] if max_batch else shape
     if item != spec.dims or (max_batch and not 1 <= shape[0] <= max_batch):
-        return None  # also every open-size input: its dims hold -1
+        return None
     data = raw[0]
     if len(data) != math.prod(shape) * dtype.itemsize:
         return None

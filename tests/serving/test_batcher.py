@@ -4,9 +4,10 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from netc.serving.batcher import Batcher
-from netc.serving.errors import DeadlineExceeded
+from netc.serving.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 from netc.serving.stats import ModelStats
 
 
@@ -193,3 +194,63 @@ def test_deadline_that_passes_while_the_batch_waits_fails_the_request():
 
     (result,) = asyncio.run(scenario())
     assert isinstance(result, DeadlineExceeded) and "deadline passed" in str(result)
+
+
+def _slow(inputs):
+    time.sleep(0.2)  # long enough to be caught running
+    return _double(inputs)
+
+
+def _on_worker_thread(run, **kwargs):
+    batcher = _batcher(run, **kwargs)
+    batcher.typical_ns = 10_000_000  # as after a slow first run: batches go to the thread
+    return batcher
+
+
+def test_close_lets_a_running_batch_finish():
+    async def scenario():
+        batcher = _on_worker_thread(_slow, delay_s=0.0)
+        running = batcher.submit(_request(1.0), 1, ("x",), None)
+        await asyncio.sleep(0.05)  # on the worker thread now
+        await batcher.close()  # a reload or shutdown
+        return running
+
+    running = asyncio.run(scenario())
+    assert float(running.result()["y"][0, 0]) == 2.0
+
+
+def test_close_answers_what_it_cannot_finish_as_unavailable():
+    async def scenario():
+        batcher = _on_worker_thread(_slow, delay_s=0.0, max_batch=1)
+        calls = [batcher.submit(_request(float(i)), 1, ("x",), None) for i in range(3)]
+        await asyncio.sleep(0.05)
+        await batcher.close(drain_s=0.0)  # no time to drain: nobody may be left waiting
+        with pytest.raises(ModelUnavailable, match="being unloaded"):
+            batcher.submit(_request(9.0), 1, ("x",), None)
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert all(call.done() for call in calls)
+    errors = [call.exception() for call in calls]
+    assert all(isinstance(e, ModelUnavailable) for e in errors), errors
+    assert "unloaded before the request ran" in str(errors[0])
+
+
+def test_clients_that_left_do_not_fill_the_queue():
+    async def scenario():
+        batcher = _on_worker_thread(_slow, delay_s=0.0, max_batch=1)
+        batcher.max_queue = 2
+        running = batcher.submit(_request(0.0), 1, ("x",), None)
+        await asyncio.sleep(0.02)  # request 0 runs; the queue is empty
+        for call in [batcher.submit(_request(1.0), 1, ("x",), None) for _ in range(2)]:
+            call.cancel()  # both clients hang up while queued
+        accepted = batcher.submit(_request(2.0), 1, ("x",), None)  # not QueueFull
+        with_room = batcher.submit(_request(3.0), 1, ("x",), None)
+        with pytest.raises(QueueFull):
+            batcher.submit(_request(4.0), 1, ("x",), None)  # two live ones wait: full
+        results = await asyncio.gather(running, accepted, with_room)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 4.0, 6.0]

@@ -39,10 +39,16 @@ def test_every_setting_is_read(tmp_path):
         ("dynamic_batching: {max_queue_delay_us: auto}\n", None),
         ("dynamic_batching: {max_queue_delay_us: 0}\n", 0),
         ("dynamic_batching: {}\n", None),
+        ("dynamic_batching: {max_queue_delay_us: 60000000}\n", 60_000_000),
     ],
 )
 def test_queue_delay_is_auto_or_microseconds(tmp_path, text, expected):
     assert _load(tmp_path, text).max_queue_delay_us == expected
+
+
+@pytest.mark.parametrize("text", ["", "# max_batch_size: 8\n# instances: 2\n", "~\n"])
+def test_a_config_with_nothing_set_gives_the_defaults(tmp_path, text):
+    assert _load(tmp_path, text) == ModelConfig()
 
 
 def test_batching_can_be_turned_off(tmp_path):
@@ -56,9 +62,16 @@ def test_batching_can_be_turned_off(tmp_path):
         ("dynamic_batching: {max_delay: 5}\n", "unknown dynamic_batching setting 'max_delay'"),
         (
             "dynamic_batching: {max_queue_delay_us: soon}\n",
-            "'max_queue_delay_us' must be auto or an integer >= 0 (microseconds), found 'soon'",
+            "'max_queue_delay_us' must be auto or an integer from 0 to 60,000,000 "
+            "(microseconds), found 'soon'",
         ),
-        ("dynamic_batching: {max_queue_delay_us: -5}\n", "integer >= 0 (microseconds), found -5"),
+        ("dynamic_batching: {max_queue_delay_us: -5}\n", "(microseconds), found -5"),
+        ("dynamic_batching: {max_queue_delay_us: 1e12}\n", "(microseconds), found '1e12'"),
+        ("dynamic_batching: {max_queue_delay_us: 10000000000}\n", "found 10000000000"),
+        ("dynamic_batching: {max_queue_delay_us: true}\n", "(microseconds), found True"),
+        ("dynamic_batching: {preferred_batch_sizes: [true]}\n", "preferred_batch_sizes must be"),
+        ("version_policy: [true]\n", "version_policy must be 'latest', 'all' or a list"),
+        ("labels: [cat, no]\n", "label 1 reads as False in YAML"),
         ("dynamic_batching: yes\n", "dynamic_batching must be a mapping or false"),
         ("dynamic_batching: {preferred_batch_sizes: [0]}\n", "preferred_batch_sizes must be"),
         ("instances: 0\n", "'instances' must be an integer >= 1, found 0"),
@@ -73,7 +86,7 @@ def test_batching_can_be_turned_off(tmp_path):
             + "".join(
                 f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
             ),
-            "expands to more than 100,000 values",
+            "YAML aliases repeat more than 100,000 values",
         ),
     ],
 )

@@ -223,3 +223,21 @@ def test_common_request_agrees_with_the_general_path(lenet, case):
     for name in inputs:
         assert fast_inputs[name].dtype == inputs[name].dtype
         np.testing.assert_array_equal(fast_inputs[name], inputs[name])
+
+
+@pytest.mark.parametrize(
+    ("dims", "max_batch", "shape"),
+    [
+        ((), 8, ()),  # a [batch] input sent without even the batch dim
+        ((3, -1, -1), 8, (1, 3, -1, -1)),  # open sizes, the request repeating the -1s
+        ((3, -1, -1), 8, (1, 3, 4, 4)),  # open sizes always take the general path
+        ((2,), 0, (1, 2)),  # an unbatched model sent a batch dim
+    ],
+)
+def test_common_request_declines_what_only_the_general_path_can_judge(dims, max_batch, shape):
+    from netc.serving.model_info import TensorSpec
+
+    expected = {"x": (TensorSpec("x", "FP32", dims), np.dtype(np.float32))}
+    count = int(np.prod(shape)) if shape else 1
+    request = _request(("x", "FP32", list(shape), None), raw=[b"\0" * 4 * max(count, 0)])
+    assert common_request(request, expected, max_batch) is None
