@@ -16,9 +16,14 @@ reaching `max_batch` or a preferred size:
   concurrent clients of a LeNet get batches of about 10 instead of 1, which
   on the 2-core bench machine raises throughput by ~40 % (bench/serve.py).
 
-The queue is bounded: a request beyond `max_queue` fails at once with
-RESOURCE_EXHAUSTED. A request whose client went away (its task was cancelled)
-or whose deadline passed is dropped before it runs.
+The queue is bounded: a request beyond `max_queue` (queued or held by a
+gathering batch) fails at once with RESOURCE_EXHAUSTED. A request whose client
+went away (its task was cancelled) or whose deadline passed is dropped before
+it runs, and never counts toward a full queue.
+
+Closing (a reload, an unload, shutdown) lets queued and running requests
+finish for up to `DRAIN_S`, then answers whatever is left UNAVAILABLE: no
+caller is ever left waiting.
 
 Runs normally happen on a worker thread, so the event loop keeps accepting
 requests. A batch expected to take less than `INLINE_NS` runs on the event
