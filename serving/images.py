@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import operator
 import warnings
 from collections.abc import Callable
@@ -119,7 +120,7 @@ def decode_tensor(
     height, width = (shape[1], shape[2]) if layout == "CHW" else (shape[0], shape[1])
     _check_pixels(height, width, max_pixels)
     dtype = _TENSOR_TYPES[datatype]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow to 0
     if len(data) != expected:
         raise InvalidRequest(
             f"tensor of shape {shape} and datatype {datatype} needs "

@@ -45,20 +45,27 @@ _COUNTERS = (  # (metric, help, value from ModelStats)
 )
 
 
+def _escape(value: str) -> str:
+    """A label value in Prometheus' text format: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def render(repository: ModelRepository) -> str:
     lines = []
     for metric, text, value in _COUNTERS:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
         for name, versions in sorted(repository.models.items()):
             for version, model in sorted(versions.items()):
-                lines.append(f'{metric}{{model="{name}",version="{version}"}} {value(model.stats)}')
+                labels = f'model="{_escape(name)}",version="{_escape(version)}"'
+                lines.append(f"{metric}{{{labels}}} {value(model.stats)}")
     lines += [
         "# HELP nv_model_ready Whether the model version is ready (1) or not (0)",
         "# TYPE nv_model_ready gauge",
     ]
     for entry in repository.index():
         ready = 1 if entry.state == "READY" else 0
-        lines.append(f'nv_model_ready{{model="{entry.name}",version="{entry.version}"}} {ready}')
+        labels = f'model="{_escape(entry.name)}",version="{_escape(entry.version)}"'
+        lines.append(f"nv_model_ready{{{labels}}} {ready}")
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +78,7 @@ async def start_metrics_server(
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             path = request.split()[1] if len(request.split()) > 1 else b"/"
-            if path == b"/metrics":
+            if path.split(b"?", 1)[0] == b"/metrics":  # scrapers may add a query
                 body, status = render(repository).encode(), "200 OK"
             else:
                 body, status = b"not found: try /metrics\n", "404 Not Found"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from netc.errors import InternalError, UserError
 from netc.serving.batcher import Batcher, Tensors
@@ -143,7 +144,16 @@ class ServedModel:
         )
 
     def _run(self, inputs: Tensors) -> Tensors:
-        values = self.session.run(self.output_names, inputs)
+        try:
+            values = self.session.run(self.output_names, inputs)
+        except ort_errors.InvalidArgument as exc:
+            # Shapes the declared dims allow but the network cannot take (an open-size input
+            # smaller than its receptive field): the request's fault, not the server's.
+            shapes = ", ".join(f"'{name}' {list(value.shape)}" for name, value in inputs.items())
+            reason = str(exc).rsplit("Status Message:", 1)[-1].strip()
+            raise InvalidRequest(
+                f"model '{self.name}' cannot run on input {shapes}: {reason}"
+            ) from None
         return dict(zip(self.output_names, values))
 
     def warm_up(self) -> None:

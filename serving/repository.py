@@ -9,6 +9,7 @@ new versions only once they are ready; `unload(name)` stops serving it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,19 @@ class IndexEntry:
     reason: str = ""
 
 
-def _versions(folder: Path, policy) -> list[str]:
+def _versions(folder: Path, policy) -> list[tuple[str, str]]:
+    """(version, folder name) of each version the policy selects, oldest first. A version
+    is its number ("01" serves as version "1"), as clients ask for it."""
     found = sorted(
-        int(p.name)
+        (int(p.name), p.name)
         for p in folder.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file()
+        if p.is_dir() and re.fullmatch(r"[0-9]+", p.name) and (p / MODEL_FILE).is_file()
     )
     if policy == "latest":
         found = found[-1:]
     elif policy != "all":
-        found = [v for v in found if v in policy]
-    return [str(v) for v in found]
+        found = [(number, name) for number, name in found if number in policy]
+    return [(str(number), name) for number, name in found]
 
 
 class ModelRepository:
@@ -87,11 +90,19 @@ class ModelRepository:
             config = load_config(folder)
             versions = _versions(folder, config.version_policy)
             if not versions:
-                raise UserError(f"error: model '{name}': no version folder with {MODEL_FILE}")
+                wanted = config.version_policy
+                which = (
+                    f"versions {', '.join(map(str, wanted))} (its version_policy)"
+                    if isinstance(wanted, tuple)
+                    else "version"
+                )
+                raise UserError(
+                    f"error: model '{name}': no {which} folder with {MODEL_FILE} in {folder}"
+                )
             loaded = {}
-            for version in versions:
+            for version, subfolder in versions:
                 model = await asyncio.to_thread(
-                    ServedModel, name, version, folder / version / MODEL_FILE, config
+                    ServedModel, name, version, folder / subfolder / MODEL_FILE, config
                 )
                 await asyncio.to_thread(model.warm_up)
                 model.start()

@@ -9,6 +9,7 @@ repository)` returning the full names of the services it added.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -85,7 +86,10 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         server, repository, max_image_pixels=options.max_image_pixels
     )
     health, health_pb2 = _add_health_and_reflection(server, names)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    try:
+        port = server.add_insecure_port(f"{options.host}:{options.port}")
+    except RuntimeError as exc:  # grpcio's way of saying the port is taken
+        raise OSError(f"cannot listen on {options.host}:{options.port}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {options.host}:{options.port}")
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -104,7 +108,15 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     repository.on_change.append(update_health)
     running = RunningServer(server, repository, port, options.metrics_port)
     if options.metrics_port is not None:
-        running.metrics = await start_metrics_server(repository, options.host, options.metrics_port)
+        try:
+            running.metrics = await start_metrics_server(
+                repository, options.host, options.metrics_port
+            )
+        except OSError as exc:  # stop what started, then say which port
+            await running.stop(grace=0)
+            raise OSError(
+                f"cannot serve metrics on {options.host}:{options.metrics_port}: {exc.strerror}"
+            ) from None
         running.metrics_port = running.metrics.sockets[0].getsockname()[1]
     if options.poll_seconds:
         running.tasks.append(asyncio.create_task(_poll(repository, options.poll_seconds)))
@@ -112,20 +124,41 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
 
 
 async def _poll(repository: ModelRepository, seconds: float) -> None:
-    """Hot reload: load models that appeared or whose versions changed on disk."""
+    """Hot reload: load models that appeared or changed on disk, unload those that went.
+    One model's trouble is logged and polling goes on."""
     seen = {name: _fingerprint(repository.root / name) for name in repository.names()}
     while True:
         await asyncio.sleep(seconds)
-        for name in repository.names():
-            current = _fingerprint(repository.root / name)
-            if seen.get(name) != current:
-                seen[name] = current
-                await repository.load(name)
+        try:
+            names = repository.names()
+            for name in set(seen) - set(names):
+                del seen[name]
+                if name in repository.models:
+                    await repository.unload(name)
+            for name in names:
+                current = _fingerprint(repository.root / name)
+                if seen.get(name) != current:
+                    seen[name] = current
+                    await repository.load(name)
+        except Exception:  # a folder vanishing mid-scan, an unreadable file, ...
+            logging.getLogger("netc.serving").exception("repository poll")
 
 
 def _fingerprint(folder: Path) -> tuple:
-    files = sorted(folder.glob("*/model.onnx")) + sorted(folder.glob("config.yaml"))
-    return tuple((str(p), p.stat().st_mtime_ns) for p in files if p.exists())
+    """What a reload depends on: the version folders' model files and every file beside
+    them (config.yaml, a labels_file)."""
+    try:
+        files = [*sorted(folder.glob("*/model.onnx")), *sorted(folder.iterdir())]
+    except OSError:  # the folder went away
+        return ()
+    stamps = []
+    for path in files:
+        try:
+            if path.is_file():
+                stamps.append((str(path), path.stat().st_mtime_ns))
+        except OSError:  # removed while we looked
+            continue
+    return tuple(stamps)
 
 
 def serve_forever(repository_path: Path, options: ServerOptions) -> int:
