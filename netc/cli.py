@@ -455,8 +455,8 @@ def _run_infer(args: argparse.Namespace) -> int:
     from netc.errors import did_you_mean
     from netc.serving.client import VisionClient
 
-    if args.top_k < 1:
-        raise UserError(f"error: --top-k must be at least 1, found {args.top_k}")
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise UserError(f"error: --top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
     contents = []
     for path in args.files:
         try:
@@ -494,22 +494,54 @@ def _run_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_TOP_K = 2**31 - 1  # the vision protocol's int32
+FILES_PER_REQUEST = 32
+BYTES_PER_REQUEST = 32 << 20  # well inside the server's default 128 MiB message limit
+
+
+def _chunks(contents: list[bytes]) -> list[range]:
+    """Files per Classify request: at most 32, and at most 32 MiB unless one file is larger."""
+    chunks, start, size = [], 0, 0
+    for i, data in enumerate(contents):
+        if i > start and (i - start >= FILES_PER_REQUEST or size + len(data) > BYTES_PER_REQUEST):
+            chunks.append(range(start, i))
+            start, size = i, 0
+        size += len(data)
+    if contents:
+        chunks.append(range(start, len(contents)))
+    return chunks
+
+
 def _print_labels(client, args: argparse.Namespace, contents: list[bytes]) -> None:
-    for start in range(0, len(contents), 32):  # a request per 32 files keeps messages small
-        chunk = contents[start : start + 32]
-        results = client.classify(chunk, args.model, args.top_k, version=args.version)
-        for path, labels in zip(args.files[start : start + 32], results):
+    for chunk in _chunks(contents):
+        files = [contents[i] for i in chunk]
+        results = client.classify(files, args.model, args.top_k, version=args.version)
+        for i, labels in zip(chunk, results):
             text = ", ".join(f"{label} ({score:.3f})" for label, _, score in labels)
-            print(f"{path}: {text}")
+            print(f"{args.files[i]}: {text}")
+
+
+def _mask_names(paths: list[Path]) -> list[str]:
+    """`<stem>_mask.png` for each image; stems that repeat (a/x.png, b/x.jpg) are numbered
+    so that no mask overwrites another."""
+    names, used = [], set()
+    for path in paths:
+        name, n = f"{path.stem}_mask.png", 1
+        while name in used:
+            n += 1
+            name = f"{path.stem}_{n}_mask.png"
+        used.add(name)
+        names.append(name)
+    return names
 
 
 def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> None:
     import numpy as np
     from PIL import Image
 
-    for path, data in zip(args.files, contents):
+    for path, data, name in zip(args.files, contents, _mask_names(args.files)):
         mask, labels, _ = client.segment(data, args.model, version=args.version)
-        target = args.out / f"{path.stem}_mask.png"
+        target = args.out / name
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask).save(target)

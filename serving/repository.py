@@ -108,9 +108,13 @@ class ModelRepository:
                 model.start()
                 loaded[version] = model
         except UserError as exc:
-            self.states[name] = IndexEntry(
-                name, "", "UNAVAILABLE", str(exc).removeprefix("error: ")
-            )
+            reason = str(exc).removeprefix("error: ")
+            if name in self.models:  # a failed reload: the versions already loaded serve on
+                latest = max(self.models[name], key=int)
+                reason = f"reload failed, still serving the loaded versions: {reason}"
+                self.states[name] = IndexEntry(name, latest, "READY", reason)
+            else:
+                self.states[name] = IndexEntry(name, "", "UNAVAILABLE", reason)
             return
         finally:
             self.loading -= 1
@@ -146,8 +150,10 @@ class ModelRepository:
         entries = []
         for name in sorted(set(self.names()) | set(self.states)):
             if name in self.models:
+                state = self.states.get(name)
+                reason = state.reason if state is not None and state.state == "READY" else ""
                 entries += [
-                    IndexEntry(name, v, "READY") for v in sorted(self.models[name], key=int)
+                    IndexEntry(name, v, "READY", reason) for v in sorted(self.models[name], key=int)
                 ]
             else:
                 entries.append(

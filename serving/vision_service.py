@@ -26,7 +26,7 @@ import numpy as np
 from netc.errors import UserError
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
 from netc.serving import images
-from netc.serving.errors import InvalidRequest, Unsupported, status_code
+from netc.serving.errors import InvalidRequest, ModelUnavailable, Unsupported, status_code
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
@@ -142,11 +142,22 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 raise
             raise type(exc)(f"image {index}: {exc}") from None
 
-    async def _run(self, vision: VisionModel, tensor: np.ndarray, context) -> np.ndarray:
-        outputs = await vision.model.infer(
-            {vision.image.name: tensor}, timeout=context.time_remaining()
-        )
-        return outputs[vision.output]
+    async def _run(self, vision: VisionModel, tensor: np.ndarray, request, context) -> np.ndarray:
+        inputs = {vision.image.name: tensor}
+        try:
+            outputs = vision.model.infer(inputs, timeout=context.time_remaining())
+        except ModelUnavailable:
+            # Reloaded while the picture was decoding: the new version takes the request if
+            # it wants the same input prepared the same way.
+            current = self._model(request, vision.task)
+            if current.model is vision.model or (current.image, current.rules) != (
+                vision.image,
+                vision.rules,
+            ):
+                raise
+            vision = current
+            outputs = vision.model.infer(inputs, timeout=context.time_remaining())
+        return (await outputs)[vision.output]
 
     async def _classify(self, request, context):
         vision = self._model(request, "classification")
@@ -154,10 +165,18 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             raise InvalidRequest(f"top_k must be >= 0 (0: {DEFAULT_TOP_K}), found {request.top_k}")
         if not request.images:
             raise InvalidRequest("the request has no images")
+        most = vision.model.config.max_queue_size
+        if len(request.images) > most:  # each image queues: more could never all fit
+            raise InvalidRequest(
+                f"the request has {len(request.images)} images; model '{vision.model.name}' "
+                f"takes at most {most} at a time (its max_queue_size); send them in parts"
+            )
         prepared = await asyncio.gather(
             *(self._prepare(image, vision, i) for i, image in enumerate(request.images))
         )
-        outputs = await asyncio.gather(*(self._run(vision, p.tensor, context) for p in prepared))
+        outputs = await asyncio.gather(
+            *(self._run(vision, p.tensor, request, context) for p in prepared)
+        )
         response = vision_pb2.ClassifyResponse(
             model=vision.model.name, version=vision.model.version
         )
@@ -177,7 +196,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
         prepared = await self._prepare(request.image, vision)
-        output = await self._run(vision, prepared.tensor, context)
+        output = await self._run(vision, prepared.tensor, request, context)
         classes = output.shape[1]
         if classes > MAX_CLASSES_IN_MASK:
             raise Unsupported(

@@ -76,3 +76,24 @@ def test_bad_pixel_limit_is_a_usage_error(repository):
     assert result.returncode == 2
     assert "--max-image-pixels must be at least 1, found 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_busy_ports_are_clear_errors(repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for flags, says in (
+            (["--port", port, "--no-metrics"], f"cannot listen on 127.0.0.1:{port}"),
+            (["--port", "0", "--metrics-port", port], f"cannot serve metrics on 127.0.0.1:{port}"),
+        ):
+            result = subprocess.run(
+                [*SERVE, str(repository), "--host", "127.0.0.1", *flags],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 2, result.stderr
+            assert says in result.stderr and "Traceback" not in result.stderr

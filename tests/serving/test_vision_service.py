@@ -235,3 +235,11 @@ def test_netc_infer_user_errors_exit_2_with_one_message(server, tmp_path, capsys
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "INVALID_ARGUMENT" in err and "Traceback" not in err
+
+
+def test_more_images_than_the_queue_holds_is_an_invalid_request(client):
+    grey = np.zeros((8, 8), np.uint8)
+    error = _status(lambda: client.classify([grey] * 257, "lenet5"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "257 images" in str(error) and "at most 256" in str(error)
+    assert len(client.classify([grey] * 256, "lenet5")) == 256  # the most that fits

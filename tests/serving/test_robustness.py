@@ -1,0 +1,91 @@
+"""Inputs and situations found by review to crash or mislead: each now answered clearly."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netc.cli import _chunks, _mask_names, main
+from netc.serving import images
+from netc.serving.config import ModelConfig
+from netc.serving.errors import InvalidRequest
+from netc.serving.metrics import _escape
+from netc.serving.model import ServedModel
+from netc.serving.repository import ModelRepository
+
+OPEN_CLASSIFIER = """\
+name: opencls
+task: classification
+inputs:
+  image: [3, null, null]
+layers:
+  - {name: conv1, op: conv, channels: 8, kernel: 7}
+  - {name: relu1, op: relu}
+  - {name: pool, op: adaptive_avg_pool, output: 1}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: fc, units: 5}
+outputs: [fc]
+"""
+
+
+def test_a_picture_below_the_receptive_field_is_the_requests_fault(tmp_path):
+    spec = tmp_path / "opencls.yaml"
+    spec.write_text(OPEN_CLASSIFIER)
+    repo = tmp_path / "repo"
+    assert main(["export", str(spec), "--repository", str(repo), "--name", "opencls"]) == 0
+    model = ServedModel("opencls", "1", repo / "opencls" / "1" / "model.onnx", ModelConfig())
+    assert model._run({"image": np.zeros((1, 3, 7, 7), np.float32)})["fc"].shape == (1, 5)
+    with pytest.raises(
+        InvalidRequest, match=r"'opencls' cannot run on input 'image' \[1, 3, 6, 6\]"
+    ):
+        model._run({"image": np.zeros((1, 3, 6, 6), np.float32)})
+
+
+def test_a_tensor_whose_size_overflows_is_refused():
+    with pytest.raises(InvalidRequest, match=r"needs \d+ bytes of data, found 0"):
+        images.decode_tensor([2**62, 4, 1], "CHW", "UINT8", b"")  # np.prod wraps to 0
+
+
+def test_version_folders_are_numbers(repository, tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(repository / "lenet5" / "1", root / "padded" / "01")
+    shutil.copytree(repository / "lenet5" / "1", root / "odd" / "²")  # not a version
+    shutil.copytree(repository / "lenet5" / "1", root / "picky" / "5")
+    (root / "picky" / "config.yaml").write_text("version_policy: [3]\n")
+
+    async def scenario():
+        repo = ModelRepository(root)
+        await repo.load_all()
+        try:
+            return repo.get("padded", "1").version, {e.name: e for e in repo.index()}
+        finally:
+            await repo.close()
+
+    version, index = asyncio.run(scenario())
+    assert version == "1"
+    assert index["odd"].state == "UNAVAILABLE" and "no version folder" in index["odd"].reason
+    assert "no versions 3 (its version_policy) folder" in index["picky"].reason
+
+
+def test_prometheus_label_values_are_escaped():
+    assert _escape('my"model\\x\ny') == 'my\\"model\\\\x\\ny'
+
+
+def test_infer_requests_stay_small_and_masks_never_overwrite_each_other():
+    small, big = b"x" * 1000, b"x" * (20 << 20)
+    assert [len(c) for c in _chunks([small] * 70)] == [32, 32, 6]
+    assert [len(c) for c in _chunks([big, big, small, big])] == [1, 2, 1]
+    assert [len(c) for c in _chunks([b"x" * (40 << 20)])] == [1]  # one file too big alone
+    assert _mask_names([Path("a/x.png"), Path("b/x.png"), Path("b/x.jpg"), Path("y.png")]) == [
+        "x_mask.png",
+        "x_2_mask.png",
+        "x_3_mask.png",
+        "y_mask.png",
+    ]
+
+
+def test_infer_top_k_is_bounded(capsys):
+    assert main(["infer", "--model", "m", "--top-k", "3000000000", "x.png"]) == 2
+    assert "--top-k must be from 1 to 2,147,483,647" in capsys.readouterr().err
