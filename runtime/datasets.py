@@ -123,6 +123,14 @@ def make_shapes(count: int = 1200, size: int = 64, seed: int = 0) -> ArrayDatase
 # --- image files -----------------------------------------------------------------------
 
 
+def _wide_grey(im) -> np.ndarray:
+    """16-bit (or float) grey → uint8 on the scale the server reads it at (serving.images:
+    full range 65535, floats 0..1). PIL's convert("L") would clip everything above 255."""
+    scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
+    values = np.asarray(im, dtype=np.float64) * scale
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
 def _decode_image(path: str) -> tuple[np.ndarray | None, str]:
     """One file → (H, W, 1) grey or (H, W, 3) RGB uint8, or (None, reason) if it cannot be read.
 
@@ -133,8 +141,10 @@ def _decode_image(path: str) -> tuple[np.ndarray | None, str]:
     try:
         with Image.open(path) as im:
             im.load()
-            grey = im.mode in _GRAY_MODES or im.mode.startswith("I;16")
-            array = np.asarray(im.convert("L" if grey else "RGB"))
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                array = _wide_grey(im)
+            else:
+                array = np.asarray(im.convert("L" if im.mode in _GRAY_MODES else "RGB"))
     except Exception as exc:  # PIL raises many kinds on corrupt or truncated data
         return None, f"{type(exc).__name__}: {exc}"
     return array.reshape(array.shape[0], array.shape[1], -1), ""
