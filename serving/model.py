@@ -85,8 +85,20 @@ def describe(
     )
     cut = 1 if batched else 0
     meta = _metadata(session)
+    # Metadata another tool wrote under our keys may have any shape: use only what fits.
     labels = config.labels or _json(meta, "netc.labels")
+    if not isinstance(labels, (list, tuple)):
+        labels = None
     stride = _json(meta, "netc.output_stride")
+    if not (
+        isinstance(stride, list)
+        and len(stride) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stride)
+    ):
+        stride = None
+    preprocessing = _json(meta, "netc.preprocessing")
+    if not isinstance(preprocessing, dict):
+        preprocessing = None
     return ModelInfo(
         name=name,
         version=version,
@@ -94,8 +106,8 @@ def describe(
         outputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in outs),
         max_batch_size=config.max_batch_size if batched else 0,
         task=meta.get("netc.task", "unknown"),
-        labels=tuple(labels) if labels else None,
-        preprocessing=_json(meta, "netc.preprocessing"),
+        labels=tuple(str(label) for label in labels) if labels else None,
+        preprocessing=preprocessing,
         output_stride=tuple(stride) if stride else None,
         dynamic_batching=batched and config.dynamic_batching,
         preferred_batch_sizes=config.preferred_batch_sizes,

@@ -89,3 +89,19 @@ def test_infer_requests_stay_small_and_masks_never_overwrite_each_other():
 def test_infer_top_k_is_bounded(capsys):
     assert main(["infer", "--model", "m", "--top-k", "3000000000", "x.png"]) == 2
     assert "--top-k must be from 1 to 2,147,483,647" in capsys.readouterr().err
+
+
+def test_foreign_metadata_under_netc_keys_is_ignored(repository, tmp_path):
+    import onnx
+
+    model = onnx.load(repository / "lenet5" / "1" / "model.onnx")
+    written = {"netc.preprocessing": "[1, 2]", "netc.output_stride": '"x"', "netc.labels": "5"}
+    for prop in model.metadata_props:
+        if prop.key in written:
+            prop.value = written.pop(prop.key)
+    for key, value in written.items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    info = ServedModel("foreign", "1", path, ModelConfig()).info
+    assert (info.preprocessing, info.output_stride, info.labels) == (None, None, None)
