@@ -6,21 +6,52 @@ import os
 import tempfile
 from pathlib import Path
 
+from netc.errors import UserError
+
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    """Write to a temporary file beside `path`, fsync, then rename over it. A failure
+    (no permission, no space, a file where a folder should be) is a UserError naming
+    the path, and leaves no new empty folder behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    created = not path.parent.exists()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or the mode
+        # of the file it replaces), so a server running as another user can read it.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _clean_up(tmp, path.parent if created else None)
+        raise UserError(f"error: cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
+        _clean_up(tmp, path.parent if created else None)
+        raise
+
+
+def _clean_up(tmp: str | None, folder: Path | None) -> None:
+    if tmp is not None:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
-        raise
+    if folder is not None:
+        try:
+            folder.rmdir()  # only if empty: the version folder an export had just made
+        except OSError:
+            pass
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask

@@ -168,7 +168,9 @@ def next_version_path(repository: Path, name: str) -> Path:
         raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
     folder = repository / name
     versions = (
-        [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        [int(p.name) for p in folder.iterdir() if re.fullmatch(r"[0-9]+", p.name)]
+        if folder.is_dir()
+        else []
     )
     return folder / str(max(versions, default=0) + 1) / "model.onnx"
 

@@ -81,3 +81,27 @@ def test_missing_file_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "nope.yaml: no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_write_failures_name_the_path_and_leave_nothing_behind(tmp_path, capsys):
+    (tmp_path / "repo").write_text("a file where the repository should be")
+    status = main(["export", "lenet5", "--repository", str(tmp_path / "repo"), "--name", "x"])
+    err = capsys.readouterr().err
+    assert status == 2 and "cannot write" in err and "internal error" not in err
+    target = tmp_path / "out"
+    target.mkdir()  # -o names a folder, not a file
+    assert main(["export", "lenet5", "-o", str(target), "--no-verify"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.tmp")) and not list(target.iterdir())
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "lenet5", "-o", str(tmp_path / "m.onnx"), "--no-verify"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644
