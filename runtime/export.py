@@ -141,6 +141,12 @@ def export_model(
         )
     preprocessing.pop("pca", None)
     preprocessing.pop("pca_mean", None)
+    trained_at = (state.get("config") or {}).get("input_size")
+    open_size = not all(isinstance(d, int) for d in next(iter(graph.inputs.values())).shape[2:])
+    if trained_at and open_size and not fully_convolutional:
+        # Training resized every image to this size; serving must too, though the network
+        # itself would take any size.
+        preprocessing["resize_to"] = [int(d) for d in trained_at]
     meta = metadata_for(
         graph.task if not fully_convolutional else "segmentation",
         labels,

@@ -308,6 +308,13 @@ def image_input(info: ModelInfo) -> ImageInput:
         raise Unsupported(f"{what}: preprocessing layout {pre['layout']}; expected NCHW")
     channels = dims[0] if dims[0] > 0 else int(pre.get("channels") or 3)
     size = tuple(d if d > 0 else None for d in dims[1:])
+    resize_to = pre.get("resize_to")  # an open-size network trained at one size
+    if (
+        isinstance(resize_to, list)
+        and len(resize_to) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in resize_to)
+    ):
+        size = tuple(fixed or wanted for fixed, wanted in zip(size, resize_to))
     mean, std = (_per_channel(pre.get(key), channels, key, what) for key in ("mean", "std"))
     low, high = pre.get("value_range") or (0.0, 1.0)
     return ImageInput(

@@ -132,3 +132,37 @@ def test_exported_model_scores_the_recorded_validation_accuracy(runs, tmp_path):
     scores = _run(out, ((val.images.numpy() - mean) / std).astype(np.float32))
     accuracy = float((scores.argmax(1) == val.targets.numpy()).mean())
     assert accuracy == pytest.approx(state["history"][-1]["accuracy"], abs=1e-9)
+
+
+OPEN_TINY = """\
+name: opentiny
+task: classification
+inputs:
+  image: [1, null, null]
+layers:
+  - {name: conv, op: conv, channels: 4, kernel: 3}
+  - {name: relu, op: relu}
+  - {name: pool, op: adaptive_avg_pool, output: 1}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: fc, units: 10}
+training: {epochs: 1, batch_size: 64}
+"""
+
+
+def test_an_open_size_net_trained_at_one_size_is_served_at_it(tmp_path):
+    """Training resized every image to `input_size`; the ONNX metadata tells the server to
+    do the same, although the network would run at any size."""
+    from netc.serving.config import ModelConfig
+    from netc.serving.images import image_input, prepare
+    from netc.serving.model import ServedModel
+
+    spec = tmp_path / "opentiny.yaml"
+    spec.write_text(OPEN_TINY)
+    train(str(spec), "digits", tmp_path / "run", overrides={"input_size": [16, 16]}, quiet=True)
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx")]) == 0
+    meta = json.loads(_props(onnx.load(tmp_path / "m.onnx"))["netc.preprocessing"])
+    assert meta["input_size"] == [None, None] and meta["resize_to"] == [16, 16]
+    info = ServedModel("opentiny", "1", tmp_path / "m.onnx", ModelConfig()).info
+    assert image_input(info).size == (16, 16)
+    prepared = prepare(np.zeros((1, 8, 8), np.float32), info)
+    assert prepared.tensor.shape == (1, 1, 16, 16) and prepared.original == (8, 8)
