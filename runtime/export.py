@@ -64,18 +64,25 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
     return net.graph, build_module(net.graph, seed=0).state_dict(), {}
 
 
-def _sample_shapes(graph: Graph) -> list[tuple[int, ...]]:
-    """Two valid input sizes for an open-size model (at least OPEN_SIZE, then a bit more)."""
+def _sample_shapes(graph: Graph, size: list[int] | None = None) -> list[tuple[int, ...]]:
+    """Two valid input sizes for an open-size model (at least OPEN_SIZE, then a bit more);
+    only `size` when given (PCA whitening holds for the training size alone)."""
     shape = next(iter(graph.inputs.values())).shape
     if all(sym.is_static(d) for d in shape[1:]):
         return [(2, *shape[1:])]
+    if size is not None:
+        return [(2, shape[1], *size)]
     low_h, low_w = minimum_input_size(graph) or (1, 1)
     h, w = max(low_h, OPEN_SIZE), max(low_w, OPEN_SIZE)
     return [(2, shape[1], h, w), (2, shape[1], h + 37, w + 21)]
 
 
 def check_against_torch(
-    model: onnx.ModelProto, graph: Graph, weights: dict, whitening: tuple[Any, Any] | None = None
+    model: onnx.ModelProto,
+    graph: Graph,
+    weights: dict,
+    whitening: tuple[Any, Any] | None = None,
+    size: list[int] | None = None,
 ) -> float:
     """Largest |onnxruntime - PyTorch| over seeded inputs; UserError beyond tolerance."""
     module = build_module(graph)
@@ -88,7 +95,7 @@ def check_against_torch(
     )
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
-    for shape in _sample_shapes(graph):
+    for shape in _sample_shapes(graph, size):
         x = torch.rand(*shape, generator=generator)
         with torch.no_grad():
             expected = module(_whitened(x, whitening))
@@ -164,7 +171,8 @@ def export_model(
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"error: the exported model does not pass onnx.checker: {exc}") from None
-    worst = check_against_torch(model, graph, weights, whitening) if verify else None
+    size = preprocessing.get("resize_to") if whitening is not None else None
+    worst = check_against_torch(model, graph, weights, whitening, size) if verify else None
     return ExportResult(model, graph, bool(state), worst)
 
 

@@ -166,3 +166,14 @@ def test_an_open_size_net_trained_at_one_size_is_served_at_it(tmp_path):
     assert image_input(info).size == (16, 16)
     prepared = prepare(np.zeros((1, 8, 8), np.float32), info)
     assert prepared.tensor.shape == (1, 1, 16, 16) and prepared.original == (8, 8)
+
+
+def test_pca_whitening_of_an_open_size_net_exports_at_its_training_size(tmp_path):
+    spec = tmp_path / "opentiny.yaml"
+    spec.write_text(OPEN_TINY)
+    overrides = {"input_size": [16, 16], "pca_whitening": True}
+    train(str(spec), "digits", tmp_path / "run", overrides=overrides, quiet=True)
+    # verification runs at 16x16 only: the whitening matrix is for 1·16·16 values
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx")]) == 0
+    x = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)
+    assert _run(tmp_path / "m.onnx", x).shape == (1, 10)
