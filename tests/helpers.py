@@ -24,3 +24,21 @@ def assert_close(actual, expected, *, rtol: float, atol: float, what: str = "val
             f"{what}: {int(bad.sum())} of {bad.size} elements differ beyond rtol={rtol}, "
             f"atol={atol}; worst at {worst}: {actual[worst]} vs {expected[worst]}"
         )
+
+
+def open_classifier(name: str, channels: int, kernel: int) -> str:
+    """A classifier whose input H and W are open: conv, ReLU, global pool, fc (10 classes
+    when trained on digits, 5 otherwise)."""
+    return f"""\
+name: {name}
+task: classification
+inputs:
+  image: [{channels}, null, null]
+layers:
+  - {{name: conv, op: conv, channels: 4, kernel: {kernel}}}
+  - {{name: relu, op: relu}}
+  - {{name: pool, op: adaptive_avg_pool, output: 1}}
+  - {{name: flatten, op: flatten}}
+  - {{name: fc, op: fc, units: {10 if channels == 1 else 5}}}
+training: {{epochs: 1, batch_size: 64}}
+"""

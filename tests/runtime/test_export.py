@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, open_classifier
 
 from netc.cli import main
 from netc.compiler.network import load_string
@@ -134,19 +134,7 @@ def test_exported_model_scores_the_recorded_validation_accuracy(runs, tmp_path):
     assert accuracy == pytest.approx(state["history"][-1]["accuracy"], abs=1e-9)
 
 
-OPEN_TINY = """\
-name: opentiny
-task: classification
-inputs:
-  image: [1, null, null]
-layers:
-  - {name: conv, op: conv, channels: 4, kernel: 3}
-  - {name: relu, op: relu}
-  - {name: pool, op: adaptive_avg_pool, output: 1}
-  - {name: flatten, op: flatten}
-  - {name: fc, op: fc, units: 10}
-training: {epochs: 1, batch_size: 64}
-"""
+OPEN_TINY = open_classifier("opentiny", channels=1, kernel=3)
 
 
 def test_an_open_size_net_trained_at_one_size_is_served_at_it(tmp_path):

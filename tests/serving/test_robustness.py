@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import open_classifier
 
 from netc.cli import _chunks, _mask_names, main
 from netc.serving import images
@@ -15,19 +16,7 @@ from netc.serving.metrics import _escape
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
-OPEN_CLASSIFIER = """\
-name: opencls
-task: classification
-inputs:
-  image: [3, null, null]
-layers:
-  - {name: conv1, op: conv, channels: 8, kernel: 7}
-  - {name: relu1, op: relu}
-  - {name: pool, op: adaptive_avg_pool, output: 1}
-  - {name: flatten, op: flatten}
-  - {name: fc, op: fc, units: 5}
-outputs: [fc]
-"""
+OPEN_CLASSIFIER = open_classifier("opencls", channels=3, kernel=7)
 
 
 def test_a_picture_below_the_receptive_field_is_the_requests_fault(tmp_path):
