@@ -100,7 +100,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         epochs=read.number("epochs", 10, low=1, integer=True),
         batch_size=read.number("batch_size", 64, low=1, integer=True),
         val_fraction=read.number("val_fraction", 0.15, low=0, high=1, high_open=True),
-        seed=read.number("seed", 0, low=0, integer=True),
+        seed=read.number("seed", 0, low=0, high=2**31 - 1, integer=True),
         input_size=_input_size(values.get("input_size")),
         loss=_plain(values.get("loss")),
         optimizer=_plain(values.get("optimizer")),

@@ -92,5 +92,6 @@ def initialize(module: nn.Module, graph: Graph, generator: torch.Generator | Non
             else:
                 _init_weight(node, layer, generator)
         if not node.trainable:
+            layer.netc_frozen = True  # also for layers without parameters (affine-free BN)
             for param in layer.parameters(recurse=False):
                 param.requires_grad_(False)

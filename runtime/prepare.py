@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from netc.compiler.network import Network, load, load_string
-from netc.errors import DataError
+from netc.errors import ConfigError, DataError
 from netc.runtime.config import TrainConfig, parse_training
 from netc.runtime.datasets import ArrayDataset, load_dataset, resize, split
 from netc.runtime.preprocess import Preprocessing, fit_preprocessing
@@ -78,11 +78,23 @@ def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> Ar
             f"has {channels}-channel images"
         )
     size = config.input_size
-    if size is None and all(isinstance(d, int) for d in shape[2:]):
+    fixed = all(isinstance(d, int) for d in shape[2:])
+    if size is not None and fixed and tuple(size) != tuple(shape[2:]):
+        raise ConfigError(
+            "training.input_size",
+            f"{list(size)} differs from {graph.name}'s fixed input size "
+            f"{list(shape[2:])}\n  hint: drop input_size (images are resized to the "
+            "network's size)",
+        )
+    if size is None and fixed:
         size = (shape[2], shape[3])
     if size is not None:
         data = resize(data, size)
     return data
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def prepare(
@@ -99,6 +111,15 @@ def prepare(
     config = parse_training(network.spec.training, overrides)
     if stored is not None:
         config = parse_training(stored["config"], overrides)
+        for key in ("seed", "val_fraction", "input_size"):
+            was, now = _listed(stored["config"].get(key)), _listed(getattr(config, key))
+            if now != was:
+                # a new split would put validation samples the model trained on in sight
+                raise ConfigError(
+                    f"training.{key}",
+                    f"--resume keeps the run's {key} ({was}); found {now}\n"
+                    "  hint: drop the flag, or start a new run with another --out",
+                )
     data = load_dataset(data_spec)
     if stored is None:
         network, params = _fit_to_data(network, source, params, data, quiet)

@@ -61,10 +61,8 @@ def _first_output(outputs: Any) -> torch.Tensor:
 def _freeze_frozen_norms(module: nn.Module) -> None:
     """Frozen batch norms keep their running statistics too (eval mode in training)."""
     for layer in module.modules():
-        if (
-            isinstance(layer, nn.modules.batchnorm._BatchNorm)
-            and layer.affine
-            and not any(p.requires_grad for p in layer.parameters(recurse=False))
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and getattr(
+            layer, "netc_frozen", False
         ):
             layer.eval()
 
@@ -159,6 +157,12 @@ class Session:
         module = build_module(run.network.graph, seed=config.seed)
         if init_from and stored is None:
             report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
+            if not report.loaded:
+                raise UserError(
+                    f"error: --init-from {init_from}: no layer of {run.network.graph.name} "
+                    "matches the checkpoint by name and shape; nothing would be loaded\n"
+                    + "\n".join(f"  {line}" for line in report.lines())
+                )
             for line in report.lines():
                 say(f"init-from {init_from}: {line}", quiet or not world.is_main)
         module.to(device)
@@ -192,7 +196,12 @@ class Session:
         if stored is not None:
             session.restore(stored, lr)
         if world.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"error: cannot make the run directory {run_dir}: {exc.strerror or exc}"
+                ) from None
             write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
             session.writer = _tensorboard(run_dir)
         return session
@@ -275,12 +284,21 @@ class Session:
             + (str(last) if last.exists() else "(none yet)")
         )
 
+    def compared_metric(self, row: dict[str, Any]) -> str:
+        """What picks best.pt: the task's metric when the epoch measured it (higher is
+        better), else the validation loss, else, with no validation split, the training
+        loss (both lower is better)."""
+        if self.metric not in ("loss", "val_loss") and self.metric in row:
+            return self.metric
+        return "val_loss" if "val_loss" in row else "loss"
+
     def end_epoch(self, row: dict[str, Any], started: float) -> None:
         """Schedule, pick the best, write checkpoints and metrics (rank 0), log."""
         self.schedule.after_epoch(row.get("val_loss"))
         row["seconds"] = round(time.perf_counter() - started, 3)
-        value = row.get(self.metric, row.get("val_loss", row["loss"]))
-        lower_is_better = self.metric == "loss"
+        name = self.compared_metric(row)
+        value = row[name]
+        lower_is_better = name in ("loss", "val_loss")
         improved = self.best is None or (
             value < self.best if lower_is_better else value > self.best
         )

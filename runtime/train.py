@@ -74,12 +74,13 @@ def train(
             session.end_epoch(row, started)
     finally:
         session.close()
+    last = session.history[-1] if session.history else {}
     return RunResult(
         run_dir,
-        session.metric,
+        session.compared_metric(last) if last else session.metric,
         session.best,
         session.best_epoch,
-        run.config.epochs - session.first_epoch + 1,
+        max(0, run.config.epochs - session.first_epoch + 1),
         time.perf_counter() - started,
         session.history,
     )

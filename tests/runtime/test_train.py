@@ -280,3 +280,66 @@ def test_segmentation_training_reports_mean_iou(tmp_path):
         "square",
         "triangle",
     ]
+
+
+def test_without_a_validation_split_best_is_the_lowest_training_loss(tiny, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny, "digits", run, overrides={"val_fraction": 0, "epochs": 3}, quiet=True)
+    losses = _losses(run)
+    assert result.metric == "loss"
+    assert result.best_epoch == 1 + int(np.argmin(losses))
+    assert result.best_metric == min(losses)
+
+
+def test_resume_keeps_the_runs_split(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
+    args = ["train", tiny, "--data", "digits", "--out", str(run), "--resume", "--quiet"]
+    assert main([*args, "--epochs", "2", "--seed", "5"]) == 2
+    assert "--resume keeps the run's seed (0); found 5" in capsys.readouterr().err
+
+
+def test_frozen_batch_norm_without_affine_keeps_its_statistics(tmp_path):
+    spec = tmp_path / "bn.yaml"
+    spec.write_text(
+        TINY.replace(
+            "  - {name: relu1, op: relu}",
+            "  - {name: bn1, op: batch_norm, affine: false, trainable: false}\n"
+            "  - {name: relu1, op: relu}",
+        )
+    )
+    run = tmp_path / "run"
+    train(str(spec), "digits", run, overrides={"epochs": 1}, quiet=True)
+    state = checkpoint.load(run / "last.pt")["model"]
+    assert torch.equal(state["bn1.running_mean"], torch.zeros(8))
+    assert torch.equal(state["bn1.running_var"], torch.ones(8))
+
+
+@pytest.mark.parametrize(
+    ("training", "extra", "message"),
+    [
+        ("", ["--seed", "20000000000000"], "seed"),
+        ("  input_size: [28, 28]\n", [], "differs from tiny_digits's fixed input size [8, 8]"),
+    ],
+)
+def test_bad_settings_exit_2_before_training(tmp_path, capsys, training, extra, message):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY + training)
+    run = tmp_path / "run"
+    args = ["train", str(spec), "--data", "digits", "--out", str(run), "--quiet", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
+    assert not run.exists()  # refused before anything was written
+
+
+def test_unusable_run_directory_and_empty_init_from_are_clear_errors(tiny, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    args = ["train", tiny, "--data", "digits", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "afile")]) == 2
+    assert "cannot make the run directory" in capsys.readouterr().err
+    seg = tmp_path / "seg"
+    assert main(["train", "tinyseg", "--data", "shapes", "--epochs", "1", "--out", str(seg)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "run"), "--init-from", str(seg)]) == 2
+    assert "no layer of tiny_digits matches the checkpoint" in capsys.readouterr().err
