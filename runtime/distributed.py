@@ -3,7 +3,15 @@
 torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and the rendezvous address; we
 use gloo on CPU and NCCL on GPU. Every rank walks the same global batch
 order and takes its slice of each global batch, so with gradients averaged
-by DDP one step equals a single-process step on the whole global batch.
+by DDP one step equals a single-process step on the whole global batch, for
+networks without batch norm and for losses that are means over samples.
+
+Where it differs from one process (measured on 2 CPU processes):
+- BatchNorm normalises each rank's slice and keeps per-rank running statistics
+  (no SyncBatchNorm), so validation losses differ slightly between ranks and
+  from a single-process run; the checkpoint holds rank 0's statistics;
+- the logged training loss is rank 0's slice, not the global batch's;
+- pairwise losses (contrastive, triplet) only pair samples within a slice.
 """
 
 from __future__ import annotations
