@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netc.errors import UserError
+from netc.errors import ConfigError, UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint, metrics
 from netc.runtime import distributed as distrib
@@ -52,6 +52,19 @@ def _autocast(device: torch.device, precision: str):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _metric(chosen: str | None, task: str) -> str:
+    """The metric that picks best.pt: the task's own, or the loss."""
+    if chosen is None:
+        return TASK_METRICS[task]
+    if chosen not in (TASK_METRICS[task], "loss"):
+        raise ConfigError(
+            "training.metric",
+            f"a {task} network is judged by {TASK_METRICS[task]} or loss",
+            found=f"'{chosen}'",
+        )
+    return chosen
 
 
 def _first_output(outputs: Any) -> torch.Tensor:
@@ -190,7 +203,7 @@ class Session:
             schedule=schedule,
             autocast=autocast,
             scaler=scaler,
-            metric=config.metric or TASK_METRICS[task],
+            metric=_metric(config.metric, task),
             quiet=quiet,
         )
         if stored is not None:

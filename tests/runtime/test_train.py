@@ -320,6 +320,7 @@ def test_frozen_batch_norm_without_affine_keeps_its_statistics(tmp_path):
     [
         ("", ["--seed", "20000000000000"], "seed"),
         ("  input_size: [28, 28]\n", [], "differs from tiny_digits's fixed input size [8, 8]"),
+        ("  metric: mean_iou\n", [], "a classification network is judged by accuracy or loss"),
     ],
 )
 def test_bad_settings_exit_2_before_training(tmp_path, capsys, training, extra, message):
