@@ -107,7 +107,6 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"netc-{name}")
         self.workers = [asyncio.create_task(self._work()) for _ in range(instances)]
         self.typical_ns: float | None = None  # moving average of run time per sample
-        self.running = 0  # batches on a worker thread now
         self.taken: list[list[_Pending]] = []  # groups workers hold: gathering or running
         self.closing = False
         # what `auto` learns from arrivals: are clients concurrent, how far apart they come
@@ -147,7 +146,7 @@ class Batcher:
 
     def _arrived(self, now: float) -> None:
         """Learn the arrival pattern `auto` batching decides by."""
-        if self.queue or self.gatherings or self.running:  # clients are sending concurrently
+        if self.queue or self.taken:  # others queued, gathering or running: concurrent clients
             self.concurrent, self.fruitless_waits = True, 0
         if self.last_arrival is not None:
             gap = min(now - self.last_arrival, IDLE_GAP_S)
@@ -313,21 +312,18 @@ class Batcher:
             return
         start = time.perf_counter_ns()
         samples = sum(p.batch for p in group)
-        self.stats.queue.add(start * len(group) - sum(p.enqueued_ns for p in group), len(group))
+        enqueued = sum(p.enqueued_ns for p in group)
+        self.stats.queue.add(start * len(group) - enqueued, len(group))
         try:
             if (self.typical_ns or INLINE_NS) * samples < INLINE_NS:
                 results, compute_ns = self._execute(group)
             else:
-                self.running += 1
-                try:
-                    results, compute_ns = await loop.run_in_executor(
-                        self.executor, self._execute, group
-                    )
-                finally:
-                    self.running -= 1
+                results, compute_ns = await loop.run_in_executor(
+                    self.executor, self._execute, group
+                )
         except Exception as exc:  # the error goes to every waiting caller
             end = time.perf_counter_ns()
-            self.stats.fail.add(end * len(group) - sum(p.enqueued_ns for p in group), len(group))
+            self.stats.fail.add(end * len(group) - enqueued, len(group))
             for pending in group:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
@@ -338,7 +334,7 @@ class Batcher:
         self.typical_ns = (
             per_sample if self.typical_ns is None else (0.9 * self.typical_ns + 0.1 * per_sample)
         )
-        self.stats.success.add(end * len(group) - sum(p.enqueued_ns for p in group), len(group))
+        self.stats.success.add(end * len(group) - enqueued, len(group))
         for pending, result in zip(group, results):
             if not pending.future.done():
                 pending.future.set_result(result)

@@ -110,9 +110,8 @@ class ModelRepository:
         except UserError as exc:
             reason = str(exc).removeprefix("error: ")
             if name in self.models:  # a failed reload: the versions already loaded serve on
-                latest = max(self.models[name], key=int)
                 reason = f"reload failed, still serving the loaded versions: {reason}"
-                self.states[name] = IndexEntry(name, latest, "READY", reason)
+                self.states[name] = IndexEntry(name, self.latest[name].version, "READY", reason)
             else:
                 self.states[name] = IndexEntry(name, "", "UNAVAILABLE", reason)
             return
@@ -120,8 +119,9 @@ class ModelRepository:
             self.loading -= 1
         old = self.models.get(name, {})
         self.models[name] = loaded
-        self.latest[name] = loaded[max(loaded, key=int)]
-        self.states[name] = IndexEntry(name, max(loaded, key=int), "READY")
+        newest = max(loaded, key=int)
+        self.latest[name] = loaded[newest]
+        self.states[name] = IndexEntry(name, newest, "READY")
         for model in old.values():
             await model.close()
 

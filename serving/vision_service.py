@@ -82,6 +82,19 @@ def _describe(model: ServedModel) -> VisionModel:
     )
 
 
+def _prepared_alike(a: ServedModel, b: ServedModel) -> bool:
+    """Whether a picture prepared for one model is the input the other wants: the same
+    tensors, the same netc metadata (preprocessing, strides) and output sizes. (Compares
+    what `_describe` is made from; its results hold arrays and closures.)"""
+
+    def made_from(model: ServedModel) -> tuple:
+        info = model.info
+        shapes = [output.shape for output in model.session.get_outputs()]
+        return info.inputs, info.outputs, info.max_batch_size, info.metadata, shapes
+
+    return made_from(a) == made_from(b)
+
+
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, repository: ModelRepository, *, max_pixels: int | None = None) -> None:
         self.repository = repository
@@ -150,10 +163,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             # Reloaded while the picture was decoding: the new version takes the request if
             # it wants the same input prepared the same way.
             current = self._model(request, vision.task)
-            if current.model is vision.model or (current.image, current.rules) != (
-                vision.image,
-                vision.rules,
-            ):
+            if current.model is vision.model or not _prepared_alike(current.model, vision.model):
                 raise
             vision = current
             outputs = vision.model.infer(inputs, timeout=context.time_remaining())
