@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 import netc
 from netc.errors import UserError
@@ -32,6 +33,7 @@ from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
 from netc.serving.tensors import add_output, classify, common_request, decode_inputs
+from netc.serving.wire import Routes
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
@@ -39,9 +41,27 @@ PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
 log = logging.getLogger("netc.serving")
 
 
+class _Handlers:
+    """Stands in for the server while the generated code builds the method handlers, so
+    ModelInfer's can be swapped for one that takes and returns bytes."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = dict(handlers)
+
+
 def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[str]:
     """Register the service on `server`; returns its full name (for health and reflection)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(TritonService(repository), server)
+    servicer = TritonService(repository)
+    built = _Handlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, built)
+    handlers = built.handlers
+    # No (de)serializers: ModelInfer reads and writes the wire itself (serving/wire.py).
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     return [SERVICE_NAME]
 
 
@@ -203,6 +223,21 @@ def _requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> lis
     return chosen
 
 
+def _response(
+    model: ServedModel, request_id: str, wanted: list[tuple[str, int]], results: dict
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=model.version, id=request_id
+    )
+    batched = model.info.max_batch_size > 0
+    for name, k in wanted:
+        array = results[name]
+        if k:
+            array = classify(array, k, model.info.labels, batched)
+        add_output(response, name, array)
+    return response
+
+
 def _check_parameters(request: pb.ModelInferRequest) -> None:
     if request.parameters and "sequence_id" in request.parameters:
         raise InvalidRequest(
@@ -216,6 +251,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
+        self.routes = Routes()  # ModelInfer headers already checked (serving/wire.py)
 
     # Health and metadata.
 
@@ -279,8 +315,13 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
     # Inference.
 
     async def _infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext,
+        data: bytes | None = None,
     ) -> pb.ModelInferResponse:
+        """The general path; `data`, the request's bytes, lets a common request's header
+        become a route that later requests take without protobuf objects."""
         model = self.repository.get(request.model_name, request.model_version)
         _check_parameters(request)
         wanted = _requested_outputs(request, model)
@@ -289,19 +330,38 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         if common is None:
             results = await model.infer(decode_inputs(request), timeout=timeout)
         else:
+            if data is not None:
+                self.routes.learn(data, request, model, common, wanted)
             results = await model.queue(*common, timeout=timeout)
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id
-        )
-        batched = model.info.max_batch_size > 0
-        for name, k in wanted:
-            array = results[name]
-            if k:
-                array = classify(array, k, model.info.labels, batched)
-            add_output(response, name, array)
-        return response
+        return _response(model, request.id, wanted, results)
 
-    ModelInfer = _unary(_infer, "ModelInfer")
+    async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Registered without (de)serializers: a request on a known route is answered from
+        bytes to bytes, any other is parsed and takes the general path."""
+        try:
+            hit = self.routes.match(data, self.repository.get)
+            if hit is not None:
+                route = hit.route
+                model = route.model()
+                results = await model.queue(
+                    hit.inputs, route.batch, route.key, timeout=context.time_remaining()
+                )
+                answer = self.routes.response(hit, results)
+                if answer is not None:
+                    return answer
+                wanted = [(name, 0) for name in route.outputs]
+                return _response(model, hit.id.decode(), wanted, results).SerializeToString()
+            try:
+                request = pb.ModelInferRequest.FromString(data)
+            except DecodeError as exc:
+                raise InvalidRequest(
+                    f"the request is not a valid inference.ModelInferRequest ({exc})"
+                ) from None
+            response = await self._infer(request, context, data)
+            return response.SerializeToString()
+        except Exception as exc:  # every failure becomes a status
+            code, message = _failure(exc, "ModelInfer")
+        await context.abort(code, message)
 
     async def _stream_answer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
