@@ -18,6 +18,7 @@ import yaml
 
 from netc.errors import UserError
 from netc.fileio import write_atomic
+from netc.runtime.launch import final_message
 
 
 def _input_shape(text: str) -> tuple:
@@ -177,7 +178,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
-        return _relaunch_distributed(args.nproc)
+        return _relaunch_distributed(args.nproc, args.argv)
     from netc.runtime.train import train
 
     overrides = {
@@ -204,11 +205,11 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _relaunch_distributed(nproc: int) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine."""
-    import subprocess
+def _relaunch_distributed(nproc: int, argv: list[str]) -> int:
+    """Re-run this command (`argv`, without --nproc) in `nproc` processes on this
+    machine (DDP)."""
+    from netc.runtime.launch import run_local
 
-    argv = sys.argv[1:]
     cleaned, skip = [], False
     for item in argv:
         if skip:
@@ -220,17 +221,7 @@ def _relaunch_distributed(nproc: int) -> int:
         if item.startswith("--nproc="):
             continue
         cleaned.append(item)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "netc",
-        *cleaned,
-    ]
-    return subprocess.call(command)
+    return run_local(nproc, cleaned)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -573,10 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except UserError as exc:
-        print(str(exc), file=sys.stderr)
+        final_message(str(exc), 2)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -586,9 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence for our own bugs
         if os.environ.get("NETC_DEBUG"):
             traceback.print_exc()
-        print(
+        final_message(
             f"internal error: {type(exc).__name__}: {exc}\n"
             "  this is a bug in netc; rerun with NETC_DEBUG=1 for the traceback",
-            file=sys.stderr,
+            1,
         )
         return 1

@@ -8,8 +8,10 @@ networks without batch norm and for losses that are means over samples.
 
 Where it differs from one process (measured on 2 CPU processes):
 - BatchNorm normalises each rank's slice and keeps per-rank running statistics
-  (no SyncBatchNorm), so validation losses differ slightly between ranks and
-  from a single-process run; the checkpoint holds rank 0's statistics;
+  (no SyncBatchNorm), so each rank would measure a slightly different validation
+  loss; every rank takes rank 0's figures (the checkpoint holds rank 0's
+  statistics), so a plateau schedule and the choice of best.pt agree across
+  ranks, and they differ slightly from a single-process run;
 - the logged training loss is rank 0's slice, not the global batch's;
 - pairwise losses (contrastive, triplet) only pair samples within a slice.
 """
@@ -57,10 +59,23 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
+def broadcast_values(world: World, values: list[float]) -> list[float]:
+    """Rank 0's numbers on every rank. The tensor lives where the backend can send it:
+    NCCL only moves CUDA tensors, gloo CPU ones."""
+    if not world.distributed:
+        return values
+    device = (
+        torch.device("cuda", world.local_rank)
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, 0)
+    return tensor.tolist()
+
+
 def broadcast_flag(world: World, flag: bool) -> bool:
     """Rank 0's value of `flag` on every rank (e.g. 'stop: the loss diverged')."""
     if not world.distributed:
         return flag
-    value = torch.tensor([1 if flag else 0])
-    dist.broadcast(value, 0)
-    return bool(value.item())
+    return broadcast_values(world, [1.0 if flag else 0.0])[0] != 0.0

@@ -321,7 +321,7 @@ def _make(name: str, options: Options, num_classes: int) -> Loss:
     if name == "cross_entropy":
         return CrossEntropy(
             num_classes,
-            options.number("label_smoothing", 0.0, low=0, high=1),
+            options.number("label_smoothing", 0.0, low=0, high=1, high_open=True),
             _class_weights(options, num_classes),
         )
     if name == "hinge":

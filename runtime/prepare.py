@@ -63,6 +63,16 @@ def _fit_to_data(
     )
 
 
+def _check_classes(network: Network, data: ArrayDataset) -> None:
+    """Before the head is fitted to the data: one class leaves nothing to learn."""
+    task = network.graph.task
+    if task != "embedding" and len(data.classes) < 2:
+        found = f"only the class '{data.classes[0]}'" if data.classes else "no classes"
+        raise DataError(
+            f"error: {data.source} has {found}; a {task} network needs at least two to tell apart"
+        )
+
+
 def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> ArrayDataset:
     graph = network.graph
     task = graph.task
@@ -121,6 +131,7 @@ def prepare(
                     "  hint: drop the flag, or start a new run with another --out",
                 )
     data = load_dataset(data_spec)
+    _check_classes(network, data)
     if stored is None:
         network, params = _fit_to_data(network, source, params, data, quiet)
     else:

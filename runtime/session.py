@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from netc.runtime.preprocess import Augment, balanced_sampler
 from netc.runtime.progress import Progress
 
 EVAL_BATCH = 256
+MAX_SKIPPED_STEPS = 10  # consecutive non-finite gradients before training stops
 
 
 class TrainingDiverged(UserError):
@@ -148,6 +150,7 @@ class Session:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     writer: Any = None
+    skipped_steps: int = 0  # optimizer steps skipped in a row for a non-finite gradient
 
     @classmethod
     def start(
@@ -283,10 +286,26 @@ class Session:
             self.scaler.update()
         else:
             loss.backward()
-            clip_gradients(self.module, clip)
+            norm = clip_gradients(self.module, clip)
+            if norm is not None and not math.isfinite(norm):
+                # DDP has averaged the gradients, so every rank skips this step alike
+                self.skipped_steps += 1
+                if self.skipped_steps >= MAX_SKIPPED_STEPS:
+                    raise self.diverged_gradients(norm, epoch, step)
+                return float(loss.detach())
+            self.skipped_steps = 0
             self.optimizer.step()
         self.schedule.after_batch()
         return float(loss.detach())
+
+    def diverged_gradients(self, norm: float, epoch: int, step: int) -> TrainingDiverged:
+        last = self.run_dir / "last.pt"
+        return TrainingDiverged(
+            f"error: the gradient norm was {norm} for {self.skipped_steps} batches in a row "
+            f"(skipped), up to epoch {epoch}, batch {step}; training stopped\n"
+            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}); the last good "
+            "checkpoint is " + (str(last) if last.exists() else "(none yet)")
+        )
 
     def diverged(self, loss: float, epoch: int, step: int) -> TrainingDiverged:
         last = self.run_dir / "last.pt"
@@ -307,6 +326,10 @@ class Session:
 
     def end_epoch(self, row: dict[str, Any], started: float) -> None:
         """Schedule, pick the best, write checkpoints and metrics (rank 0), log."""
+        if self.world.distributed:  # one set of figures, so every rank's lr stays the same
+            keys = sorted(key for key in row if key != "epoch")
+            shared = distrib.broadcast_values(self.world, [float(row[key]) for key in keys])
+            row.update(zip(keys, shared))
         self.schedule.after_epoch(row.get("val_loss"))
         row["seconds"] = round(time.perf_counter() - started, 3)
         name = self.compared_metric(row)

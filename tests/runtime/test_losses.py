@@ -459,7 +459,13 @@ def test_bad_targets(config, task, outputs, targets, words):
             {"type": "cross_entropy", "label_smoothing": 1.5},
             "classification",
             "training.loss.label_smoothing",
-            ["[0, 1]", "number 1.5"],
+            ["[0, 1)", "number 1.5"],
+        ),
+        (
+            {"type": "cross_entropy", "label_smoothing": 1.0},  # uniform targets: nothing to learn
+            "classification",
+            "training.loss.label_smoothing",
+            ["[0, 1)", "number 1.0"],
         ),
         (
             {"type": "cross_entropy", "label_smoothing": "0.1"},

@@ -182,7 +182,8 @@ def _segmentation_folder_with_a_wrong_mask(root):
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "labels", "batch", "channels", "empty", "unreadable", "mask", "range"]
+    "case",
+    ["missing", "labels", "batch", "channels", "empty", "unreadable", "mask", "range", "one class"],
 )
 def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
     rng = np.random.default_rng(0)
@@ -208,6 +209,9 @@ def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         labels = np.arange(40) % 10
         labels[7] = 12
         np.savez(data, x=x, y=labels, classes=np.array([str(i) for i in range(10)]))
+    elif case == "one class":
+        data = str(tmp_path / "one.npz")
+        np.savez(data, x=x, y=np.zeros(40, np.int64), classes=np.array(["cat"]))
     if case == "empty":
         (tmp_path / "empty_dir").mkdir()
     run = tmp_path / "run"
@@ -226,6 +230,7 @@ def test_bad_data_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         "unreadable": "broken.png",
         "mask": "0.png",
         "range": "12",
+        "one class": "has only the class 'cat'; a classification network needs at least two",
     }[case]
     assert expected in err
     assert not run.exists()
@@ -344,3 +349,36 @@ def test_unusable_run_directory_and_empty_init_from_are_clear_errors(tiny, tmp_p
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "run"), "--init-from", str(seg)]) == 2
     assert "no layer of tiny_digits matches the checkpoint" in capsys.readouterr().err
+
+
+def _adam_steps(run_dir):
+    state = checkpoint.load(run_dir / "last.pt")["optimizer"]["state"]
+    return {int(entry["step"]) for entry in state.values()}
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped(tiny, tmp_path, monkeypatch):
+    from netc.runtime import session
+
+    clip = session.clip_gradients
+    calls = []
+
+    def flaky(module, max_norm):  # the 2nd to 4th batches' gradients overflow
+        calls.append(1)
+        return float("inf") if 2 <= len(calls) <= 4 else clip(module, max_norm)
+
+    monkeypatch.setattr(session, "clip_gradients", flaky)
+    overrides = {"epochs": 1, "clip_grad_norm": 5.0, "optimizer": {"type": "adam", "lr": 1e-3}}
+    result = train(tiny, "digits", tmp_path / "run", overrides=overrides, quiet=True)
+    assert _adam_steps(tmp_path / "run") == {len(calls) - 3}  # three steps skipped
+    assert result.best_metric > 0.3  # and the weights stayed finite
+
+
+def test_gradients_that_stay_non_finite_stop_training(tiny, tmp_path, monkeypatch, capsys):
+    from netc.runtime import session
+
+    monkeypatch.setattr(session, "clip_gradients", lambda module, max_norm: float("nan"))
+    args = ["train", tiny, "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(args) == 2  # TINY's loss is finite; only its gradients are not
+    err = capsys.readouterr().err
+    assert "the gradient norm was nan for 10 batches in a row" in err, err
+    assert "Traceback" not in err
