@@ -11,9 +11,9 @@ requests, the request serialized once):
   echo-threads the same echo on grpc's thread-pool server (aio vs threads)
   ort          in-process onnxruntime, no gRPC (batch 1; and the best
                throughput over batch sizes, for concurrency 16), with
-               onnxruntime's default options (the issue's baseline; idle
-               threads spin) and with the options `netc serve` uses (no
-               spinning, `serving.model.session_options`)
+               onnxruntime's default options (the issue's baseline) and with
+               the options `netc serve` uses (`serving.model.session_options`;
+               a model that runs in under 1 ms is then made single-threaded)
   netc         `netc serve` over Triton's ModelInfer, dynamic batching on
   netc-nobatch `netc serve` with dynamic batching off
   netc-on-threads  netc's ModelInfer handler code on grpc's thread-pool server
