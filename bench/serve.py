@@ -8,6 +8,9 @@ requests, the request serialized once):
   echo-wait    the aio echo, its handler first busy for in-process onnxruntime's
                p50 (concurrency 1 only): the floor for a handler that takes as
                long as the model
+  echo-model   the aio echo, its handler first running the model in-process on a
+               fixed input (concurrency 1 only): the floor for any server that
+               runs the model, with what the run does to caches and cores
   echo-threads the same echo on grpc's thread-pool server (aio vs threads)
   ort          in-process onnxruntime, no gRPC (batch 1; and the best
                throughput over batch sizes, for concurrency 16), with
@@ -50,6 +53,7 @@ import onnxruntime as ort
 PY = sys.executable
 ECHO = "/netc.bench.Echo/Call"
 ECHO_WAIT = "/netc.bench.Echo/Wait"
+ECHO_MODEL = "/netc.bench.Echo/Model"
 
 
 def free_port() -> int:
@@ -61,11 +65,15 @@ def free_port() -> int:
 # --- servers -----------------------------------------------------------------------
 
 
-def echo_server(port: int, response_size: int, threads: bool, wait_s: float = 0.0) -> None:
+def echo_server(
+    port: int, response_size: int, threads: bool, wait_s: float = 0.0, model: str = ""
+) -> None:
     """`Call` answers at once; `Wait` (aio only) first keeps the handler busy for `wait_s`,
     as long as the model takes: the floor at concurrency 1 for any server whose handler
     takes that long (on this VM an 11 ms handler alone adds ~0.7 ms to the echo's round
-    trip, before any serving code runs)."""
+    trip, before any serving code runs). `Model` (aio only) first runs `model` with
+    onnxruntime's defaults on a fixed input, on the event loop: the floor for any
+    server that runs the model, with what the run does to caches and cores."""
     import grpc
 
     reply = b"x" * response_size
@@ -94,11 +102,24 @@ def echo_server(port: int, response_size: int, threads: bool, wait_s: float = 0.
             pass
         return reply
 
+    session, fixed = None, {}
+    if model:
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        spec = session.get_inputs()[0]
+        shape = [1, *spec.shape[1:]]
+        fixed = {spec.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+        session.run(None, fixed)
+
+    async def run_model(request, context):
+        session.run(None, fixed)
+        return reply
+
     async def run() -> None:
         server = grpc.aio.server(options=options)
         methods = {
             "Call": grpc.unary_unary_rpc_method_handler(handle),
             "Wait": grpc.unary_unary_rpc_method_handler(wait),
+            "Model": grpc.unary_unary_rpc_method_handler(run_model),
         }
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("netc.bench.Echo", methods),)
@@ -435,7 +456,16 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
     for threads in (False, True):
         port = free_port()
         process = subprocess.Popen(
-            [PY, __file__, "--echo", str(port), str(reply_size), str(int(threads)), str(wait_s)],
+            [
+                PY,
+                __file__,
+                "--echo",
+                str(port),
+                str(reply_size),
+                str(int(threads)),
+                str(wait_s),
+                "" if threads else str(onnx_path),
+            ],
             stderr=subprocess.PIPE,
         )
         processes.append(process)
@@ -451,12 +481,14 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
     targets = {
         "echo-aio": (echo_ports["echo-aio"], ECHO),
         "echo-wait": (echo_ports["echo-aio"], ECHO_WAIT),
+        "echo-model": (echo_ports["echo-aio"], ECHO_MODEL),
         "echo-threads": (echo_ports["echo-threads"], ECHO),
         "netc": (ports["batch"], infer),
         "netc-nobatch": (ports["nobatch"], infer),
         "netc-on-threads": (threads_port, infer),
     }
-    at = {1: list(targets), 16: [t for t in targets if t != "echo-wait"]}  # one caller only
+    one_caller = ("echo-wait", "echo-model")
+    at = {1: list(targets), 16: [t for t in targets if t not in one_caller]}
     runs = {(c, target): [] for c in (1, 16) for target in at[c]}
     ort_runs = {False: [], True: []}
     try:
@@ -527,10 +559,13 @@ def _checks(name, c, size, measured, ort_stats, rounds) -> list[str]:
         budget_serving = serving["p50"] + echo["p50"] + 0.5
         verdict = "yes" if netc["p50"] <= budget else "NO"
         floor = measured["echo-wait"]["p50"] + 0.5
+        model_floor = measured["echo-model"]["p50"] + 0.5
         line = (
             f"{name} c=1: netc p50 {netc['p50']:.2f} ms <= ort p50 + echo p50 + 0.5 = "
             f"{budget:.2f} ms: {verdict} [serve opts: {budget_serving:.2f} ms; "
-            f"echo-wait p50 + 0.5 = {floor:.2f} ms: {'yes' if netc['p50'] <= floor else 'NO'}]"
+            f"echo-wait p50 + 0.5 = {floor:.2f} ms: {'yes' if netc['p50'] <= floor else 'NO'}; "
+            f"echo-model p50 + 0.5 = {model_floor:.2f} ms: "
+            f"{'yes' if netc['p50'] <= model_floor else 'NO'}]"
         )
     elif name == "digits":
         verdict = "yes" if netc["rps"] >= 0.7 * echo["rps"] else "NO"
@@ -562,6 +597,12 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--threads-server":
         threads_server(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
-        echo_server(int(sys.argv[2]), int(sys.argv[3]), bool(int(sys.argv[4])), float(sys.argv[5]))
+        echo_server(
+            int(sys.argv[2]),
+            int(sys.argv[3]),
+            bool(int(sys.argv[4])),
+            float(sys.argv[5]),
+            sys.argv[6],
+        )
     else:
         main()
