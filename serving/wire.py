@@ -30,6 +30,7 @@ from netc.serving.model import ServedModel
 from netc.serving.tensors import WIRE_DTYPES, Tensors, datatype_of
 
 MAX_ROUTES = 1024  # distinct headers remembered; past this the table starts over
+MAX_HEADER = 4096  # bytes; a longer header (say, a shape of thousands of dims) is never a route
 # ModelInferRequest's fields, and the tag byte each has as a length-delimited field
 NAME, VERSION, ID, PARAMETERS, INPUTS, OUTPUTS, RAW = 1, 2, 3, 4, 5, 6, 7
 ID_TAG, PARAMETERS_TAG, RAW_TAG = (ID << 3) | 2, (PARAMETERS << 3) | 2, (RAW << 3) | 2
@@ -144,8 +145,8 @@ class Routes:
             else:
                 pieces.append(data[start:end])
             start = end
-        if raw is None:
-            return None
+        if raw is None or sum(map(len, pieces)) > MAX_HEADER:
+            return None  # the route table must not hold what clients choose to make large
         return b"".join(pieces), raw, ident
 
     def match(self, data: bytes, model_of) -> Hit | None:

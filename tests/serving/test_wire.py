@@ -160,6 +160,15 @@ def test_the_route_table_is_bounded(lenet, monkeypatch):
         assert len(routes.routes) <= 3
 
 
+def test_a_long_header_is_never_remembered():
+    long = pb.ModelInferRequest(model_name="m" * wire.MAX_HEADER)
+    long.raw_input_contents.append(b"\0")
+    assert wire.Routes.header(long.SerializeToString()) is None
+    fits = pb.ModelInferRequest(model_name="m" * (wire.MAX_HEADER - 100))
+    fits.raw_input_contents.append(b"\0")
+    assert wire.Routes.header(fits.SerializeToString()) is not None
+
+
 def test_a_route_does_not_keep_its_model_alive(repository):
     model = ServedModel("lenet5", "1", repository / "lenet5" / "1" / "model.onnx", ModelConfig())
     routes = _learned(model, _request())
