@@ -33,7 +33,7 @@ from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
 from netc.serving.tensors import add_output, classify, common_request, decode_inputs
-from netc.serving.wire import Routes
+from netc.serving.wire import Header, Routes
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
@@ -318,10 +318,10 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         self,
         request: pb.ModelInferRequest,
         context: grpc.aio.ServicerContext,
-        data: bytes | None = None,
+        header: Header | None = None,
     ) -> pb.ModelInferResponse:
-        """The general path; `data`, the request's bytes, lets a common request's header
-        become a route that later requests take without protobuf objects."""
+        """The general path; `header`, the request's header (serving/wire.py), lets a
+        common request become a route that later requests take without protobuf objects."""
         model = self.repository.get(request.model_name, request.model_version)
         _check_parameters(request)
         wanted = _requested_outputs(request, model)
@@ -330,8 +330,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         if common is None:
             results = await model.infer(decode_inputs(request), timeout=timeout)
         else:
-            if data is not None:
-                self.routes.learn(data, request, model, common, wanted)
+            self.routes.learn(header, request, model, common, wanted)
             results = await model.queue(*common, timeout=timeout)
         return _response(model, request.id, wanted, results)
 
@@ -339,7 +338,8 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         """Registered without (de)serializers: a request on a known route is answered from
         bytes to bytes, any other is parsed and takes the general path."""
         try:
-            hit = self.routes.match(data, self.repository.get)
+            header = Routes.header(data)
+            hit = self.routes.match(data, header, self.repository.get)
             if hit is not None:
                 route = hit.route
                 model = route.model()
@@ -357,7 +357,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidRequest(
                     f"the request is not a valid inference.ModelInferRequest ({exc})"
                 ) from None
-            response = await self._infer(request, context, data)
+            response = await self._infer(request, context, header)
             return response.SerializeToString()
         except Exception as exc:  # every failure becomes a status
             code, message = _failure(exc, "ModelInfer")

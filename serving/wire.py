@@ -31,6 +31,9 @@ from netc.serving.tensors import WIRE_DTYPES, Tensors, datatype_of
 
 MAX_ROUTES = 1024  # distinct headers remembered; past this the table starts over
 MAX_HEADER = 4096  # bytes; a longer header (say, a shape of thousands of dims) is never a route
+# A common request has a handful of top-level fields; a message of millions of tiny ones
+# would cost the event loop seconds to walk in Python, so past this the parser takes it.
+MAX_FIELDS = 64
 # ModelInferRequest's fields, and the tag byte each has as a length-delimited field
 NAME, VERSION, ID, PARAMETERS, INPUTS, OUTPUTS, RAW = 1, 2, 3, 4, 5, 6, 7
 ID_TAG, PARAMETERS_TAG, RAW_TAG = (ID << 3) | 2, (PARAMETERS << 3) | 2, (RAW << 3) | 2
@@ -55,11 +58,14 @@ def field(number: int, payload: bytes) -> bytes:
 def split_fields(data: bytes) -> list[tuple[int, int, int]] | None:
     """The message's top-level fields as (tag byte, value start, value end), or None when
     any field is not a length-delimited field numbered 1-15 (all of ModelInferRequest's
-    are) or the bytes end inside one: those go to the protobuf parser and its errors."""
-    fields = []
+    are), the bytes end inside one, or there are more than `MAX_FIELDS`: those go to the
+    protobuf parser and its errors."""
+    fields: list[tuple[int, int, int]] = []
     i, size = 0, len(data)
     try:
         while i < size:
+            if len(fields) == MAX_FIELDS:
+                return None
             tag, byte = data[i], data[i + 1]
             i += 2
             if tag & 0x87 != 2 or not tag >> 3:  # one-byte tag, wire type 2
@@ -85,6 +91,10 @@ def split_fields(data: bytes) -> list[tuple[int, int, int]] | None:
 def _optional(number: int, text: str) -> bytes:
     """A string field as proto3 writes it: not at all when empty."""
     return field(number, text.encode()) if text else b""
+
+
+# A request's header key, where its one raw input lies (start, end), and its id.
+Header = tuple[bytes, tuple[int, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,9 @@ class Routes:
         self.descriptions: dict[tuple, bytes] = {}  # (name, datatype, shape) → outputs entry
 
     @staticmethod
-    def header(data: bytes) -> tuple[bytes, tuple[int, int] | None, bytes] | None:
+    def header(data: bytes) -> Header | None:
         """(the header key, where the one raw input lies, the id), or None for a request
-        that is not of the common kind."""
+        that is not of the common kind. Computed once per request, for `match` and `learn`."""
         fields = split_fields(data)
         if fields is None:
             return None
@@ -149,13 +159,13 @@ class Routes:
             return None  # the route table must not hold what clients choose to make large
         return b"".join(pieces), raw, ident
 
-    def match(self, data: bytes, model_of) -> Hit | None:
-        """The request as a hit on a known route, or None. `model_of(name, version)`: the
-        repository's current model for them, so a reload or unload retires old routes."""
-        parsed = self.header(data)
-        if parsed is None:
+    def match(self, data: bytes, header: Header | None, model_of) -> Hit | None:
+        """The request (`data`, with its `header`) as a hit on a known route, or None.
+        `model_of(name, version)`: the repository's current model for them, so a reload
+        or unload retires old routes."""
+        if header is None:
             return None
-        key, (begin, end), ident = parsed
+        key, (begin, end), ident = header
         route = self.routes.get(key)
         if route is None or end - begin != route.nbytes:
             return None
@@ -169,7 +179,7 @@ class Routes:
 
     def learn(
         self,
-        data: bytes,
+        header: Header | None,
         request: pb.ModelInferRequest,
         model: ServedModel,
         common: tuple,
@@ -177,16 +187,13 @@ class Routes:
     ) -> None:
         """Remember a header the general path has just accepted as a common request
         (`common`: what `tensors.common_request` returned for it)."""
-        if any(k for _, k in wanted):
+        if header is None or any(k for _, k in wanted):
             return  # classification answers are BYTES built per request
-        parsed = self.header(data)
-        if parsed is None:
-            return
-        key, (begin, end), _ = parsed
+        key, (begin, end), _ = header
         inputs, batch, batch_key = common
         ((name, array),) = inputs.items()
-        if len(self.routes) >= MAX_ROUTES:
-            self.routes.clear()
+        if len(self.routes) >= MAX_ROUTES:  # forget the oldest, not everyone's routes
+            del self.routes[next(iter(self.routes))]
         self.routes[key] = Route(
             model_name=request.model_name,
             model_version=request.model_version,
@@ -224,7 +231,7 @@ class Routes:
         description = self.descriptions.get(entry)
         if description is None:
             if len(self.descriptions) >= MAX_ROUTES:
-                self.descriptions.clear()
+                del self.descriptions[next(iter(self.descriptions))]
             tensor = pb.ModelInferResponse.InferOutputTensor(
                 name=name, datatype=datatype, shape=shape
             )

@@ -54,8 +54,17 @@ def _general(model, request):
 def _learned(lenet, request) -> wire.Routes:
     routes = wire.Routes()
     common, wanted = _general(lenet, request)
-    routes.learn(request.SerializeToString(), request, lenet, common, wanted)
+    _learn(routes, request, lenet, common, wanted)
     return routes
+
+
+def _learn(routes, request, model, common, wanted):
+    header = wire.Routes.header(request.SerializeToString())
+    routes.learn(header, request, model, common, wanted)
+
+
+def _match(routes, data, model_of):
+    return routes.match(data, wire.Routes.header(data), model_of)
 
 
 def _model_of(model):
@@ -117,7 +126,7 @@ def test_a_hit_decodes_and_answers_as_the_general_path(lenet, request_):
     later.raw_input_contents[0] = (
         np.random.default_rng(9).random(len(request_.raw_input_contents[0]) // 4, np.float32)
     ).tobytes()
-    hit = routes.match(later.SerializeToString(), _model_of(lenet))
+    hit = _match(routes, later.SerializeToString(), _model_of(lenet))
     assert hit is not None
     (inputs, batch, key), wanted = _general(lenet, later)
     assert (hit.route.batch, hit.route.key, hit.id) == (batch, key, later.id.encode())
@@ -131,15 +140,15 @@ def test_what_the_general_path_would_judge_again_is_never_a_hit(lenet):
     routes = _learned(lenet, _request())
     short = _request()
     short.raw_input_contents[0] = short.raw_input_contents[0][:100]
-    assert routes.match(short.SerializeToString(), _model_of(lenet)) is None  # its error
-    assert routes.match(_request(2).SerializeToString(), _model_of(lenet)) is None  # unseen
+    assert _match(routes, short.SerializeToString(), _model_of(lenet)) is None  # its error
+    assert _match(routes, _request(2).SerializeToString(), _model_of(lenet)) is None  # unseen
     other = ServedModel("lenet5", "1", lenet.path, ModelConfig())  # a reload
-    assert routes.match(_request().SerializeToString(), _model_of(other)) is None
+    assert _match(routes, _request().SerializeToString(), _model_of(other)) is None
 
     def unloaded(name, version):
         raise LookupError(name)
 
-    assert routes.match(_request().SerializeToString(), unloaded) is None
+    assert _match(routes, _request().SerializeToString(), unloaded) is None
 
 
 def test_requests_the_general_path_declines_or_answers_in_bytes_become_no_route(lenet):
@@ -147,17 +156,29 @@ def test_requests_the_general_path_declines_or_answers_in_bytes_become_no_route(
         common, wanted = _general(lenet, request)
         routes = wire.Routes()
         if common is not None:  # classification: common, but answered in BYTES
-            routes.learn(request.SerializeToString(), request, lenet, common, wanted)
+            _learn(routes, request, lenet, common, wanted)
         assert routes.routes == {}, request
 
 
-def test_the_route_table_is_bounded(lenet, monkeypatch):
+def test_the_route_table_is_bounded_and_forgets_the_oldest(lenet, monkeypatch):
     monkeypatch.setattr(wire, "MAX_ROUTES", 3)
     routes = wire.Routes()
     for n in range(1, 6):
         request = _request(n)
-        routes.learn(request.SerializeToString(), request, lenet, *_general(lenet, request))
-        assert len(routes.routes) <= 3
+        _learn(routes, request, lenet, *_general(lenet, request))
+        assert len(routes.routes) == min(n, 3)
+    assert [route.batch for route in routes.routes.values()] == [3, 4, 5]
+
+
+def test_a_message_of_many_small_fields_is_left_to_the_parser():
+    request = _request()
+    request.outputs.extend(
+        pb.ModelInferRequest.InferRequestedOutputTensor(name="fc3") for _ in range(50)
+    )
+    assert wire.Routes.header(request.SerializeToString()) is not None  # 53 fields
+    flood = b"\x42\x00" * (wire.MAX_FIELDS + 1)  # empty unknown fields: parse, not walk
+    assert wire.split_fields(flood) is None
+    assert wire.split_fields(flood[:-2]) == [(0x42, 2 * i + 2, 2 * i + 2) for i in range(64)]
 
 
 def test_a_long_header_is_never_remembered():
@@ -215,6 +236,10 @@ def test_the_server_takes_the_lane_and_answers_alike(server, lenet, monkeypatch)
             call(short.SerializeToString())
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "raw content has 100 bytes, expected 8192" in caught.value.details()
+
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\x42\x00" * 1_000_000)  # a million empty unknown fields: no model named
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
         with pytest.raises(grpc.RpcError) as caught:
             call(b"\x0a\x09lenet")  # a field that ends before its length says
