@@ -387,7 +387,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-image-pixels",
         type=int,
         metavar="N",
-        help="largest picture the vision service decodes, in pixels (default 40 million)",
+        help="the most pixels one vision request may bring, over all its pictures "
+        "(default 16,777,216 = 4096x4096)",
     )
     p.add_argument(
         "--poll",

@@ -29,7 +29,10 @@ Runs normally happen on a worker thread, so the event loop keeps accepting
 requests. A batch expected to take less than `INLINE_NS` runs on the event
 loop itself: the thread hand-off (and the GIL traffic it brings) would cost
 more than the run (LeNet batches at 16 clients: 6,250 req/s inline, 5,200 on
-the worker thread).
+the worker thread). The expectation scales with the batch's input elements,
+not its sample count: for a fully convolutional model, a 2000x2000 picture
+after many 4x4 ones must not run on the loop (it held every other call for
+0.5 s before).
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class Batcher:
         self.gatherings: list[_Gathering] = []
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"netc-{name}")
         self.workers = [asyncio.create_task(self._work()) for _ in range(instances)]
-        self.typical_ns: float | None = None  # moving average of run time per sample
+        self.ns_per_element: float | None = None  # moving average of run time per input value
         self.taken: list[list[_Pending]] = []  # groups workers hold: gathering or running
         self.closing = False
         # what `auto` learns from arrivals: are clients concurrent, how far apart they come
@@ -312,10 +315,11 @@ class Batcher:
             return
         start = time.perf_counter_ns()
         samples = sum(p.batch for p in group)
+        elements = sum(array.size for p in group for array in p.inputs.values())
         enqueued = sum(p.enqueued_ns for p in group)
         self.stats.queue.add(start * len(group) - enqueued, len(group))
         try:
-            if (self.typical_ns or INLINE_NS) * samples < INLINE_NS:
+            if (self.ns_per_element or INLINE_NS) * elements < INLINE_NS:
                 results, compute_ns = self._execute(group)
             else:
                 results, compute_ns = await loop.run_in_executor(
@@ -330,9 +334,11 @@ class Batcher:
             return
         end = time.perf_counter_ns()
         self.stats.executed(samples, compute_ns)
-        per_sample = compute_ns / samples
-        self.typical_ns = (
-            per_sample if self.typical_ns is None else (0.9 * self.typical_ns + 0.1 * per_sample)
+        per_element = compute_ns / max(1, elements)
+        self.ns_per_element = (
+            per_element
+            if self.ns_per_element is None
+            else 0.9 * self.ns_per_element + 0.1 * per_element
         )
         self.stats.success.add(end * len(group) - enqueued, len(group))
         for pending, result in zip(group, results):

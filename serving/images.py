@@ -28,13 +28,15 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.model_info import ModelInfo
 
-MAX_PIXELS = 40_000_000
-"""Largest picture (H·W) accepted; the server may change it. Over it: INVALID_ARGUMENT."""
+MAX_PIXELS = 4096 * 4096
+"""The most pixels (H·W) one request may bring, over all its pictures and as the model
+runs them (after padding); the server may change it. Over it: INVALID_ARGUMENT. A dense
+model needs ~200 bytes a pixel while it runs (tinyseg: 2.7 GiB at 4000x4000)."""
 
 FORMATS = ("PNG", "JPEG")
 MAX_PAD = 64  # the most rows/columns added to reach a size the model accepts
@@ -47,13 +49,35 @@ _TENSOR_TYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 # ---------------------------------------------------------------------------- decoding
 
 
+def pixel_limit(max_pixels: int | None) -> int:
+    return MAX_PIXELS if max_pixels is None else max_pixels
+
+
 def _check_pixels(height: int, width: int, max_pixels: int | None) -> None:
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = pixel_limit(max_pixels)
     if height * width > limit:
         raise InvalidRequest(
             f"image is {width}x{height} = {height * width / 1e6:.1f} megapixels; this server "
             f"accepts at most {limit / 1e6:g} megapixels (send a smaller image)"
         )
+
+
+def pixel_count(image: Any) -> int:
+    """H·W of a vision `Image` from its header alone (0 when it cannot be read: decoding
+    then says what is wrong), to budget a request's pictures before decoding any."""
+    try:
+        if image.WhichOneof("data") == "encoded":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                width, height = Image.open(io.BytesIO(image.encoded), formats=FORMATS).size
+            return width * height
+        shape = [int(d) for d in image.tensor.shape]
+        if len(shape) == 2:
+            return max(0, shape[0] * shape[1])
+        hwc = (image.tensor.layout or "CHW").upper() == "HWC"
+        return max(0, shape[0] * shape[1] if hwc else shape[1] * shape[2])
+    except Exception:  # anything unreadable: the full decode reports it
+        return 0
 
 
 def decode_encoded(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
@@ -68,6 +92,8 @@ def decode_encoded(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
             kind = f"{picture.format} image"
             _check_pixels(picture.height, picture.width, max_pixels)
             picture.load()
+            # a phone's JPEG stored sideways: answer in the orientation viewers show
+            picture = ImageOps.exif_transpose(picture)
     except Image.UnidentifiedImageError:
         raise InvalidRequest(
             f"cannot decode the image ({len(data)} bytes, starting "
@@ -133,6 +159,12 @@ def decode_tensor(
         return array.astype(np.float32) / 255.0
     if not np.isfinite(array).all():
         raise InvalidRequest("FP32 tensor holds NaN or infinite values: expected 0..1")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:  # 0..255 floats would saturate; huge ones give NaN scores
+        raise InvalidRequest(
+            f"FP32 tensor values lie in {low:g}..{high:g}: expected 0..1 "
+            "(send UINT8 for 0..255 pixels)"
+        )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -350,12 +382,14 @@ def prepare(
     info: ModelInfo | ImageInput,
     *,
     rules: tuple[Callable | None, Callable | None] = (None, None),
+    max_pixels: int | None = None,
 ) -> Prepared:
     """A decoded picture (C, H, W) in [0, 1] → the model's input (1, C, H', W').
 
     `rules` give the output size per axis as a function of the input size
     (`size_rule`); an open-size model runs at the smallest padded size whose
-    output is as large as its input.
+    output is as large as its input, which must stay within the pixel limit
+    (a 1-pixel-tall picture may run 4 rows tall).
     """
     spec = info if isinstance(info, ImageInput) else image_input(info)
     x = to_channels(image, spec.channels)
@@ -367,6 +401,13 @@ def prepare(
     target = tuple(
         n if fixed else fitted_size(n, rule) for fixed, n, rule in zip(spec.size, content, rules)
     )
+    limit = pixel_limit(max_pixels)
+    if target != content and target[0] * target[1] > limit and None in spec.size:
+        raise InvalidRequest(
+            f"image is {original[1]}x{original[0]}; the model runs it padded to "
+            f"{target[1]}x{target[0]} = {target[0] * target[1] / 1e6:.1f} megapixels, and "
+            f"this server accepts at most {limit / 1e6:g} megapixels (send a smaller image)"
+        )
     if target != content:
         x = np.pad(
             x, ((0, 0), (0, target[0] - content[0]), (0, target[1] - content[1])), mode="edge"

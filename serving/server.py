@@ -83,7 +83,7 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     names: list[str] = []
     names += triton_service.add_to_server(server, repository)
     names += vision_service.add_to_server(
-        server, repository, max_image_pixels=options.max_image_pixels
+        server, repository, max_image_pixels=options.max_image_pixels, max_message_bytes=limit
     )
     health, health_pb2 = _add_health_and_reflection(server, names)
     try:

@@ -33,6 +33,8 @@ from netc.serving.repository import ModelRepository
 SERVICE = "netc.vision.VisionService"
 DEFAULT_TOP_K = 5
 MAX_CLASSES_IN_MASK = 256  # the mask is an 8-bit PNG
+DEFAULT_MESSAGE_BYTES = 128 * 2**20  # the largest answer gRPC sends, unless the server says
+MESSAGE_SLACK = 1 << 16  # an answer's labels, counts and framing besides scores and mask
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,14 @@ def _describe(model: ServedModel) -> VisionModel:
     )
 
 
+def _output_classes(vision: VisionModel) -> int | None:
+    """K of a [K, h, w] output when the model fixes it."""
+    info = vision.model.info
+    spec = next(o for o in info.outputs if o.name == vision.output)
+    dims = spec.dims if info.max_batch_size else spec.dims[1:]
+    return dims[0] if dims and dims[0] > 0 else None
+
+
 def _prepared_alike(a: ServedModel, b: ServedModel) -> bool:
     """Whether a picture prepared for one model is the input the other wants: the same
     tensors, the same netc metadata (preprocessing, strides) and output sizes. (Compares
@@ -96,9 +106,16 @@ def _prepared_alike(a: ServedModel, b: ServedModel) -> bool:
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
-    def __init__(self, repository: ModelRepository, *, max_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        max_pixels: int | None = None,
+        max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+    ) -> None:
         self.repository = repository
         self.max_pixels = max_pixels  # None: images.MAX_PIXELS at the time of the call
+        self.max_message_bytes = max_message_bytes
         self._described: weakref.WeakKeyDictionary[ServedModel, VisionModel] = (
             weakref.WeakKeyDictionary()
         )
@@ -146,7 +163,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     async def _prepare(self, image, vision: VisionModel, index: int | None = None):
         def work():
             decoded = images.decode(image, max_pixels=self.max_pixels)
-            return images.prepare(decoded, vision.image, rules=vision.rules)
+            return images.prepare(
+                decoded, vision.image, rules=vision.rules, max_pixels=self.max_pixels
+            )
 
         try:
             return await asyncio.to_thread(work)
@@ -181,6 +200,17 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 f"the request has {len(request.images)} images; model '{vision.model.name}' "
                 f"takes at most {most} at a time (its max_queue_size); send them in parts"
             )
+        if len(request.images) > 1:  # one request's pictures share the budget
+            total = await asyncio.to_thread(
+                lambda: sum(images.pixel_count(image) for image in request.images)
+            )
+            limit = images.pixel_limit(self.max_pixels)
+            if total > limit:
+                raise InvalidRequest(
+                    f"the request's {len(request.images)} images hold {total / 1e6:.1f} "
+                    f"megapixels together; this server accepts at most {limit / 1e6:g} "
+                    "megapixels a request (send fewer or smaller images)"
+                )
         prepared = await asyncio.gather(
             *(self._prepare(image, vision, i) for i, image in enumerate(request.images))
         )
@@ -206,6 +236,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
         prepared = await self._prepare(request.image, vision)
+        known = _output_classes(vision)
+        if request.return_scores and known:  # before the run, when the model says K
+            self._check_scores_fit(known, prepared.original)
         output = await self._run(vision, prepared.tensor, request, context)
         classes = output.shape[1]
         if classes > MAX_CLASSES_IN_MASK:
@@ -213,6 +246,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 f"model '{vision.model.name}' has {classes} classes; "
                 f"masks hold at most {MAX_CLASSES_IN_MASK}"
             )
+        if request.return_scores:
+            self._check_scores_fit(classes, prepared.original)
         stride = vision.model.info.output_stride
 
         def postprocess():
@@ -224,6 +259,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 want_scores=request.return_scores,
             )
             counts = np.bincount(mask.ravel(), minlength=classes)
+            if scores is not None:  # hundreds of MiB: built here, off the event loop
+                scores = vision_pb2.Tensor(
+                    shape=list(scores.shape),
+                    layout="CHW",
+                    datatype="FP32",
+                    data=scores.astype("<f4").tobytes(),
+                )
             return images.encode_png(mask), scores, counts
 
         png, scores, counts = await asyncio.to_thread(postprocess)
@@ -238,15 +280,20 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             pixel_counts=[int(c) for c in counts],
         )
         if scores is not None:
-            response.scores.CopyFrom(
-                vision_pb2.Tensor(
-                    shape=list(scores.shape),
-                    layout="CHW",
-                    datatype="FP32",
-                    data=scores.astype("<f4").tobytes(),
-                )
-            )
+            response.scores.CopyFrom(scores)
         return response
+
+    def _check_scores_fit(self, classes: int, size: tuple[int, int]) -> None:
+        """Scores for every class at every pixel must fit in one answer, with the mask."""
+        height, width = size
+        needed = 4 * classes * height * width + height * width + MESSAGE_SLACK
+        if needed > self.max_message_bytes:
+            raise InvalidRequest(
+                f"return_scores: {classes} class scores for a {width}x{height} image take "
+                f"{4 * classes * height * width / 2**20:.0f} MiB, over this server's "
+                f"{self.max_message_bytes / 2**20:g} MiB message limit; ask for the mask "
+                "alone or send a smaller image"
+            )
 
     async def _list_models(self):
         response = vision_pb2.ListModelsResponse()
@@ -267,9 +314,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
 
 def add_to_server(
-    server: grpc.aio.Server, repository: ModelRepository, *, max_image_pixels: int | None = None
+    server: grpc.aio.Server,
+    repository: ModelRepository,
+    *,
+    max_image_pixels: int | None = None,
+    max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
 ) -> list[str]:
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(
-        VisionServicer(repository, max_pixels=max_image_pixels), server
+    servicer = VisionServicer(
+        repository, max_pixels=max_image_pixels, max_message_bytes=max_message_bytes
     )
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, server)
     return [SERVICE]

@@ -1,6 +1,7 @@
 """The batcher on its own: a request whose caller went away is never run."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -203,7 +204,7 @@ def _slow(inputs):
 
 def _on_worker_thread(run, **kwargs):
     batcher = _batcher(run, **kwargs)
-    batcher.typical_ns = 10_000_000  # as after a slow first run: batches go to the thread
+    batcher.ns_per_element = 10_000_000  # as after a slow first run: batches go to the thread
     return batcher
 
 
@@ -254,3 +255,27 @@ def test_clients_that_left_do_not_fill_the_queue():
 
     results = asyncio.run(scenario())
     assert [float(r["y"][0, 0]) for r in results] == [0.0, 4.0, 6.0]
+
+
+def test_a_large_input_after_small_ones_runs_off_the_event_loop():
+    """Run time follows the input's size: many tiny pictures must not make a huge one run
+    on the event loop, where it would hold every other call."""
+    threads = []
+
+    def run(inputs):
+        threads.append(threading.current_thread().name)
+        return _double(inputs)
+
+    async def scenario():
+        batcher = _batcher(run, delay_s=0.0)
+        for _ in range(5):
+            await batcher.submit({"x": np.ones((1, 3, 4, 4), np.float32)}, 1, ("4",), None)
+        batcher.ns_per_element = 100.0  # 4.8 µs for a 3x4x4 picture
+        await batcher.submit({"x": np.ones((1, 3, 4, 4), np.float32)}, 1, ("4",), None)
+        await batcher.submit({"x": np.ones((1, 3, 200, 200), np.float32)}, 1, ("200",), None)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    loop_thread = threading.main_thread().name
+    assert threads[-2] == loop_thread  # 48 values: inline
+    assert threads[-1].startswith("netc-m")  # 120,000 values, ~12 ms expected: the worker

@@ -106,6 +106,22 @@ def test_raw_tensors_in_every_layout_and_datatype():
         images.decode_tensor([3, 7, 9], "CHW", "INT64", chw.tobytes())
     with pytest.raises(InvalidRequest, match="NaN"):
         images.decode_tensor([1, 1, 1], "CHW", "FP32", np.float32("nan").tobytes())
+    for wrong, shown in ((255.0, "0..255"), (3e38, "0..3e\\+38"), (-0.5, "-0.5..0")):
+        values = np.array([0.0, wrong], "<f4") if wrong > 0 else np.array([wrong, 0.0], "<f4")
+        with pytest.raises(InvalidRequest, match=f"values lie in {shown}.*expected 0..1"):
+            images.decode_tensor([1, 1, 2], "CHW", "FP32", values.tobytes())
+
+
+def test_a_sideways_photo_is_decoded_as_viewers_show_it():
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :5] = 255  # a white stripe at the stored picture's left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", exif=exif, quality=95)
+    shown = images.decode_encoded(buffer.getvalue())
+    assert shown.shape == (3, 20, 10)  # upright: 10 wide, 20 tall
+    assert shown[:, :5].mean() > 0.9 and shown[:, -5:].mean() < 0.1  # the stripe on top
 
 
 def test_channel_conversion_follows_pillow():
@@ -183,6 +199,28 @@ def test_padding_round_trip_returns_a_mask_of_the_pictures_size():
     assert mask.shape == (50, 70) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, scores.argmax(axis=0))
     assert_close(probs, torch.softmax(torch.from_numpy(scores), 0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_pixel_limit_counts_the_padding_the_model_runs_on():
+    rules = (images.size_rule("4*(H//4)", "H"), images.size_rule("4*(W//4)", "W"))
+    spec = images.ImageInput("x", np.dtype(np.float32), 1, (None, None), None, None)
+    thin = np.zeros((1, 1, 60), np.float32)  # 60 pixels, run as 4 x 60 = 240
+    with pytest.raises(InvalidRequest, match=r"60x1; the model runs it padded to 60x4"):
+        images.prepare(thin, spec, rules=rules, max_pixels=239)
+    assert images.prepare(thin, spec, rules=rules, max_pixels=240).tensor.shape == (1, 1, 4, 60)
+
+
+def test_pixel_counts_come_from_headers_alone():
+    from netc.protos.generated import vision_pb2
+
+    png = vision_pb2.Image(encoded=_encode(RGB))
+    assert images.pixel_count(png) == 63
+    hwc = vision_pb2.Image(tensor=vision_pb2.Tensor(shape=[7, 9, 3], layout="HWC"))
+    chw = vision_pb2.Image(tensor=vision_pb2.Tensor(shape=[3, 7, 9]))
+    grey = vision_pb2.Image(tensor=vision_pb2.Tensor(shape=[7, 9]))
+    assert [images.pixel_count(i) for i in (hwc, chw, grey)] == [63, 63, 63]
+    for unreadable in (vision_pb2.Image(encoded=b"junk"), vision_pb2.Image()):
+        assert images.pixel_count(unreadable) == 0  # decoding says what is wrong
 
 
 def test_coarse_score_maps_are_sampled_through_stride_and_offset():

@@ -209,6 +209,11 @@ def test_bad_requests_get_status_codes_and_the_server_keeps_serving(client, monk
     error = _status(lambda: client.segment(_png(np.zeros((50, 70), np.uint8)), "tinyseg"))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "70x50" in str(error) and "at most 0.001 megapixels" in str(error)
+    small = _png(np.zeros((20, 20), np.uint8))  # 400 pixels each, 1,200 together
+    error = _status(lambda: client.classify([small, small, small], "lenet5"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the request's 3 images hold" in str(error) and "a request" in str(error)
+    assert len(client.classify([small, small], "lenet5")) == 2  # 800: within the budget
     monkeypatch.undo()
 
     assert len(client.models()) == 2
@@ -243,3 +248,21 @@ def test_more_images_than_the_queue_holds_is_an_invalid_request(client):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "257 images" in str(error) and "at most 256" in str(error)
     assert len(client.classify([grey] * 256, "lenet5")) == 256  # the most that fits
+
+
+def test_scores_too_large_for_one_answer_are_refused_before_the_run(repo):
+    running = BackgroundServer(
+        repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None, max_message_mb=1)
+    )
+    try:
+        with VisionClient(running.address, max_message_mb=1) as small:
+            picture = _png(np.zeros((300, 300), np.uint8))  # 4 classes x 300 x 300 floats
+            error = _status(lambda: small.segment(picture, "tinyseg", scores=True))
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "return_scores: 4 class scores for a 300x300 image take 1 MiB" in str(error)
+            assert "over this server's 1 MiB message limit" in str(error)
+            mask, _, none = small.segment(picture, "tinyseg")  # the mask alone fits
+            assert mask.shape == (300, 300) and none is None
+            assert small.segment(_png(np.zeros((200, 200), np.uint8)), "tinyseg", True)[2].shape
+    finally:
+        running.stop()
