@@ -235,17 +235,15 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         vision = self._model(request, "segmentation")
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
+        known = _output_classes(vision)  # checked before any work, when the model says K
+        if known:
+            self._check_mask_holds(vision, known)
         prepared = await self._prepare(request.image, vision)
-        known = _output_classes(vision)
-        if request.return_scores and known:  # before the run, when the model says K
+        if request.return_scores and known:
             self._check_scores_fit(known, prepared.original)
         output = await self._run(vision, prepared.tensor, request, context)
         classes = output.shape[1]
-        if classes > MAX_CLASSES_IN_MASK:
-            raise Unsupported(
-                f"model '{vision.model.name}' has {classes} classes; "
-                f"masks hold at most {MAX_CLASSES_IN_MASK}"
-            )
+        self._check_mask_holds(vision, classes)
         if request.return_scores:
             self._check_scores_fit(classes, prepared.original)
         stride = vision.model.info.output_stride
@@ -282,6 +280,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         if scores is not None:
             response.scores.CopyFrom(scores)
         return response
+
+    @staticmethod
+    def _check_mask_holds(vision: VisionModel, classes: int) -> None:
+        if classes > MAX_CLASSES_IN_MASK:
+            raise Unsupported(
+                f"model '{vision.model.name}' has {classes} classes; "
+                f"masks hold at most {MAX_CLASSES_IN_MASK}"
+            )
 
     def _check_scores_fit(self, classes: int, size: tuple[int, int]) -> None:
         """Scores for every class at every pixel must fit in one answer, with the mask."""

@@ -266,3 +266,16 @@ def test_scores_too_large_for_one_answer_are_refused_before_the_run(repo):
             assert small.segment(_png(np.zeros((200, 200), np.uint8)), "tinyseg", True)[2].shape
     finally:
         running.stop()
+
+
+def test_a_model_with_more_classes_than_a_mask_holds_is_refused_before_any_work(tmp_path):
+    repo = tmp_path / "repo"
+    export = ["export", "tinyseg", "--repository", str(repo), "--name", "wide"]
+    assert main([*export, "--set", "num_classes=300", "--no-verify"]) == 0
+    running = BackgroundServer(repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None))
+    try:
+        with VisionClient(running.address) as client:
+            error = _status(lambda: client.segment(b"not even a picture", "wide"))
+            assert "model 'wide' has 300 classes; masks hold at most 256" in str(error)
+    finally:
+        running.stop()
