@@ -52,3 +52,18 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, UserError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
+
+
+def clip(text: str, most: int = 200) -> str:
+    """A client's string inside an error message, cut short: a status message must fit
+    gRPC's 8 KiB trailer, and a name of megabytes would make the client see nothing."""
+    return text if len(text) <= most else f"{text[:most]}… ({len(text)} characters)"
+
+
+MAX_MESSAGE = 4000  # characters of a status message; gRPC drops trailers over 8 KiB
+
+
+def status_message(text: str) -> str:
+    """A status message as sent: whole when it fits, else cut, so the client still sees
+    what was wrong."""
+    return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}… (message cut)"

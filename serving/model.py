@@ -21,7 +21,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from netc.errors import InternalError, UserError
 from netc.serving.batcher import Batcher, Tensors
 from netc.serving.config import ModelConfig
-from netc.serving.errors import InvalidRequest
+from netc.serving.errors import InvalidRequest, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
 from netc.serving.stats import ModelStats
 
@@ -201,13 +201,37 @@ class ServedModel:
         options = session_options(replace(self.config, intra_op_threads=1))
         self.session = ort.InferenceSession(str(self.path), options, providers=providers())
 
+    def check_declared(self, declared) -> None:
+        """What the request's input headers (name, datatype) already tell, before any data is
+        decoded: a request with a million inputs, or megabytes of BYTES the model does not
+        take, is refused at its first wrong input, not after decoding them all. The
+        messages are `check`'s."""
+        expected, seen = self.expected, set()
+        for tensor in declared:
+            name = tensor.name
+            entry = expected.get(name)
+            if entry is None:
+                raise InvalidRequest(
+                    f"model '{self.name}': unexpected input '{clip(name)}'; the "
+                    f"model's inputs are {', '.join(expected)}"
+                )
+            if name in seen:
+                raise InvalidRequest(f"input '{clip(name)}' appears more than once in the request")
+            seen.add(name)
+            spec = entry[0]
+            if tensor.datatype != spec.datatype and tensor.datatype in DATATYPES:
+                raise InvalidRequest(
+                    f"model '{self.name}': input '{name}' has datatype "
+                    f"{tensor.datatype}, expected {spec.datatype}"
+                )
+
     def check(self, inputs: Tensors) -> tuple[int, tuple]:
         """Validate a request; returns its batch size and its batching key."""
         expected = self.expected
         for name in inputs:
             if name not in expected:
                 raise InvalidRequest(
-                    f"model '{self.name}': unexpected input '{name}'; the "
+                    f"model '{self.name}': unexpected input '{clip(name)}'; the "
                     f"model's inputs are {', '.join(expected)}"
                 )
         batch, key = 1, []

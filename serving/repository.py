@@ -9,6 +9,7 @@ new versions only once they are ready; `unload(name)` stops serving it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class ModelRepository:
         self.latest: dict[str, ServedModel] = {}  # each model's newest version, per request
         self.states: dict[str, IndexEntry] = {}
         self.loading = 0
+        # one load or unload of a model at a time, in arrival order: the last request wins
+        self.locks: dict[str, asyncio.Lock] = {}
         # called after every load/unload (the server keeps grpc.health.v1 in step)
         self.on_change: list[Callable[[], Awaitable[None]]] = []
 
@@ -72,20 +75,35 @@ class ModelRepository:
         for name in self.names():
             await self.load(name)
 
+    def _folder(self, name: str) -> Path:
+        """The model's folder: only a top-level folder of the repository is a model, so a
+        name never reaches a path elsewhere ('../x', '/tmp/x', './x', 'x/1')."""
+        names = self.names()
+        if name not in names:
+            shown = name if len(name) <= 100 else name[:100] + "…"
+            hint = did_you_mean(name, names) if len(name) <= 100 else ""
+            raise ModelNotFound(
+                f"no model '{shown}' in the repository {self.root}" + (f" ({hint})" if hint else "")
+            )
+        return self.root / name
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self.locks.setdefault(name, asyncio.Lock())
+
     async def load(self, name: str) -> None:
         """(Re)load every version the model's policy selects; keep serving the old ones
         until the new ones are warmed up."""
-        try:
-            await self._load(name)
-        finally:
-            await self._changed()
+        folder = self._folder(name)
+        async with self._lock(name):
+            try:
+                await self._load(name, folder)
+            finally:
+                await self._changed()
 
-    async def _load(self, name: str) -> None:
-        folder = self.root / name
-        if not folder.is_dir():
-            raise ModelNotFound(f"no model '{name}' in the repository {self.root}")
+    async def _load(self, name: str, folder: Path) -> None:
         self.loading += 1
         self.states[name] = IndexEntry(name, "", "LOADING")
+        loaded: dict[str, ServedModel] = {}
         try:
             config = load_config(folder)
             versions = _versions(folder, config.version_policy)
@@ -99,7 +117,6 @@ class ModelRepository:
                 raise UserError(
                     f"error: model '{name}': no {which} folder with {MODEL_FILE} in {folder}"
                 )
-            loaded = {}
             for version, subfolder in versions:
                 model = await asyncio.to_thread(
                     ServedModel, name, version, folder / subfolder / MODEL_FILE, config
@@ -107,8 +124,14 @@ class ModelRepository:
                 await asyncio.to_thread(model.warm_up)
                 model.start()
                 loaded[version] = model
-        except UserError as exc:
-            reason = str(exc).removeprefix("error: ")
+        except Exception as exc:  # never left LOADING: a failure is the model's state
+            if isinstance(exc, UserError):
+                reason = str(exc).removeprefix("error: ")
+            else:
+                logging.getLogger("netc.serving").exception("loading model %s", name)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            for model in loaded.values():  # versions started before the failure
+                await model.close()
             if name in self.models:  # a failed reload: the versions already loaded serve on
                 reason = f"reload failed, still serving the loaded versions: {reason}"
                 self.states[name] = IndexEntry(name, self.latest[name].version, "READY", reason)
@@ -127,11 +150,13 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         if name not in self.models and name not in self.states:
-            raise ModelNotFound(f"no model '{name}' is loaded")
-        self.latest.pop(name, None)
-        for model in self.models.pop(name, {}).values():
-            await model.close()
-        self.states[name] = IndexEntry(name, "", "UNAVAILABLE", UNLOADED)
+            shown = name if len(name) <= 100 else name[:100] + "…"
+            raise ModelNotFound(f"no model '{shown}' is loaded")
+        async with self._lock(name):  # after a load in progress, not under it
+            self.latest.pop(name, None)
+            for model in self.models.pop(name, {}).values():
+                await model.close()
+            self.states[name] = IndexEntry(name, "", "UNAVAILABLE", UNLOADED)
         await self._changed()
 
     async def close(self) -> None:

@@ -21,6 +21,9 @@ from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.model_info import DATATYPES
 
 Tensors = dict[str, np.ndarray]
+MAX_RANK = 32  # numpy holds 64; no vision model takes more than a handful
+MAX_DIM = 2**31 - 1
+MAX_CLASSIFICATION = 4096  # top-k entries one output item may return as text
 
 # Which InferTensorContents field carries each datatype (FP16 and BF16 only travel raw).
 CONTENTS_FIELD = {
@@ -52,6 +55,24 @@ def _described(datatype: str, shape: Sequence[int]) -> str:
     return f"{datatype} {list(shape)}"
 
 
+def check_shape(name: str, shape: Sequence[int]) -> None:
+    """Sizes numpy can hold: every dim given (>= 0), at most MAX_RANK of them, none huge."""
+    if len(shape) > MAX_RANK:
+        raise InvalidRequest(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are accepted"
+        )
+    if shape and min(shape) < 0:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} has a negative "
+            "dimension; a request must give every size"
+        )
+    if shape and max(shape) > MAX_DIM:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} has a dimension over {MAX_DIM}; "
+            "no model input is that large"
+        )
+
+
 def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, tuple[int, ...]]:
     name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
     if datatype not in DATATYPES:
@@ -59,11 +80,7 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, t
         raise InvalidRequest(
             f"input '{name}': unknown or unsupported datatype '{datatype}'; expected one of {known}"
         )
-    if shape and min(shape) < 0:
-        raise InvalidRequest(
-            f"input '{name}': shape {list(shape)} has a negative "
-            "dimension; a request must give every size"
-        )
+    check_shape(name, shape)
     parameters = tensor.parameters
     if parameters and any(key in parameters for key in SHARED_MEMORY):
         raise Unsupported(
@@ -248,6 +265,19 @@ def add_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) ->
     response.raw_output_contents.append(data)
 
 
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first, ties in index order (a stable sort),
+    without sorting everything when k is small."""
+    keys = -values.astype(np.float64)
+    if k < len(keys) // 2:
+        threshold = np.partition(keys, k - 1)[k - 1]
+        if np.isnan(threshold):  # fewer numbers than k: NaNs come last, as a sort puts them
+            return np.argsort(keys, kind="stable")[:k]
+        candidates = np.flatnonzero(keys <= threshold)  # the k best, and any tied with them
+        return candidates[np.argsort(keys[candidates], kind="stable")][:k]
+    return np.argsort(keys, kind="stable")[:k]
+
+
 def classify(array: np.ndarray, k: int, labels: Sequence[str] | None, batched: bool) -> np.ndarray:
     """Triton's classification extension: the top k of each item as "score:index[:label]".
 
@@ -256,9 +286,15 @@ def classify(array: np.ndarray, k: int, labels: Sequence[str] | None, batched: b
     """
     items = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(k, items.shape[1])
+    if k > MAX_CLASSIFICATION:  # one string per value: a dense map would take seconds
+        raise InvalidRequest(
+            f"classification count {k} (of {items.shape[1]} values per item): at most "
+            f"{MAX_CLASSIFICATION} top entries are returned as text; ask for fewer, or read "
+            "the output itself"
+        )
     result = np.empty((items.shape[0], k), dtype=np.object_)
     for row, values in enumerate(items):
-        order = np.argsort(-values.astype(np.float64), kind="stable")[:k]
+        order = _top(values, k)
         for column, index in enumerate(order):
             score = values[index]
             text = f"{score:f}" if values.dtype.kind == "f" else str(score)

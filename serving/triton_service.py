@@ -28,7 +28,13 @@ from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
 from netc.serving.batcher import AUTO_MAX_DELAY_S
-from netc.serving.errors import InvalidRequest, ServingError, Unsupported, status_code
+from netc.serving.errors import (
+    InvalidRequest,
+    ServingError,
+    Unsupported,
+    status_code,
+    status_message,
+)
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
@@ -38,6 +44,7 @@ from netc.serving.wire import Header, Routes
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
 PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
+STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream running ahead of its answers
 log = logging.getLogger("netc.serving")
 
 
@@ -72,9 +79,10 @@ def _message(error: BaseException) -> str:
 def _failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
     """The one mapping of an exception to the status and message a client receives."""
     if isinstance(error, UserError):
-        return status_code(error), _message(error)
+        return status_code(error), status_message(_message(error))
     log.exception("internal error in %s", call)
-    return grpc.StatusCode.INTERNAL, f"internal error in {call}: {type(error).__name__}: {error}"
+    text = f"internal error in {call}: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, status_message(text)
 
 
 def _unary(method: Callable[..., Awaitable], name: str = "") -> Callable[..., Awaitable]:
@@ -328,6 +336,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         timeout = _timeout(request, context)
         common = common_request(request, model.expected, model.info.max_batch_size)
         if common is None:
+            model.check_declared(request.inputs)
             results = await model.infer(decode_inputs(request), timeout=timeout)
         else:
             self.routes.learn(header, request, model, common, wanted)
@@ -384,25 +393,39 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ):
-        """Requests run concurrently (so they batch); answers go back in request order."""
-        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        """Requests run concurrently (so they batch); answers go back in request order. At
+        most `STREAM_IN_FLIGHT` requests of a stream are read ahead of its answers, so a
+        client that stops reading is held back by gRPC's flow control, not buffered."""
+        answers: asyncio.Queue[asyncio.Task | BaseException | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    await room.acquire()
                     answers.put_nowait(asyncio.create_task(self._stream_answer(request, context)))
+            except Exception as exc:  # an undecodable message: say so, do not just end
+                answers.put_nowait(exc)
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (task := await answers.get()) is not None:
-                yield await task
+            while (item := await answers.get()) is not None:
+                if isinstance(item, BaseException):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"ModelStreamInfer: a message could not be read as a "
+                        f"ModelInferRequest ({type(item).__name__}: {item})",
+                    )
+                answer = await item
+                room.release()
+                yield answer
         finally:
             reader.cancel()
             while not answers.empty():
-                if (task := answers.get_nowait()) is not None:
-                    task.cancel()
+                if isinstance(item := answers.get_nowait(), asyncio.Task):
+                    item.cancel()
 
     # The model repository.
 

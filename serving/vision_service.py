@@ -26,7 +26,13 @@ import numpy as np
 from netc.errors import UserError
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
 from netc.serving import images
-from netc.serving.errors import InvalidRequest, ModelUnavailable, Unsupported, status_code
+from netc.serving.errors import (
+    InvalidRequest,
+    ModelUnavailable,
+    Unsupported,
+    status_code,
+    status_message,
+)
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
@@ -141,7 +147,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             message = f"internal error: {type(error).__name__}: {error}"
         else:
             message = str(error).removeprefix("error: ")
-        await context.abort(status_code(error), message)
+        await context.abort(status_code(error), status_message(message))
 
     # -- the work
 

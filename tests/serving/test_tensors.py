@@ -241,3 +241,40 @@ def test_common_request_declines_what_only_the_general_path_can_judge(dims, max_
     count = int(np.prod(shape)) if shape else 1
     request = _request(("x", "FP32", list(shape), None), raw=[b"\0" * 4 * max(count, 0)])
     assert common_request(request, expected, max_batch) is None
+
+
+def test_the_top_k_without_a_full_sort_equals_a_stable_sort():
+    from netc.serving.tensors import _top
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        values = rng.integers(0, 6, n).astype(np.float32)  # many ties
+        if trial % 3 == 0:
+            values[rng.integers(0, n, max(1, n // 2))] = np.nan
+        for k in {1, 2, n // 3 or 1, n}:
+            expected = np.argsort(-values.astype(np.float64), kind="stable")[:k]
+            np.testing.assert_array_equal(_top(values, k), expected, err_msg=f"{values} k={k}")
+
+
+def test_a_classification_of_a_dense_map_is_refused_not_spelled_out():
+    from netc.serving.tensors import MAX_CLASSIFICATION, classify
+
+    dense = np.zeros((1, 4, 64, 64), np.float32)  # 16,384 values per item
+    with pytest.raises(InvalidRequest, match=f"at most {MAX_CLASSIFICATION} top entries"):
+        classify(dense, 2**62, None, batched=True)
+    assert classify(dense, 3, None, batched=True).shape == (1, 3)
+    assert classify(np.arange(10.0)[None], 2**62, None, batched=True).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([0, 2**62, 2**62], "has a dimension over 2147483647"),
+        ([1] * 65, "shape has 65 dimensions; at most 32"),
+    ],
+)
+def test_shapes_numpy_cannot_hold_are_invalid_requests(shape, message):
+    request = _request(("x", "FP32", shape, None), raw=[b""])
+    with pytest.raises(InvalidRequest, match=message):
+        decode_inputs(request)

@@ -465,3 +465,83 @@ def test_health_follows_unload_and_load(server):
         assert status() == serving and client.is_server_ready()
         client.load_model("tinyseg")
         assert status() == serving and client.is_model_ready("tinyseg")
+
+
+def test_a_stream_reads_ahead_of_its_answers_only_so_far(monkeypatch):
+    """A client that stops reading answers stops being read: gRPC's flow control then
+    holds it back, instead of the server buffering every answer."""
+    import asyncio
+
+    from netc.serving import triton_service
+
+    monkeypatch.setattr(triton_service, "STREAM_IN_FLIGHT", 3)
+    read = []
+
+    async def requests():
+        for i in range(100):
+            read.append(i)
+            yield pb.ModelInferRequest(id=str(i))
+
+    async def answer(self, request, context):
+        return pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(id=request.id))
+
+    monkeypatch.setattr(triton_service.TritonService, "_stream_answer", answer)
+
+    async def scenario():
+        stream = triton_service.TritonService(None).ModelStreamInfer(requests(), None)
+        first = await anext(stream)
+        await asyncio.sleep(0.05)  # the client reads nothing more for a while
+        taken = len(read)
+        rest = [answer async for answer in stream]
+        return first, taken, rest
+
+    first, taken, rest = asyncio.run(scenario())
+    assert first.infer_response.id == "0" and taken <= 3 + 2
+    assert [a.infer_response.id for a in rest] == [str(i) for i in range(1, 100)]
+
+
+def test_an_unreadable_stream_message_ends_the_stream_with_invalid_argument(server):
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        good = pb.ModelInferRequest(model_name="lenet5", id="good")
+        good.inputs.add(name="image", datatype="FP32", shape=[1, 1, 32, 32])
+        good.raw_input_contents.append(_images(1).tobytes())
+        answers = call(iter([good.SerializeToString(), b"\xff\xff\xff"]))
+        with pytest.raises(grpc.RpcError) as caught:
+            list(answers)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not be read as a ModelInferRequest" in caught.value.details()
+
+
+def _raw_call(server, request: pb.ModelInferRequest) -> grpc.RpcError:
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request.SerializeToString())
+    return caught.value
+
+
+def test_inputs_the_model_does_not_take_are_refused_before_decoding(server):
+    many = pb.ModelInferRequest(model_name="lenet5")
+    for i in range(20_000):
+        many.inputs.add(name=f"i{i}", datatype="FP32", shape=[0])
+    error = _raw_call(server, many)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unexpected input 'i0'" in error.details()
+
+    words = pb.ModelInferRequest(model_name="lenet5")
+    words.inputs.add(name="image", datatype="BYTES", shape=[1_000_000])
+    words.raw_input_contents.append(b"\0" * 4_000_000)  # a million empty strings
+    error = _raw_call(server, words)
+    assert "input 'image' has datatype BYTES, expected FP32" in error.details()
+
+
+def test_a_huge_name_still_gets_its_error_message(server):
+    error = _raw_call(server, pb.ModelInferRequest(model_name="m" * 20_000))
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # not lost to the trailer size limit
+    assert error.details().startswith("unknown model 'mmm") and "(message cut)" in error.details()
+    image = pb.ModelInferRequest(model_name="lenet5")
+    image.inputs.add(name="x" * 20_000, datatype="FP32", shape=[1, 1, 32, 32])
+    image.raw_input_contents.append(_images(1).tobytes())
+    error = _raw_call(server, image)
+    assert "unexpected input 'xxx" in error.details() and "(20000 characters)" in error.details()
