@@ -209,7 +209,8 @@ class Batcher:
         return self.queue[0] if self.queue else None
 
     def _expire(self, pending: _Pending) -> None:
-        if not pending.future.done():
+        if not pending.future.done():  # a failed request, as Triton counts it
+            self.stats.fail.add(time.perf_counter_ns() - pending.enqueued_ns)
             pending.future.set_exception(
                 DeadlineExceeded(
                     f"model '{self.name}': the request's deadline passed while it was queued"
@@ -333,7 +334,7 @@ class Batcher:
                     pending.future.set_exception(exc)
             return
         end = time.perf_counter_ns()
-        self.stats.executed(samples, compute_ns)
+        self.stats.executed(samples, compute_ns, len(group))
         per_element = compute_ns / max(1, elements)
         self.ns_per_element = (
             per_element

@@ -10,6 +10,9 @@ import asyncio
 
 from netc.serving.repository import ModelRepository
 
+REQUEST_DEADLINE_S = 10.0  # to send the request line and headers
+MAX_HEADERS = 100
+
 _COUNTERS = (  # (metric, help, value from ModelStats)
     (
         "nv_inference_request_success",
@@ -72,16 +75,27 @@ def render(repository: ModelRepository) -> str:
 async def start_metrics_server(
     repository: ModelRepository, host: str, port: int
 ) -> asyncio.AbstractServer:
+    async def read_request(reader: asyncio.StreamReader) -> bytes:
+        """The request line; the headers are read and ignored, at most `MAX_HEADERS`."""
+        request = await reader.readline()
+        for _ in range(MAX_HEADERS):
+            if await reader.readline() in (b"\r\n", b"\n", b""):
+                return request
+        raise ValueError("too many header lines")
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            path = request.split()[1] if len(request.split()) > 1 else b"/"
-            if path.split(b"?", 1)[0] == b"/metrics":  # scrapers may add a query
-                body, status = render(repository).encode(), "200 OK"
+            try:  # the whole request within the deadline: a slow sender holds nothing long
+                request = await asyncio.wait_for(read_request(reader), REQUEST_DEADLINE_S)
+            except ValueError:  # a line over the reader's 64 KiB limit, or endless headers
+                request, status = b"", "431 Request Header Fields Too Large"
+                body = b"request header too large\n"
             else:
-                body, status = b"not found: try /metrics\n", "404 Not Found"
+                path = request.split()[1] if len(request.split()) > 1 else b"/"
+                if path.split(b"?", 1)[0] == b"/metrics":  # scrapers may add a query
+                    body, status = render(repository).encode(), "200 OK"
+                else:
+                    body, status = b"not found: try /metrics\n", "404 Not Found"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

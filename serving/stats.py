@@ -29,10 +29,12 @@ class ModelStats:
     last_inference_ms: int = 0
     batch_sizes: dict[int, Duration] = field(default_factory=dict)  # size → executions
 
-    def executed(self, samples: int, ns: int) -> None:
-        """One model run over a batch of `samples`, taking `ns`."""
+    def executed(self, samples: int, ns: int, requests: int = 1) -> None:
+        """One model run over a batch of `samples` from `requests` requests, taking `ns`.
+        As in Triton, `compute_infer` counts requests (each spent the run's time) and
+        `batch_sizes` counts runs."""
         self.execution_count += 1
         self.inference_count += samples
-        self.compute_infer.add(ns)
+        self.compute_infer.add(ns * requests, requests)
         self.batch_sizes.setdefault(samples, Duration()).add(ns)
         self.last_inference_ms = int(time.time() * 1000)

@@ -279,3 +279,34 @@ def test_a_large_input_after_small_ones_runs_off_the_event_loop():
     loop_thread = threading.main_thread().name
     assert threads[-2] == loop_thread  # 48 values: inline
     assert threads[-1].startswith("netc-m")  # 120,000 values, ~12 ms expected: the worker
+
+
+def test_statistics_count_as_triton_does():
+    """compute_infer counts requests (each spent its batch's run), batch stats count runs,
+    and a request whose deadline passed in the queue is a failure."""
+    stats = ModelStats()
+
+    async def scenario():
+        batcher = Batcher(
+            "m",
+            _double,
+            batching=True,
+            max_batch=16,
+            max_delay_s=0.05,
+            preferred=(),
+            max_queue=64,
+            instances=1,
+            stats=stats,
+        )
+        await asyncio.gather(*(batcher.submit(_request(1.0), 1, ("x",), None) for _ in range(3)))
+        loop = asyncio.get_running_loop()
+        late = batcher.submit(_request(1.0), 1, ("x",), loop.time() - 1)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert stats.success.count == 3 and stats.execution_count == 1
+    assert stats.compute_infer.count == 3 and stats.batch_sizes[3].count == 1
+    assert stats.compute_infer.ns == 3 * stats.batch_sizes[3].ns
+    assert stats.fail.count == 1
