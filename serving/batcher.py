@@ -51,6 +51,11 @@ from netc.serving.stats import ModelStats
 
 Tensors = dict[str, np.ndarray]
 INLINE_NS = 1_000_000  # batches expected to run faster than this skip the worker thread
+# Memory bounds besides the request count: a batch stops growing at MAX_BATCH_BYTES of
+# inputs (a model may need ten times its input while it runs), and the queue refuses a
+# request once it holds MAX_QUEUE_BYTES (256 requests of 128 MiB would be 32 GiB).
+MAX_BATCH_BYTES = 256 * 2**20
+MAX_QUEUE_BYTES = 2 * 2**30
 AUTO_MAX_DELAY_S = 0.001  # the longest `auto` makes a request wait for company
 IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not load
 DRAIN_S = 5.0  # how long close() lets queued and running requests finish
@@ -59,7 +64,7 @@ DRAIN_S = 5.0  # how long close() lets queued and running requests finish
 class _Pending:
     """One queued request. Compared by identity: the queue holds arrays."""
 
-    __slots__ = ("batch", "deadline", "enqueued_ns", "future", "inputs", "key")
+    __slots__ = ("batch", "deadline", "enqueued_ns", "future", "inputs", "key", "nbytes")
 
     def __init__(
         self, inputs: Tensors, batch: int, key: tuple, future: asyncio.Future, deadline
@@ -67,6 +72,7 @@ class _Pending:
         self.inputs, self.batch, self.key = inputs, batch, key
         self.future, self.deadline = future, deadline
         self.enqueued_ns = time.perf_counter_ns()
+        self.nbytes = sum(array.nbytes for array in inputs.values())
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now > self.deadline)
@@ -105,6 +111,7 @@ class Batcher:
         self.max_delay_s, self.preferred = max_delay_s, set(preferred)
         self.max_queue, self.stats = max_queue, stats
         self.queue: deque[_Pending] = deque()
+        self.queued_bytes = 0  # inputs held by `queue`: kept in step wherever it changes
         self.idle: list[asyncio.Future] = []  # workers waiting for any request
         self.gatherings: list[_Gathering] = []
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"netc-{name}")
@@ -135,7 +142,14 @@ class Batcher:
                 )
         self._arrived(loop.time())
         pending = _Pending(inputs, batch, key, loop.create_future(), deadline)
+        if self.queue and self.queued_bytes + pending.nbytes > MAX_QUEUE_BYTES:
+            raise QueueFull(
+                f"model '{self.name}': the queue holds {self.queued_bytes / 2**20:.0f} MiB "
+                f"of inputs, and this request's {pending.nbytes / 2**20:.0f} MiB would pass "
+                f"{MAX_QUEUE_BYTES / 2**20:.0f} MiB; retry later"
+            )
         self.queue.append(pending)
+        self.queued_bytes += pending.nbytes
         if self.idle:
             for waiter in self.idle:
                 _wake(waiter)
@@ -164,7 +178,7 @@ class Batcher:
         """Take every dead request (cancelled, or past its deadline) out of the queue."""
         dead = [p for p in self.queue if p.dead(now)]
         for pending in dead:
-            self.queue.remove(pending)
+            self._dequeue(pending)
             self._expire(pending)
 
     async def close(self, drain_s: float = DRAIN_S) -> None:
@@ -180,6 +194,7 @@ class Batcher:
         await asyncio.gather(*self.workers, return_exceptions=True)
         left = [*self.queue, *(p for group in self.taken for p in group)]
         self.queue.clear()
+        self.queued_bytes = 0
         self.taken.clear()
         for pending in left:
             if not pending.future.done():
@@ -205,7 +220,9 @@ class Batcher:
         """Drop dead requests from the front; the oldest live one, or None."""
         now = asyncio.get_running_loop().time()
         while self.queue and self.queue[0].dead(now):
-            self._expire(self.queue.popleft())
+            pending = self.queue.popleft()
+            self.queued_bytes -= pending.nbytes
+            self._expire(pending)
         return self.queue[0] if self.queue else None
 
     def _expire(self, pending: _Pending) -> None:
@@ -221,22 +238,29 @@ class Batcher:
         """Move queued requests that batch with `first` into `group`; returns its size.
         Taken requests leave the queue, so no other worker can take them too."""
         if not self.batching:
-            self.queue.remove(first)
+            self._dequeue(first)
             group.append(first)
             return first.batch
         taken = []
+        nbytes = sum(p.nbytes for p in group)
         for pending in self.queue:
             if (
                 pending.key == first.key
                 and size + pending.batch <= self.max_batch
+                and ((not group and not taken) or nbytes + pending.nbytes <= MAX_BATCH_BYTES)
                 and not pending.future.done()
             ):
                 taken.append(pending)
                 size += pending.batch
+                nbytes += pending.nbytes
         for pending in taken:
-            self.queue.remove(pending)
+            self._dequeue(pending)
         group += taken
         return size
+
+    def _dequeue(self, pending: _Pending) -> None:
+        self.queue.remove(pending)
+        self.queued_bytes -= pending.nbytes
 
     async def _next_batch(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()

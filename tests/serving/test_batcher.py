@@ -303,6 +303,7 @@ def test_statistics_count_as_triton_does():
         late = batcher.submit(_request(1.0), 1, ("x",), loop.time() - 1)
         with pytest.raises(DeadlineExceeded):
             await late
+        assert batcher.queued_bytes == 0  # the expired request left the byte count too
         await batcher.close()
 
     asyncio.run(scenario())
@@ -310,3 +311,29 @@ def test_statistics_count_as_triton_does():
     assert stats.compute_infer.count == 3 and stats.batch_sizes[3].count == 1
     assert stats.compute_infer.ns == 3 * stats.batch_sizes[3].ns
     assert stats.fail.count == 1
+
+
+def test_batches_and_the_queue_are_bounded_in_bytes_too(monkeypatch):
+    from netc.serving import batcher as module
+
+    monkeypatch.setattr(module, "MAX_BATCH_BYTES", 8)  # two 1x1 float32 requests
+    monkeypatch.setattr(module, "MAX_QUEUE_BYTES", 12)  # three
+    sizes = []
+
+    def run(inputs):
+        sizes.append(len(inputs["x"]))
+        return _double(inputs)
+
+    async def scenario():
+        batcher = _batcher(run, delay_s=0.0)
+        calls = [batcher.submit(_request(float(i)), 1, ("x",), None) for i in range(3)]
+        assert batcher.queued_bytes == 12
+        with pytest.raises(QueueFull, match="queue holds 0 MiB of inputs"):
+            batcher.submit(_request(9.0), 1, ("x",), None)
+        results = await asyncio.gather(*calls)
+        assert batcher.queued_bytes == 0
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sizes == [2, 1] and [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]
