@@ -7,7 +7,7 @@ dynamic_batching:             # or false
                               # to 1 ms, only while clients send concurrently), or microseconds
                               # (0: never wait; batches form from what queued while the model ran)
   preferred_batch_sizes: [8, 16]
-  max_queue_size: 256         # beyond this, RESOURCE_EXHAUSTED at once
+  max_queue_size: 256         # beyond this (or 2 GiB of queued inputs), RESOURCE_EXHAUSTED at once
 instances: 1                  # requests run concurrently on this many threads
 intra_op_threads: 0           # onnxruntime threads per run (0: its default)
 labels: [cat, dog]            # when the model carries none (or labels_file: labels.txt)
