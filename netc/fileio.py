@@ -14,6 +14,8 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     (no permission, no space, a file where a folder should be) is a UserError naming
     the path, and leaves no new empty folder behind."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device, a pipe: never replaced
+        raise UserError(f"error: cannot write {path}: it exists and is not a regular file")
     created = not path.parent.exists()
     tmp = None
     try:

@@ -201,7 +201,7 @@ def check_model(proto: onnx.ModelProto, name: str) -> None:
         raise UserError(f"{name}: not an ONNX model (no IR version or no graph)")
     if not proto.opset_import:
         raise UserError(f"{name}: no opset_import: a truncated or malformed ONNX file")
-    external = [t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [t.name for t in _tensors(graph) if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         raise UserError(
             f"{name}: its weights are in external data files ({external[0]!r}"
@@ -216,6 +216,39 @@ def check_model(proto: onnx.ModelProto, name: str) -> None:
         raise UserError(f"{name}: the model has no outputs: a truncated or malformed ONNX file")
     _check_defined(proto, name, stored)
     _check_tensor_sizes(graph.initializer, name)
+    _check_with_onnx(proto, name)
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor the graph stores: initializers, and tensors inside node attributes
+    (a Constant's value, a subgraph's weights), where external data could also point."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(sub)
+
+
+def _check_with_onnx(proto: onnx.ModelProto, name: str) -> None:
+    """onnx's own checker: attribute types, tensor sizes, unique names, required inputs,
+    opset range. A graph input or output without a shape (which onnxruntime accepts) and
+    ops onnx does not know (passed through untouched) are not held against the model."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for value in (*probe.graph.input, *probe.graph.output):
+        tensor = value.type.tensor_type
+        if value.type.HasField("tensor_type") and not tensor.HasField("shape"):
+            tensor.shape.SetInParent()
+    try:
+        onnx.checker.check_model(probe)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if reason.startswith("No Op registered for"):
+            return  # an op onnx does not know: left alone, and verification says so
+        raise UserError(f"{name}: not a valid ONNX model: {reason}") from None
 
 
 def resolve_input_shapes(

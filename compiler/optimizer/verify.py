@@ -165,7 +165,7 @@ def _concrete(dim, axis: int, size: int) -> int:
 def _random(rng: np.random.Generator, type_: str, shape: tuple[int, ...]) -> np.ndarray:
     kind = type_.removeprefix("tensor(").removesuffix(")")
     if kind == "bool":
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)  # a 0-d array for a scalar, not np.bool_
     if kind.startswith(("int", "uint")):
         return rng.integers(0, 4, size=shape).astype(np.dtype(kind))
     if kind == "bfloat16":

@@ -161,6 +161,8 @@ def _fold_conv(graph, conv, bn, affine, names) -> str | None:
         scaled = weight * affine.scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     else:
         groups = conv.attributes.get_int("group", 1)
+        if groups < 1:
+            return f"ConvTranspose group={groups}"
         per_group = weight.shape[1] if weight.ndim >= 3 else -1
         if per_group * groups != channels or weight.shape[0] % groups:
             return (

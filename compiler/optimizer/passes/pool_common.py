@@ -107,6 +107,11 @@ def read_window(node: ir.Node) -> PoolWindow | str:
         pads = (0,) * 2 * rank
     if len(strides) != rank or len(dilations) != rank or len(pads) != 2 * rank:
         return "kernel_shape, strides, dilations and pads disagree in rank"
+    if min(kernel) < 1 or min(strides) < 1 or min(dilations) < 1 or min(pads) < 0:
+        return (
+            f"kernel {list(kernel)}, strides {list(strides)}, dilations {list(dilations)} "
+            f"or pads {list(pads)} out of range"
+        )
     return PoolWindow(
         kernel=kernel,
         strides=strides,

@@ -45,9 +45,12 @@ class PoolMerge(OptimizerPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
+        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         for node in list(model.graph):
             if node.graph is None or node.op_type not in pc.POOL_OPS or node.domain != "":
                 continue
+            if not node.inputs or node.inputs[0] is None:
+                continue  # an empty input name: onnx's checker refuses it, nothing to merge
             first = node.inputs[0].producer()
             if first is None or first.op_type != node.op_type or first.domain != "":
                 continue
@@ -55,6 +58,10 @@ class PoolMerge(OptimizerPass):
         return ir.passes.PassResult(model, modified)
 
     def _try_merge(self, graph: ir.Graph, first: ir.Node, second: ir.Node) -> bool:
+        version = second.version or self.opset
+        if version < 10:  # the merged node spells out ceil_mode, which opset 10 brought
+            self.refuse(f"{pair_label(first, second)} kept apart: opset {version} (before 10)")
+            return False
         merged = _merged_window(first, second)
         if isinstance(merged, str):
             self.refuse(f"{pair_label(first, second)} kept apart: {merged}")

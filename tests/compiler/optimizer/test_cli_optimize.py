@@ -156,3 +156,76 @@ def test_fp16_model_optimizes_and_verifies(tmp_path, capsys):
     onnx.save(g.build(g.bn(g.conv(x, 4, 8), 8)), src)
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx")]) == 0
     assert "fp16 outputs rtol 0.01" in capsys.readouterr().out
+
+
+def _with_constant_weight(location: str) -> onnx.ModelProto:
+    """conv1's weight comes from a Constant node whose tensor points at an external file."""
+    model = small_net()
+    graph = model.graph
+    weight = next(t for t in graph.initializer if t.name == graph.node[0].input[1])
+    stored = onnx.TensorProto()
+    stored.CopyFrom(weight)
+    stored.ClearField("raw_data")
+    stored.data_location = onnx.TensorProto.EXTERNAL
+    stored.external_data.add(key="location", value=location)
+    graph.initializer.remove(weight)
+    constant = onnx.helper.make_node("Constant", [], [weight.name], value=stored)
+    graph.node.insert(0, constant)
+    return model
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../weights.bin", "missing.bin"])
+def test_external_data_in_a_constant_node_is_refused_too(tmp_path, capsys, location):
+    src, out = tmp_path / "const_ext.onnx", tmp_path / "out.onnx"
+    onnx.save(_with_constant_weight(location), src)
+    for extra in ([], ["--no-verify"]):  # never read, verified or not
+        err = error_of(["optimize", str(src), "-o", str(out), *extra], capsys)
+        assert "external data" in err and not out.exists()
+
+
+def test_what_onnx_checker_refuses_is_a_clear_error(tmp_path, capsys):
+    model = small_net()
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.attribute.append(onnx.helper.make_attribute("epsilon", 0))  # an INT, not a FLOAT
+    src = tmp_path / "bad.onnx"
+    onnx.save(model, src)
+    err = error_of(["optimize", str(src), "-o", str(tmp_path / "out.onnx")], capsys)
+    assert "not a valid ONNX model: Mismatched attribute type" in err and "epsilon" in err
+
+    model = small_net()
+    model.graph.initializer.append(model.graph.initializer[0])  # the same name twice
+    onnx.save(model, src)
+    err = error_of(["optimize", str(src), "-o", str(tmp_path / "out.onnx")], capsys)
+    assert "initializer name is not unique" in err
+
+
+def test_pools_of_opset_9_stay_apart_and_the_model_stays_valid(tmp_path, capsys):
+    g = GraphBuilder(opset=9)
+    x = g.input("x", [1, 3, 32, 32])
+    first = g.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    src, out = tmp_path / "pools9.onnx", tmp_path / "out.onnx"
+    onnx.save(g.build(g.node("MaxPool", [first], kernel_shape=[2, 2], strides=[2, 2])), src)
+    assert main(["optimize", str(src), "-o", str(out), "--no-verify"]) == 0
+    written = onnx.load(out)
+    onnx.checker.check_model(written)  # no ceil_mode, which opset 9 lacks
+    assert [n.op_type for n in written.graph.node] == ["MaxPool", "MaxPool"]
+
+
+def test_a_scalar_bool_input_is_verified(tmp_path, capsys):
+    g = GraphBuilder()
+    flag = g.input("flag", [], dtype=np.bool_)
+    src, out = tmp_path / "flag.onnx", tmp_path / "out.onnx"
+    model = g.build(g.node("Not", [flag]))
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.BOOL
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out)]) == 0, capsys.readouterr().err
+
+
+def test_a_special_file_is_never_replaced(model_file, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    err = error_of(["optimize", str(model_file), "-o", str(fifo)], capsys)
+    assert "exists and is not a regular file" in err
+    assert not fifo.is_file() and fifo.exists()
