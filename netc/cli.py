@@ -21,10 +21,17 @@ from netc.fileio import write_atomic
 from netc.runtime.launch import final_message
 
 
+MAX_DIM = 2**31 - 1  # onnx and torch keep sizes in signed 64-bit; images are far smaller
+
+
 def _input_shape(text: str) -> tuple:
     parts = [p.strip() for p in text.split(",")]
     dims = []
     for part in parts:
+        if part.isdigit() and int(part) > MAX_DIM:
+            raise argparse.ArgumentTypeError(
+                f"'{text}': {part} is larger than any input size netc takes (at most {MAX_DIM})"
+            )
         if part.isdigit() and int(part) > 0:
             dims.append(int(part))
         elif part.upper() in ("H", "W", "?", "-1"):

@@ -9,6 +9,7 @@ and must agree with the PyTorch module (rtol 1e-4, atol 1e-5).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from netc.runtime.preprocess import whiten
 
 RTOL, ATOL = 1e-4, 1e-5
 OPEN_SIZE = 64  # the smallest spatial size used to check open-size models
+MAX_CHECK_VALUES = 1 << 28  # input values the PyTorch check may use (1 GiB of floats)
 
 
 @dataclass
@@ -59,9 +61,36 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
             params=state["params"],
             input_shape=input_shape,
         )
+        if input_shape is not None:
+            trained = load_string(
+                state["description"], file=state["description_file"], params=state["params"]
+            ).graph
+            _check_weights_fit(net.graph, trained, state["model"], source, input_shape)
         return net.graph, state["model"], state
     net = load(source, params=params, input_shape=input_shape)
     return net.graph, build_module(net.graph, seed=0).state_dict(), {}
+
+
+def _check_weights_fit(
+    graph: Graph, trained: Graph, weights: dict, source: str, input_shape
+) -> None:
+    """An --input-shape can change a trained layer's weight shape (an fc layer after a
+    different spatial size, a conv over other channels): say which layer, not torch's
+    size-mismatch dump."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        wanted = build_module(graph).state_dict()
+    for key, tensor in wanted.items():
+        stored = weights.get(key)
+        if stored is not None and tuple(stored.shape) != tuple(tensor.shape):
+            shape = ",".join("?" if d is None else str(d) for d in input_shape)
+            dims = next(iter(trained.inputs.values())).shape[1:]
+            at = ",".join(str(d) if sym.is_static(d) else "?" for d in dims)
+            raise UserError(
+                f"error: --input-shape {shape} does not fit the weights trained in {source}: "
+                f"'{key}' is {list(stored.shape)} there, and the network at this input size "
+                f"needs {list(tensor.shape)}\n  hint: the trained network takes {at}; drop "
+                "--input-shape, or keep its channels and a size its layers accept"
+            )
 
 
 def _sample_shapes(graph: Graph, size: list[int] | None = None) -> list[tuple[int, ...]]:
@@ -96,6 +125,12 @@ def check_against_torch(
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
     for shape in _sample_shapes(graph, size):
+        if math.prod(shape) > MAX_CHECK_VALUES:
+            raise UserError(
+                f"error: checking the export against PyTorch would run it on an input of "
+                f"{list(shape)}, too large for this machine's memory\n  hint: add --no-verify, "
+                "or export at a smaller --input-shape"
+            )
         x = torch.rand(*shape, generator=generator)
         with torch.no_grad():
             expected = module(_whitened(x, whitening))
@@ -169,7 +204,7 @@ def export_model(
     model = export_onnx(graph, weights, metadata=meta, whitening=whitening)
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UserError(f"error: the exported model does not pass onnx.checker: {exc}") from None
     size = preprocessing.get("resize_to") if whitening is not None else None
     worst = check_against_torch(model, graph, weights, whitening, size) if verify else None

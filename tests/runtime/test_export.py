@@ -165,3 +165,31 @@ def test_pca_whitening_of_an_open_size_net_exports_at_its_training_size(tmp_path
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.onnx")]) == 0
     x = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)
     assert _run(tmp_path / "m.onnx", x).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (
+            "1,16,16",
+            "'fc.weight' is [10, 128] there, and the network at this input size needs [10, 512]",
+        ),
+        ("3,8,8", "'conv1.weight' is"),
+    ],
+)
+def test_an_input_shape_the_trained_weights_cannot_take_is_named(
+    runs, tmp_path, capsys, shape, message
+):
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(runs / "plain"), "-o", str(out), "--input-shape", shape]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "the trained network takes 1,8,8" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_check_too_large_for_memory_asks_for_no_verify(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    args = ["export", "tinyseg", "-o", str(out), "--input-shape", "3,100000,100000"]
+    assert main(args) == 2
+    assert "--no-verify" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--no-verify"]) == 0 and out.exists()
