@@ -20,7 +20,6 @@ from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime.launch import final_message
 
-
 MAX_DIM = 2**31 - 1  # onnx and torch keep sizes in signed 64-bit; images are far smaller
 
 
