@@ -16,7 +16,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     if path.exists() and not path.is_file():  # a folder, a device, a pipe: never replaced
         raise UserError(f"error: cannot write {path}: it exists and is not a regular file")
-    created = not path.parent.exists()
+    created = _first_missing(path.parent)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,24 +30,38 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        _clean_up(tmp, path.parent if created else None)
+        _clean_up(tmp, path.parent, created)
         raise UserError(f"error: cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
-        _clean_up(tmp, path.parent if created else None)
+        _clean_up(tmp, path.parent, created)
         raise
 
 
-def _clean_up(tmp: str | None, folder: Path | None) -> None:
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder on the way to `folder` that does not exist yet, if any."""
+    missing = None
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def _clean_up(tmp: str | None, folder: Path, created: Path | None) -> None:
     if tmp is not None:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-    if folder is not None:
+    if created is None:
+        return
+    for made in (folder, *folder.parents):  # the folders this write made, innermost first
         try:
-            folder.rmdir()  # only if empty: the version folder an export had just made
+            made.rmdir()  # only if empty
         except OSError:
-            pass
+            return
+        if made == created:
+            return
 
 
 def _mode_for(path: Path) -> int:

@@ -20,6 +20,9 @@ from netc.fileio import write_atomic
 FORMAT = 1
 
 
+REQUIRED = {"model": dict, "description": str, "params": dict}  # what every reader uses
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
@@ -39,9 +42,19 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"error: no such checkpoint or run directory: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings, lists and dicts, never code (a .pt from
+        # elsewhere is a pickle that could run anything on load)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"error: {path} is not a readable netc checkpoint ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"error: {path} is not a readable netc checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"error: {path} is not a netc checkpoint (format {FORMAT})")
+    for key, kind in REQUIRED.items():
+        if not isinstance(state.get(key), kind):
+            found = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise UserError(
+                f"error: {path} is not a complete netc checkpoint: '{key}' is {found}, "
+                f"expected a {kind.__name__}"
+            )
     return state

@@ -54,6 +54,11 @@ def _is_checkpoint(source: str) -> bool:
 def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Graph, dict, dict]:
     """The graph, its weights and the checkpoint's extra state ({} when untrained)."""
     if _is_checkpoint(source):
+        if params:
+            raise UserError(
+                f"error: --set changes a description's parameters; {source} holds a trained "
+                f"network whose weights fix them (it was trained with {state_params(source)})"
+            )
         state = checkpoint.load(Path(source))
         net = load_string(
             state["description"],
@@ -69,6 +74,14 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
         return net.graph, state["model"], state
     net = load(source, params=params, input_shape=input_shape)
     return net.graph, build_module(net.graph, seed=0).state_dict(), {}
+
+
+def state_params(source: str) -> str:
+    try:
+        params = checkpoint.load(Path(source)).get("params") or {}
+    except UserError:
+        return "its own parameters"
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "no --set"
 
 
 def _check_weights_fit(
@@ -172,6 +185,12 @@ def export_model(
     if fully_convolutional:
         graph, weights = to_fully_convolutional(graph, weights)
     labels = state.get("labels")
+    classes = _output_classes(graph)
+    if labels is not None and classes is not None and len(labels) != classes:
+        raise UserError(
+            f"error: {source} names {len(labels)} classes, but the network's output has "
+            f"{classes}: the checkpoint does not belong to this network"
+        )
     preprocessing = dict(state.get("preprocessing") or {})
     whitening = None
     if preprocessing.get("pca") is not None:
@@ -209,6 +228,14 @@ def export_model(
     size = preprocessing.get("resize_to") if whitening is not None else None
     worst = check_against_torch(model, graph, weights, whitening, size) if verify else None
     return ExportResult(model, graph, bool(state), worst)
+
+
+def _output_classes(graph: Graph) -> int | None:
+    """The channel count of a classifier's or dense predictor's output, when fixed."""
+    if graph.task not in ("classification", "segmentation"):
+        return None
+    shape = next(iter(analyze(graph).outputs.values())).shape
+    return shape[1] if len(shape) > 1 and sym.is_static(shape[1]) else None
 
 
 def next_version_path(repository: Path, name: str) -> Path:

@@ -193,3 +193,46 @@ def test_a_check_too_large_for_memory_asks_for_no_verify(tmp_path, capsys):
     assert main(args) == 2
     assert "--no-verify" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--no-verify"]) == 0 and out.exists()
+
+
+class _Payload:
+    """A pickle that would run code on load."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"format": 1}, "'model' is missing, expected a dict"),
+        ({"format": 1, "model": {}, "description": 123, "params": {}}, "'description' is a int"),
+        ({"format": 1, "payload": _Payload()}, "not a readable netc checkpoint"),
+    ],
+    ids=["no weights", "description not text", "code in the pickle"],
+)
+def test_a_malformed_checkpoint_is_refused_without_running_it(tmp_path, capsys, content, message):
+    import torch
+
+    path = tmp_path / "bad.pt"
+    torch.save(content, path)
+    assert main(["export", str(path), "-o", str(tmp_path / "x.onnx")]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "code ran" not in captured.out + captured.err
+
+
+def test_set_is_refused_for_a_trained_run(runs, tmp_path, capsys):
+    args = ["export", str(runs / "plain"), "-o", str(tmp_path / "x.onnx"), "--set", "num_classes=3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--set changes a description's parameters" in err and "trained with no --set" in err
+
+
+def test_a_checkpoint_whose_labels_do_not_fit_its_network_is_refused(runs, tmp_path, capsys):
+    import torch
+
+    state = checkpoint.load(runs / "plain")
+    state["labels"] = ["cat", "dog"]
+    torch.save(state, tmp_path / "odd.pt")
+    assert main(["export", str(tmp_path / "odd.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "names 2 classes, but the network's output has 10" in capsys.readouterr().err
