@@ -449,12 +449,24 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_infer)
 
 
+def _check_url(url: str) -> None:
+    """HOST:PORT with a port gRPC can dial (it would wrap 99999 around to another port)."""
+    if url.startswith(("unix:", "unix-abstract:")):
+        return  # a socket path, no port
+    host, sep, port = url.rpartition(":")
+    if not url or not sep or not host:
+        raise UserError(f"error: --url '{url}': expected HOST:PORT, e.g. localhost:8001")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"error: --url '{url}': the port must be a number from 1 to 65535")
+
+
 def _run_infer(args: argparse.Namespace) -> int:
     from netc.errors import did_you_mean
     from netc.serving.client import VisionClient
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise UserError(f"error: --top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
+    _check_url(args.url)
     contents = []
     for path in args.files:
         try:
@@ -473,6 +485,13 @@ def _run_infer(args: argparse.Namespace) -> int:
         )
         if entry is None:
             names = sorted({m.name for m in served})
+            versions = sorted((m.version for m in served if m.name == args.model), key=int)
+            if versions:  # the model is there, the version is not
+                raise UserError(
+                    f"error: the server at {args.url} has no version {args.version} of "
+                    f"'{args.model}'; it serves version{'s' * (len(versions) > 1)} "
+                    + ", ".join(versions)
+                )
             hint = did_you_mean(args.model, names)
             raise UserError(
                 f"error: the server at {args.url} has no model '{args.model}'"

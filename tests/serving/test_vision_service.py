@@ -240,6 +240,12 @@ def test_netc_infer_user_errors_exit_2_with_one_message(server, tmp_path, capsys
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "INVALID_ARGUMENT" in err and "Traceback" not in err
+    for url, said in (("localhost:99999", "from 1 to 65535"), ("", "expected HOST:PORT")):
+        assert main(["infer", "--model", "lenet5", str(picture), "--url", url]) == 2
+        assert said in capsys.readouterr().err
+    args = ["infer", "--model", "lenet5", "--version", "7", str(picture)]
+    assert main([*args, "--url", server.address]) == 2
+    assert "has no version 7 of 'lenet5'; it serves version 1" in capsys.readouterr().err
 
 
 def test_more_images_than_the_queue_holds_is_an_invalid_request(client):
