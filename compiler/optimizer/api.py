@@ -380,6 +380,6 @@ def _pass_lines(report: PassReport, width: int, verbose: bool) -> list[str]:
 
 def _count(n: int) -> str:
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
+        if abs(n) >= size:  # a rewrite may add work (fully_convolutional): -22.09M
             return f"{n / size:.2f}{suffix}"
     return str(n)

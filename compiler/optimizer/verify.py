@@ -105,6 +105,12 @@ def verify(
     onnxruntime lacks, inputs it cannot take); a failing optimized model is
     a failed result, not an exception.
     """
+    random_op = _random_op(original)
+    if random_op is not None:
+        raise UserError(
+            f"cannot verify {name}: its output is random ({random_op}), so two runs never "
+            "agree; skip the check with --no-verify"
+        )
     reference = _session(original, name)
     feeds = input_feeds(reference, input_shapes=input_shapes, seed=seed)
     shapes = [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds]
@@ -221,6 +227,32 @@ def _elementwise(want, got, rtol: float, atol: float):
     excess = error - (atol * scale + rtol * np.abs(np.nan_to_num(w)))
     index = np.unravel_index(int(np.argmax(excess)), excess.shape)
     return float(error.max()), max_rel, tuple(int(i) for i in index), float(excess[index])
+
+
+RANDOM_OPS = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def _random_op(model: bytes | onnx.ModelProto) -> str | None:
+    """A node that makes the output random: a random op, or a Dropout whose training_mode
+    is not a constant false."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.ModelProto.FromString(model)
+    graph = proto.graph
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS:
+            return f"{node.op_type} node {node.name!r}"
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            mode = constants.get(node.input[2])
+            if mode is None or onnx.numpy_helper.to_array(mode).any():
+                return f"Dropout node {node.name!r} in training mode"
+    return None
 
 
 def _session(model: bytes | onnx.ModelProto, name: str) -> ort.InferenceSession:

@@ -229,3 +229,15 @@ def test_a_special_file_is_never_replaced(model_file, tmp_path, capsys):
     err = error_of(["optimize", str(model_file), "-o", str(fifo)], capsys)
     assert "exists and is not a regular file" in err
     assert not fifo.is_file() and fifo.exists()
+
+
+def test_a_model_with_random_output_cannot_be_verified_and_says_why(tmp_path, capsys):
+    g = GraphBuilder(opset=15)
+    x = g.input("x", [1, 3, 8, 8])
+    ratio, training = g.const("ratio", np.float32(0.5)), g.const("training", np.bool_(True))
+    src, out = tmp_path / "dropout.onnx", tmp_path / "out.onnx"
+    onnx.save(g.build(g.node("Dropout", [x, ratio, training])), src)
+    err = error_of(["optimize", str(src), "-o", str(out)], capsys)
+    assert "its output is random (Dropout node" in err and "training mode" in err
+    assert "bug in netc" not in err and not out.exists()
+    assert main(["optimize", str(src), "-o", str(out), "--no-verify"]) == 0
