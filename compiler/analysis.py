@@ -62,8 +62,13 @@ class Analysis:
 
 
 def field_json(field: rfield.Field) -> dict:
-    def num(value: Fraction) -> int | float:
-        return int(value) if value.denominator == 1 else float(value)
+    def num(value: Fraction) -> int | float | None:
+        if value.denominator == 1:
+            return int(value)
+        try:
+            return float(value)
+        except OverflowError:  # strides that multiply past a float's range: no JSON number
+            return None
 
     return {
         "size": None if field.whole else [num(a.size) for a in field.axes()],
@@ -135,9 +140,11 @@ def minimum_input_size(graph: Graph, limit: int = 4096) -> tuple[int, int] | Non
     one large, since ConvNet size rules act on H and W independently.
     """
     item = next(iter(graph.inputs.values()))
-    names = [str(d) for d in item.shape[2:] if not sym.is_static(d)]
-    if not names:
+    if all(sym.is_static(d) for d in item.shape[2:]):
         return None
+    # every open size of every input (a second input may name its own)
+    names = {str(d) for spec in graph.inputs.values() for d in spec.shape[1:]}
+    names = {name for name in names if not name.lstrip("-").isdigit()}
     dims = [d for node in graph.nodes for d in node.shape[1:]]
 
     def valid(env: dict[str, int]) -> bool:
@@ -149,8 +156,16 @@ def minimum_input_size(graph: Graph, limit: int = 4096) -> tuple[int, int] | Non
             result.append(axis)
             continue
         other = {name: limit for name in names}
-        low = next((n for n in range(1, limit + 1) if valid({**other, str(axis): n})), None)
-        if low is None:
+        if not valid({**other, str(axis): limit}):
             return None
+        # sizes are floor((a·x + b)/d) with a >= 0: valid for x is valid for every larger x,
+        # so the smallest valid size is found by bisection, not by trying each
+        low, high = 1, limit
+        while low < high:
+            middle = (low + high) // 2
+            if valid({**other, str(axis): middle}):
+                high = middle
+            else:
+                low = middle + 1
         result.append(low)
     return (result[0], result[1])

@@ -24,6 +24,7 @@ from netc.compiler.spec import BlockSpec, NetworkSpec, check_name
 from netc.compiler.yaml_loader import LocList, LocMap
 from netc.errors import SourceLoc, SpecError, did_you_mean
 
+MAX_LAYERS = 100_000  # densenet121, the largest zoo net, has 427
 RESERVED_KEYS = ("name", "op", "block", "inputs", "init", "trainable", "when", "repeat", "first")
 _WHOLE_PARAM = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _INLINE_PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -285,12 +286,12 @@ class _State:
         stack: tuple[str, ...],
     ) -> None:
         count = entry["repeat"]
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_LAYERS:
             raise SpecError(
                 "'repeat' must be a positive count",
                 loc=entry.value_loc("repeat"),
                 layer=full,
-                expected="an integer >= 1",
+                expected=f"an integer from 1 to {MAX_LAYERS:,}",
                 found=describe(count),
             )
         first = entry.get("first", LocMap())
@@ -348,6 +349,13 @@ class _State:
                 hint=did_you_mean(str(op), list(OPS) + list(self.spec.blocks)),
             )
         self._define(full, entry.value_loc("name"))
+        if len(self.layers) >= MAX_LAYERS:  # repeat counts and blocks multiply
+            raise SpecError(
+                f"the network expands to more than {MAX_LAYERS:,} layers",
+                loc=entry.value_loc("name"),
+                layer=full,
+                hint="check the 'repeat' counts and how often blocks use each other",
+            )
         attrs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
         self.layers.append(
             FlatLayer(

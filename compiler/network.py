@@ -41,9 +41,19 @@ def load(
     overrides network parameters (`num_classes=10`).
     """
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            problem = "is a directory, not a network file" if path.is_dir() else "no such file"
+    try:
+        exists, is_file, is_dir = path.exists(), path.is_file(), path.is_dir()
+    except OSError as exc:  # a name longer than the file system allows, ...
+        raise UserError(f"error: {str(source)[:200]}: {exc.strerror or exc}") from None
+    if path.suffix in (".yaml", ".yml") or exists:
+        if not is_file:
+            problem = (
+                "is a directory, not a network file"
+                if is_dir
+                else "not a regular file"
+                if exists
+                else "no such file"
+            )
             raise UserError(f"error: {source}: {problem}")
         try:
             text = path.read_text(encoding="utf-8")

@@ -15,7 +15,13 @@ def _shape(layer: LayerStats) -> str:
 
 
 def _num(value: Fraction) -> str:
-    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+    if value.denominator == 1:
+        return str(value.numerator)
+    try:
+        return f"{float(value):g}"
+    except OverflowError:  # strides that multiply past a float: its order of magnitude
+        digits = len(str(abs(value.numerator))) - len(str(value.denominator))
+        return f"~1e{digits}"
 
 
 def _pair(values: list[str]) -> str:

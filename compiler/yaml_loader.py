@@ -50,6 +50,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # value reached again through an alias counts against this cap; a document without
 # aliases never touches it, and the zoo's descriptions repeat nothing.
 MAX_VALUES = 100_000
+MAX_INT = 2**62  # no size, count or setting of a network needs more
 
 
 def _loc(node: yaml.Node, file: str) -> SourceLoc:
@@ -125,8 +126,18 @@ def _convert(
         result.item_locs = [_loc(item, file) for item in node.value]
         return result
     try:
-        return constructor.construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError):
+        value = constructor.construct_object(node, deep=True)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise SpecError(
+                "number too large",
+                loc=_loc(node, file),
+                expected="a number of at most 2^62",
+                found=f"a number of {len(node.value)} digits",
+            )
+        return value
+    except SpecError:
+        raise
+    except Exception:  # PyYAML's constructors fail in many ways on odd tags (`!!int` alone)
         # An explicit tag PyYAML's safe loader rejects (`!foo 3`) or cannot apply (`!!int abc`).
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise SpecError(
@@ -140,8 +151,8 @@ def _convert(
 def load_located(text: str, file: str, *, allow_empty: bool = False) -> Any:
     """Parse YAML text; mappings and lists in the result carry source locations.
     `allow_empty`: a document with nothing in it (or only comments) gives None."""
-    loader = yaml.SafeLoader(text)
     try:
+        loader = yaml.SafeLoader(text)  # reads ahead: a control character fails here
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -155,11 +166,17 @@ def load_located(text: str, file: str, *, allow_empty: bool = False) -> Any:
             f"not valid YAML: {exc.problem or exc.context}", loc=loc, hint=hint
         ) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}", loc=SourceLoc(file, 1, 1)) from None
-    finally:
-        loader.dispose()
+        first = str(exc).strip().splitlines()[0]
+        raise SpecError(f"not valid YAML: {first}", loc=SourceLoc(file, 1, 1)) from None
+    except RecursionError:
+        raise SpecError("not valid YAML: nested too deeply", loc=SourceLoc(file, 1, 1)) from None
     if node is None:
         if allow_empty:
             return None
         raise SpecError("the description is empty", loc=SourceLoc(file, 1, 1))
-    return _convert(node, file, yaml.SafeLoader(""), _Budget(file))
+    try:
+        return _convert(node, file, yaml.SafeLoader(""), _Budget(file))
+    except RecursionError:
+        raise SpecError(
+            "the description nests lists or mappings too deeply", loc=_loc(node, file)
+        ) from None

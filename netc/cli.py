@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime.launch import final_message
@@ -33,7 +31,7 @@ def _input_shape(text: str) -> tuple:
             )
         if part.isdigit() and int(part) > 0:
             dims.append(int(part))
-        elif part.upper() in ("H", "W", "?", "-1"):
+        elif part.upper() in ("H", "W", "?", "-1") and dims:  # the channels must be given
             dims.append(None)
         else:
             raise argparse.ArgumentTypeError(
@@ -43,15 +41,27 @@ def _input_shape(text: str) -> tuple:
 
 
 def _param(text: str) -> tuple[str, object]:
+    from netc.compiler.yaml_loader import load_located
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
+    try:  # the description's own reader: its alias cap, tag and nesting checks
+        return key.strip(), _plain(load_located(value, f"--set {key.strip()}", allow_empty=True))
+    except UserError as exc:
+        reason = str(exc).split("error: ", 1)[-1].splitlines()[0]
         raise argparse.ArgumentTypeError(
-            f"'{text}': the value is not valid YAML (quote a string, close a list)"
+            f"'{text[:100]}': the value is not valid YAML ({reason}); quote a string, close a list"
         ) from None
+
+
+def _plain(value: object) -> object:
+    """Plain lists and dicts (the reader's carry source locations of a one-line text)."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _add_set(p: argparse.ArgumentParser, text: str) -> None:
@@ -589,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # tables use × and →; an ASCII terminal gets ?
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -599,6 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RecursionError:  # a description nested past Python's limit (blocks, sizes)
+        final_message(
+            "error: the input nests too deeply for netc to follow (deeper than Python's "
+            "recursion limit); flatten the nesting",
+            2,
+        )
+        return 2
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last line of defence for our own bugs
