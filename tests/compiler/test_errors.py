@@ -116,7 +116,11 @@ CASES: dict[str, Case] = {
         6,
         73,
         "body",
-        ("'repeat' must be a positive count", "expected an integer >= 1", "found number 2.5"),
+        (
+            "'repeat' must be a positive count",
+            "expected an integer from 1 to 100,000",
+            "found number 2.5",
+        ),
     ),
     # -- parameters and blocks ---------------------------------------------------------------
     "unknown_parameter": Case(
