@@ -15,7 +15,7 @@ from netc.compiler.ops.attrs import describe
 from netc.compiler.yaml_loader import LocList, LocMap
 from netc.errors import SourceLoc, SpecError, did_you_mean
 
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # used with fullmatch: no trailing newline
 TASKS = ("classification", "segmentation", "embedding")
 TOP_LEVEL_KEYS = (
     "name",
@@ -111,12 +111,13 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def check_name(name: Any, loc: SourceLoc, what: str) -> str:
     expect(name, str, what, loc)
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
+        shown = repr(name[:100])  # a newline or control character shows as itself
         raise SpecError(
-            f"{what} '{name}' is not a valid name",
+            f"{what} {shown} is not a valid name",
             loc=loc,
             expected="letters, digits, '_', '-' and '.', starting with a letter or '_'",
-            found=f"'{name}'",
+            found=shown,
         )
     return name
 
@@ -219,7 +220,7 @@ def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
     for index, (axis, size) in enumerate(zip(("H", "W"), value[1:]), start=1):
         if size is None:
             dims.append(axis)
-        elif isinstance(size, str) and NAME_PATTERN.match(size):
+        elif isinstance(size, str) and NAME_PATTERN.fullmatch(size):
             dims.append(size)
         elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:
             dims.append(size)

@@ -18,6 +18,10 @@ FANOUT = (
 )
 
 FAILING = {
+    "a name ending in a newline": (
+        HEAD + '  - {name: "r\\n", op: relu}\n',
+        "layer name 'r\\n' is not a valid name",
+    ),
     "repeat of a hundred million": (
         HEAD + "  - {name: r, op: relu, repeat: 100000000}\n",
         "'repeat' must be a positive count",
