@@ -67,10 +67,7 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
             input_shape=input_shape,
         )
         if input_shape is not None:
-            trained = load_string(
-                state["description"], file=state["description_file"], params=state["params"]
-            ).graph
-            _check_weights_fit(net.graph, trained, state["model"], source, input_shape)
+            _check_weights_fit(net.graph, state, source, input_shape)
         return net.graph, state["model"], state
     net = load(source, params=params, input_shape=input_shape)
     return net.graph, build_module(net.graph, seed=0).state_dict(), {}
@@ -84,18 +81,19 @@ def state_params(source: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "no --set"
 
 
-def _check_weights_fit(
-    graph: Graph, trained: Graph, weights: dict, source: str, input_shape
-) -> None:
+def _check_weights_fit(graph: Graph, state: dict, source: str, input_shape) -> None:
     """An --input-shape can change a trained layer's weight shape (an fc layer after a
     different spatial size, a conv over other channels): say which layer, not torch's
     size-mismatch dump."""
     with torch.device("meta"):  # shapes only: nothing allocated
         wanted = build_module(graph).state_dict()
     for key, tensor in wanted.items():
-        stored = weights.get(key)
+        stored = state["model"].get(key)
         if stored is not None and tuple(stored.shape) != tuple(tensor.shape):
             shape = ",".join("?" if d is None else str(d) for d in input_shape)
+            trained = load_string(  # the size it was trained at, for the hint
+                state["description"], file=state["description_file"], params=state["params"]
+            ).graph
             dims = next(iter(trained.inputs.values())).shape[1:]
             at = ",".join(str(d) if sym.is_static(d) else "?" for d in dims)
             raise UserError(

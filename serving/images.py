@@ -71,11 +71,8 @@ def pixel_count(image: Any) -> int:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 width, height = Image.open(io.BytesIO(image.encoded), formats=FORMATS).size
             return width * height
-        shape = [int(d) for d in image.tensor.shape]
-        if len(shape) == 2:
-            return max(0, shape[0] * shape[1])
-        hwc = (image.tensor.layout or "CHW").upper() == "HWC"
-        return max(0, shape[0] * shape[1] if hwc else shape[1] * shape[2])
+        height, width = _tensor_size([int(d) for d in image.tensor.shape], image.tensor.layout)
+        return max(0, height * width)
     except Exception:  # anything unreadable: the full decode reports it
         return 0
 
@@ -125,6 +122,15 @@ def _pixels(picture: Image.Image) -> np.ndarray:
     return array.astype(np.float32) / 255.0
 
 
+def _tensor_size(shape: list[int], layout: str) -> tuple[int, int]:
+    """(H, W) of a pixel tensor: [H, W], [C, H, W] (CHW, the default) or [H, W, C]."""
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if (layout or "CHW").upper() == "HWC":
+        return shape[0], shape[1]
+    return shape[1], shape[2]
+
+
 def decode_tensor(
     shape, layout: str, datatype: str, data: bytes, *, max_pixels: int | None = None
 ) -> np.ndarray:
@@ -143,7 +149,7 @@ def decode_tensor(
         )
     if len(shape) == 2:
         shape, layout = [1, *shape], "CHW"
-    height, width = (shape[1], shape[2]) if layout == "CHW" else (shape[0], shape[1])
+    height, width = _tensor_size(shape, layout)
     _check_pixels(height, width, max_pixels)
     dtype = _TENSOR_TYPES[datatype]
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow to 0

@@ -211,29 +211,31 @@ class ServedModel:
             name = tensor.name
             entry = expected.get(name)
             if entry is None:
-                raise InvalidRequest(
-                    f"model '{self.name}': unexpected input '{clip(name)}'; the "
-                    f"model's inputs are {', '.join(expected)}"
-                )
+                raise self._unexpected(name)
             if name in seen:
                 raise InvalidRequest(f"input '{clip(name)}' appears more than once in the request")
             seen.add(name)
             spec = entry[0]
             if tensor.datatype != spec.datatype and tensor.datatype in DATATYPES:
-                raise InvalidRequest(
-                    f"model '{self.name}': input '{name}' has datatype "
-                    f"{tensor.datatype}, expected {spec.datatype}"
-                )
+                raise self._wrong_datatype(name, tensor.datatype, spec)
+
+    def _unexpected(self, name: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"model '{self.name}': unexpected input '{clip(name)}'; the "
+            f"model's inputs are {', '.join(self.expected)}"
+        )
+
+    def _wrong_datatype(self, name: str, found: str, spec: TensorSpec) -> InvalidRequest:
+        return InvalidRequest(
+            f"model '{self.name}': input '{name}' has datatype {found}, expected {spec.datatype}"
+        )
 
     def check(self, inputs: Tensors) -> tuple[int, tuple]:
         """Validate a request; returns its batch size and its batching key."""
         expected = self.expected
         for name in inputs:
             if name not in expected:
-                raise InvalidRequest(
-                    f"model '{self.name}': unexpected input '{clip(name)}'; the "
-                    f"model's inputs are {', '.join(expected)}"
-                )
+                raise self._unexpected(name)
         batch, key = 1, []
         max_batch = self.info.max_batch_size
         for name, (spec, want) in expected.items():
@@ -244,10 +246,7 @@ class ServedModel:
                     f"({spec.datatype} {list(spec.dims)})"
                 )
             if value.dtype != want:
-                raise InvalidRequest(
-                    f"model '{self.name}': input '{name}' has datatype "
-                    f"{_type_name(value.dtype)}, expected {spec.datatype}"
-                )
+                raise self._wrong_datatype(name, _type_name(value.dtype), spec)
             shape = value.shape
             if max_batch:
                 if len(shape) != len(spec.dims) + 1:

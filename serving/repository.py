@@ -17,7 +17,7 @@ from pathlib import Path
 
 from netc.errors import UserError, did_you_mean
 from netc.serving.config import load_config
-from netc.serving.errors import ModelNotFound, ModelUnavailable
+from netc.serving.errors import ModelNotFound, ModelUnavailable, clip
 from netc.serving.model import ServedModel
 
 MODEL_FILE = "model.onnx"
@@ -80,10 +80,10 @@ class ModelRepository:
         name never reaches a path elsewhere ('../x', '/tmp/x', './x', 'x/1')."""
         names = self.names()
         if name not in names:
-            shown = name if len(name) <= 100 else name[:100] + "…"
             hint = did_you_mean(name, names) if len(name) <= 100 else ""
             raise ModelNotFound(
-                f"no model '{shown}' in the repository {self.root}" + (f" ({hint})" if hint else "")
+                f"no model '{clip(name, 100)}' in the repository {self.root}"
+                + (f" ({hint})" if hint else "")
             )
         return self.root / name
 
@@ -150,8 +150,7 @@ class ModelRepository:
 
     async def unload(self, name: str) -> None:
         if name not in self.models and name not in self.states:
-            shown = name if len(name) <= 100 else name[:100] + "…"
-            raise ModelNotFound(f"no model '{shown}' is loaded")
+            raise ModelNotFound(f"no model '{clip(name, 100)}' is loaded")
         async with self._lock(name):  # after a load in progress, not under it
             self.latest.pop(name, None)
             for model in self.models.pop(name, {}).values():

@@ -85,9 +85,9 @@ def _failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, status_message(text)
 
 
-def _unary(method: Callable[..., Awaitable], name: str = "") -> Callable[..., Awaitable]:
+def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Turn exceptions escaping a unary handler into an aborted call."""
-    call = name or method.__name__
+    call = method.__name__
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
@@ -355,11 +355,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
                 results = await model.queue(
                     hit.inputs, route.batch, route.key, timeout=context.time_remaining()
                 )
-                answer = self.routes.response(hit, results)
-                if answer is not None:
-                    return answer
-                wanted = [(name, 0) for name in route.outputs]
-                return _response(model, hit.id.decode(), wanted, results).SerializeToString()
+                return self.routes.response(hit, results)
             try:
                 request = pb.ModelInferRequest.FromString(data)
             except DecodeError as exc:

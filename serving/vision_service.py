@@ -39,7 +39,6 @@ from netc.serving.repository import ModelRepository
 SERVICE = "netc.vision.VisionService"
 DEFAULT_TOP_K = 5
 MAX_CLASSES_IN_MASK = 256  # the mask is an 8-bit PNG
-DEFAULT_MESSAGE_BYTES = 128 * 2**20  # the largest answer gRPC sends, unless the server says
 MESSAGE_SLACK = 1 << 16  # an answer's labels, counts and framing besides scores and mask
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,7 @@ class VisionModel:
     task: str  # classification | segmentation | the model's own task otherwise
     rules: tuple  # output H and W as functions of the input's (images.size_rule)
     offset: tuple[float, float] | None
+    classes: int | None  # K of a [K, h, w] output when the model fixes it
 
     def labels(self, classes: int) -> list[str]:
         """Class index → name; the index itself where the model has no name for it."""
@@ -87,15 +87,8 @@ def _describe(model: ServedModel) -> VisionModel:
         task=vision_task(info),
         rules=tuple(map(images.size_rule, shape, variables)) if len(dims) == 3 else (None, None),
         offset=tuple(json.loads(offset)) if offset else None,
+        classes=dims[0] if len(dims) == 3 and dims[0] > 0 else None,
     )
-
-
-def _output_classes(vision: VisionModel) -> int | None:
-    """K of a [K, h, w] output when the model fixes it."""
-    info = vision.model.info
-    spec = next(o for o in info.outputs if o.name == vision.output)
-    dims = spec.dims if info.max_batch_size else spec.dims[1:]
-    return dims[0] if dims and dims[0] > 0 else None
 
 
 def _prepared_alike(a: ServedModel, b: ServedModel) -> bool:
@@ -117,7 +110,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         repository: ModelRepository,
         *,
         max_pixels: int | None = None,
-        max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+        max_message_bytes: int,
     ) -> None:
         self.repository = repository
         self.max_pixels = max_pixels  # None: images.MAX_PIXELS at the time of the call
@@ -241,7 +234,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         vision = self._model(request, "segmentation")
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
-        known = _output_classes(vision)  # checked before any work, when the model says K
+        known = vision.classes  # checked before any work, when the model says K
         if known:
             self._check_mask_holds(vision, known)
         prepared = await self._prepare(request.image, vision)
@@ -330,7 +323,7 @@ def add_to_server(
     repository: ModelRepository,
     *,
     max_image_pixels: int | None = None,
-    max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+    max_message_bytes: int,
 ) -> list[str]:
     servicer = VisionServicer(
         repository, max_pixels=max_image_pixels, max_message_bytes=max_message_bytes

@@ -187,8 +187,9 @@ class Routes:
     ) -> None:
         """Remember a header the general path has just accepted as a common request
         (`common`: what `tensors.common_request` returned for it)."""
-        if header is None or any(k for _, k in wanted):
-            return  # classification answers are BYTES built per request
+        datatypes = {spec.name: spec.datatype for spec in model.info.outputs}
+        if header is None or any(k or datatypes[name] == "BYTES" for name, k in wanted):
+            return  # text outputs (and classification answers) are encoded per element
         key, (begin, end), _ = header
         inputs, batch, batch_key = common
         ((name, array),) = inputs.items()
@@ -209,9 +210,8 @@ class Routes:
             outputs=tuple(name for name, _ in wanted),
         )
 
-    def response(self, hit: Hit, results: Tensors) -> bytes | None:
-        """The serialized ModelInferResponse, or None when an output cannot travel this way
-        (BYTES, which `tensors.add_output` encodes)."""
+    def response(self, hit: Hit, results: Tensors) -> bytes:
+        """The serialized ModelInferResponse (a route's outputs are numeric)."""
         parts = [hit.route.answer_header]
         if hit.id:
             parts.append(field(RESPONSE_ID, hit.id))
@@ -219,8 +219,6 @@ class Routes:
         for name in hit.route.outputs:
             array = results[name]
             datatype = datatype_of(array)
-            if datatype == "BYTES":
-                return None
             parts.append(self._description(name, datatype, array.shape))
             data = np.ascontiguousarray(array, dtype=WIRE_DTYPES[datatype]).tobytes()
             raws.append(field(RESPONSE_RAW, data))

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from netc.compiler.optimizer.base import OptimizerPass, PassReport
 from netc.compiler.optimizer.pipeline import run_pipeline
-from netc.compiler.optimizer.verify import VerificationError, VerifyResult
+from netc.compiler.optimizer.verify import VerificationError, VerifyResult, check_deterministic
 from netc.compiler.optimizer.verify import verify as verify_model
 from netc.errors import UserError
 from netc.fileio import write_atomic
@@ -147,6 +147,7 @@ def optimize_model(
         source=name,
     )
     if verify:
+        check_deterministic(proto, name)
         original = original_bytes if original_bytes is not None else proto.SerializeToString()
         result.verification = verify_model(original, data, input_shapes=input_shapes, name=name)
         if not result.verification.ok:

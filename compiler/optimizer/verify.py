@@ -105,12 +105,6 @@ def verify(
     onnxruntime lacks, inputs it cannot take); a failing optimized model is
     a failed result, not an exception.
     """
-    random_op = _random_op(original)
-    if random_op is not None:
-        raise UserError(
-            f"cannot verify {name}: its output is random ({random_op}), so two runs never "
-            "agree; skip the check with --no-verify"
-        )
     reference = _session(original, name)
     feeds = input_feeds(reference, input_shapes=input_shapes, seed=seed)
     shapes = [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds]
@@ -239,11 +233,19 @@ RANDOM_OPS = {
 }
 
 
-def _random_op(model: bytes | onnx.ModelProto) -> str | None:
+def check_deterministic(proto: onnx.ModelProto, name: str) -> None:
+    """UserError when the model's output is random, so no two runs could agree."""
+    random_op = _random_op(proto.graph)
+    if random_op is not None:
+        raise UserError(
+            f"cannot verify {name}: its output is random ({random_op}), so two runs never "
+            "agree; skip the check with --no-verify"
+        )
+
+
+def _random_op(graph: onnx.GraphProto) -> str | None:
     """A node that makes the output random: a random op, or a Dropout whose training_mode
     is not a constant false."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.ModelProto.FromString(model)
-    graph = proto.graph
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS:

@@ -47,7 +47,7 @@ def test_cancelled_requests_are_skipped_and_others_still_run():
     assert ran == [0.0, 2.0]  # request 1 never reached the model
 
 
-def _batcher(run, *, delay_s, instances=1, max_batch=16, preferred=()):
+def _batcher(run, *, delay_s, instances=1, max_batch=16, preferred=(), stats=None):
     return Batcher(
         "m",
         run,
@@ -57,7 +57,7 @@ def _batcher(run, *, delay_s, instances=1, max_batch=16, preferred=()):
         preferred=preferred,
         max_queue=64,
         instances=instances,
-        stats=ModelStats(),
+        stats=stats or ModelStats(),
     )
 
 
@@ -287,17 +287,7 @@ def test_statistics_count_as_triton_does():
     stats = ModelStats()
 
     async def scenario():
-        batcher = Batcher(
-            "m",
-            _double,
-            batching=True,
-            max_batch=16,
-            max_delay_s=0.05,
-            preferred=(),
-            max_queue=64,
-            instances=1,
-            stats=stats,
-        )
+        batcher = _batcher(_double, delay_s=0.05, stats=stats)
         await asyncio.gather(*(batcher.submit(_request(1.0), 1, ("x",), None) for _ in range(3)))
         loop = asyncio.get_running_loop()
         late = batcher.submit(_request(1.0), 1, ("x",), loop.time() - 1)
