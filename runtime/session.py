@@ -299,21 +299,23 @@ class Session:
         return float(loss.detach())
 
     def diverged_gradients(self, norm: float, epoch: int, step: int) -> TrainingDiverged:
-        last = self.run_dir / "last.pt"
-        return TrainingDiverged(
-            f"error: the gradient norm was {norm} for {self.skipped_steps} batches in a row "
-            f"(skipped), up to epoch {epoch}, batch {step}; training stopped\n"
-            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}); the last good "
-            "checkpoint is " + (str(last) if last.exists() else "(none yet)")
+        return self._stopped(
+            f"the gradient norm was {norm} for {self.skipped_steps} batches in a row "
+            f"(skipped), up to epoch {epoch}, batch {step}",
+            "",
         )
 
     def diverged(self, loss: float, epoch: int, step: int) -> TrainingDiverged:
+        return self._stopped(
+            f"the loss became {loss} at epoch {epoch}, batch {step}", " or set clip_grad_norm"
+        )
+
+    def _stopped(self, what: str, also: str) -> TrainingDiverged:
         last = self.run_dir / "last.pt"
         return TrainingDiverged(
-            f"error: the loss became {loss} at epoch {epoch}, batch {step}; training stopped\n"
-            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}) or set "
-            "clip_grad_norm; the last good checkpoint is "
-            + (str(last) if last.exists() else "(none yet)")
+            f"error: {what}; training stopped\n"
+            f"  hint: lower the learning rate (now {self.schedule.lr():.3g}){also}; the last "
+            "good checkpoint is " + (str(last) if last.exists() else "(none yet)")
         )
 
     def compared_metric(self, row: dict[str, Any]) -> str:

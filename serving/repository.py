@@ -72,8 +72,8 @@ class ModelRepository:
         )
 
     async def load_all(self) -> None:
-        for name in self.names():
-            await self.load(name)
+        for name in self.names():  # listed once: each is a folder of the repository
+            await self._load_locked(name, self.root / name)
 
     def _folder(self, name: str) -> Path:
         """The model's folder: only a top-level folder of the repository is a model, so a
@@ -93,7 +93,9 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """(Re)load every version the model's policy selects; keep serving the old ones
         until the new ones are warmed up."""
-        folder = self._folder(name)
+        await self._load_locked(name, self._folder(name))
+
+    async def _load_locked(self, name: str, folder: Path) -> None:
         async with self._lock(name):
             try:
                 await self._load(name, folder)
