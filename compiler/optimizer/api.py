@@ -237,19 +237,23 @@ def _check_with_onnx(proto: onnx.ModelProto, name: str) -> None:
     """onnx's own checker: attribute types, tensor sizes, unique names, required inputs,
     opset range. A graph input or output without a shape (which onnxruntime accepts) and
     ops onnx does not know (passed through untouched) are not held against the model."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    for value in (*probe.graph.input, *probe.graph.output):
-        tensor = value.type.tensor_type
-        if value.type.HasField("tensor_type") and not tensor.HasField("shape"):
+    shapeless = [
+        value.type.tensor_type
+        for value in (*proto.graph.input, *proto.graph.output)
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
+    ]
+    try:  # shapes lent for the check only, not a copy of the whole model and its weights
+        for tensor in shapeless:
             tensor.shape.SetInParent()
-    try:
-        onnx.checker.check_model(probe)
+        onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if reason.startswith("No Op registered for"):
             return  # an op onnx does not know: left alone, and verification says so
         raise UserError(f"{name}: not a valid ONNX model: {reason}") from None
+    finally:
+        for tensor in shapeless:  # the model as it came: `proto` is left unchanged
+            tensor.ClearField("shape")
 
 
 def resolve_input_shapes(
