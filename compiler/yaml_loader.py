@@ -127,16 +127,6 @@ def _convert(
         return result
     try:
         value = constructor.construct_object(node, deep=True)
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            raise SpecError(
-                "number too large",
-                loc=_loc(node, file),
-                expected="a number of at most 2^62",
-                found=f"a number of {len(node.value)} digits",
-            )
-        return value
-    except SpecError:
-        raise
     except Exception:  # PyYAML's constructors fail in many ways on odd tags (`!!int` alone)
         # An explicit tag PyYAML's safe loader rejects (`!foo 3`) or cannot apply (`!!int abc`).
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
@@ -146,6 +136,14 @@ def _convert(
             expected="a plain value (netc needs no YAML tags)",
             found=f"{tag} {node.value!r}",
         ) from None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise SpecError(
+            "number too large",
+            loc=_loc(node, file),
+            expected="a number of at most 2^62",
+            found=f"a number of {len(node.value)} digits",
+        )
+    return value
 
 
 def load_located(text: str, file: str, *, allow_empty: bool = False) -> Any:
