@@ -55,7 +55,7 @@ def _described(datatype: str, shape: Sequence[int]) -> str:
     return f"{datatype} {list(shape)}"
 
 
-def check_shape(name: str, shape: Sequence[int]) -> None:
+def _check_shape(name: str, shape: Sequence[int]) -> None:
     """Sizes numpy can hold: every dim given (>= 0), at most MAX_RANK of them, none huge."""
     if len(shape) > MAX_RANK:
         raise InvalidRequest(
@@ -80,7 +80,7 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, t
         raise InvalidRequest(
             f"input '{name}': unknown or unsupported datatype '{datatype}'; expected one of {known}"
         )
-    check_shape(name, shape)
+    _check_shape(name, shape)
     parameters = tensor.parameters
     if parameters and any(key in parameters for key in SHARED_MEMORY):
         raise Unsupported(
