@@ -140,6 +140,7 @@ def _lower_attrs(layer: FlatLayer) -> dict[str, Any]:
                 layer=layer.name,
                 expected=exc.expected,
                 found=exc.found,
+                hint=exc.hint,
             ) from None
     try:
         return op.normalize(result)

@@ -28,11 +28,17 @@ def _pair(values: list[str]) -> str:
     return values[0] if values[0] == values[1] else "×".join(values)
 
 
-def _row(layer: LayerStats) -> tuple[str, ...]:
+def _op_label(op: str, attrs: dict) -> str:
+    if op == "dropout":  # the lecture's p keeps a unit, ours drops it: say which
+        return f"dropout (drop p={attrs['p']:g})"
+    return op
+
+
+def _row(layer: LayerStats, attrs: dict) -> tuple[str, ...]:
     axes = layer.field.axes()
     return (
         layer.name,
-        layer.op,
+        _op_label(layer.op, attrs),
         _shape(layer),
         f"{layer.params:,}" if layer.params else "",
         "?" if layer.macs is None else (f"{layer.macs:,}" if layer.macs else ""),
@@ -54,7 +60,8 @@ def human(value: int | None, unit: str = "") -> str:
 def table(network: Network) -> str:
     """A per-layer table and totals, as `netc compile` prints it."""
     analysis, graph = network.analysis, network.graph
-    rows = [COLUMNS] + [_row(layer) for layer in analysis.layers]
+    attrs = {node.name: node.attrs for node in graph.nodes}
+    rows = [COLUMNS] + [_row(layer, attrs[layer.name]) for layer in analysis.layers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     numeric = {3, 4}
     lines = []

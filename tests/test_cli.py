@@ -105,3 +105,12 @@ def test_written_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644
+
+
+def test_compile_says_dropout_p_is_the_drop_probability(tmp_path, capsys):
+    path = tmp_path / "drop.yaml"
+    dropout = "  - {name: drop, op: dropout, p: 0.2}\n"
+    path.write_text(LENET.replace("  - {name: fc,", dropout + "  - {name: fc,"))
+    assert main(["compile", str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("drop "))
+    assert "dropout (drop p=0.2)" in row

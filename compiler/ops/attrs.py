@@ -15,9 +15,10 @@ REQUIRED = object()
 
 
 class AttrTypeError(ValueError):
-    def __init__(self, expected: str, found: Any) -> None:
+    def __init__(self, expected: str, found: Any, hint: str | None = None) -> None:
         self.expected = expected
         self.found = describe(found)
+        self.hint = hint
         super().__init__(f"expected {expected}, found {self.found}")
 
 
@@ -136,6 +137,20 @@ def number(low: float | None = None, high: float | None = None) -> Callable[[Any
         return float(value)
 
     return check
+
+
+def drop_probability(value: Any) -> float:
+    """Dropout's p: the probability of zeroing an element. 1.0 would zero every one
+    (and scale the rest by 1/0), so the range is [0, 1)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and 0 <= value < 1):
+        raise AttrTypeError(
+            "a drop probability in [0, 1)",
+            value,
+            hint="p is the probability of dropping a unit (PyTorch's convention); the "
+            "dropout paper and CS231n's p is the keep probability, 1 - this p",
+        )
+    return float(value)
 
 
 def one_of(*choices: str) -> Callable[[Any], str]:

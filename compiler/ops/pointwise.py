@@ -97,8 +97,9 @@ SOFTMAX = OpDef(
 DROPOUT = OpDef(
     name="dropout",
     doc="Zeroes elements with probability p in training (scaling the rest by "
-    "1/(1-p)); the identity at inference.",
-    attrs={"p": a.Attr(a.number(0.0, 1.0), 0.5)},
+    "1/(1-p)); the identity at inference. p is the drop probability, as in PyTorch: "
+    "Srivastava et al. and CS231n write p for the keep probability.",
+    attrs={"p": a.Attr(a.drop_probability, 0.5)},
     infer=_same_shape,
     rf="pointwise",
 )

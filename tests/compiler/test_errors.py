@@ -201,7 +201,19 @@ CASES: dict[str, Case] = {
         8, 42, "fc1", ("attribute 'bias'", "expected true or false", "found integer 1")
     ),
     "attribute_nan": Case(
-        6, 34, "drop", ("attribute 'p'", "expected a number in", "found number nan")
+        6, 34, "drop", ("attribute 'p'", "expected a drop probability in", "found number nan")
+    ),
+    # p is the drop probability: 1.0 drops every unit (and scales the rest by 1/0)
+    "dropout_p_one": Case(
+        6,
+        34,
+        "drop",
+        (
+            "attribute 'p'",
+            "expected a drop probability in [0, 1)",
+            "found number 1.0",
+            "the keep probability",
+        ),
     ),
     "init_unknown_type": Case(
         10,
