@@ -72,7 +72,7 @@ class _Pending:
         self.inputs, self.batch, self.key = inputs, batch, key
         self.future, self.deadline = future, deadline
         self.enqueued_ns = time.perf_counter_ns()
-        self.nbytes = sum(array.nbytes for array in inputs.values())
+        self.nbytes = sum(map(_nbytes, inputs.values()))
 
     def dead(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now > self.deadline)
@@ -389,6 +389,14 @@ class Batcher:
             results.append({name: value[offset:end] for name, value in outputs.items()})
             offset = end
         return results, elapsed
+
+
+def _nbytes(array: np.ndarray) -> int:
+    """What an input holds: for strings (an object array) the text too, not only the
+    pointers, so the queue's byte bound counts a megabyte string as a megabyte."""
+    if array.dtype != np.object_:
+        return array.nbytes
+    return array.nbytes + sum(len(item) for item in array.flat)
 
 
 def _wake(waiter: asyncio.Future) -> None:

@@ -180,7 +180,7 @@ class ServedModel:
             open_dims = [i for i, d in enumerate(dims) if d < 0]
             for n, i in enumerate(open_dims):
                 dims[i] = size[n] if n < len(size) and size[n] else WARMUP_SIZE
-            inputs[spec.name] = np.zeros((*batch, *dims), dtype=DATATYPES[spec.datatype])
+            inputs[spec.name] = _filler((*batch, *dims), spec.datatype)
         try:
             self._run(inputs)
             runs = []
@@ -299,6 +299,14 @@ class ServedModel:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+
+
+def _filler(shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    """Warm-up data: zeros, or for strings "0", text a string-to-number Cast can parse
+    (numpy's object zeros would be ints, which onnxruntime refuses for a string tensor)."""
+    if datatype == "BYTES":
+        return np.full(shape, "0", dtype=np.object_)
+    return np.zeros(shape, dtype=DATATYPES[datatype])
 
 
 def _type_name(dtype: np.dtype) -> str:

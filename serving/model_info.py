@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-# Triton's datatype names ↔ numpy dtypes (BYTES is a numpy object array of bytes).
+# Triton's datatype names ↔ numpy dtypes (BYTES is a numpy object array of str: UTF-8
+# text, as onnxruntime's string tensors take it; see tensors.texts).
 DATATYPES: dict[str, Any] = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,

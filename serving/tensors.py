@@ -90,7 +90,7 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, t
     return datatype, shape
 
 
-def decode_bytes(data: bytes, count: int, what: str) -> np.ndarray:
+def decode_bytes(data: bytes, count: int, what: str) -> list[bytes]:
     """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
     items, offset = [], 0
     while offset < len(data):
@@ -111,16 +111,44 @@ def decode_bytes(data: bytes, count: int, what: str) -> np.ndarray:
         raise InvalidRequest(
             f"{what}: raw BYTES content holds {len(items)} elements, expected {count}"
         )
-    array = np.empty(len(items), dtype=np.object_)
-    array[:] = items
-    return array
+    return items
+
+
+def texts(items: Sequence[bytes], shape: tuple[int, ...], what: str) -> np.ndarray:
+    """BYTES elements as onnxruntime takes them: an object array of str. onnxruntime's
+    string tensors hold text: a bytes object would reach the model as its repr ("b'hi'"),
+    and a str cannot carry bytes that are not UTF-8 (a lone surrogate fails to encode), so
+    those are refused, by element."""
+    try:
+        decoded = [item.decode() for item in items]
+    except UnicodeDecodeError:
+        raise _not_utf8(items, shape, what) from None
+    array = np.empty(len(decoded), dtype=np.object_)
+    array[:] = decoded
+    return array.reshape(shape)
+
+
+def _not_utf8(items: Sequence[bytes], shape: tuple[int, ...], what: str) -> InvalidRequest:
+    """The error for the first element that is not UTF-8, with where it is and why."""
+    for index, item in enumerate(items):
+        try:
+            item.decode()
+        except UnicodeDecodeError as exc:
+            where = [int(i) for i in np.unravel_index(index, shape)]
+            return InvalidRequest(
+                f"{what}: BYTES element {where} is not valid UTF-8 (byte {exc.start} of "
+                f"{len(item)}, 0x{item[exc.start : exc.end].hex()}: {exc.reason}); the "
+                "model's string tensors hold text only"
+            )
+    return InvalidRequest(f"{what}: BYTES content is not valid UTF-8")
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
-    """The inverse of `decode_bytes`; str elements are sent as UTF-8."""
+    """The inverse of `decode_bytes`; str elements (onnxruntime's strings) are sent as
+    UTF-8."""
     parts = []
     for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        data = item if isinstance(item, bytes) else str(item).encode()
         parts += [struct.pack("<I", len(data)), data]
     return b"".join(parts)
 
@@ -128,7 +156,8 @@ def encode_bytes(array: np.ndarray) -> bytes:
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return decode_bytes(data, count, f"input '{name}'").reshape(shape)
+        what = f"input '{name}'"
+        return texts(decode_bytes(data, count, what), shape, what)
     expected = count * _dtype(datatype).itemsize
     if len(data) != expected:
         raise InvalidRequest(
@@ -155,9 +184,7 @@ def _from_contents(
             f"{count} for {_described(datatype, shape)}"
         )
     if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
+        return texts(values, shape, f"input '{name}'")
     wide = np.array(values)
     target = np.dtype(DATATYPES[datatype])
     if target.kind in "iu" and wide.size:

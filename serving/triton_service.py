@@ -227,8 +227,17 @@ def _requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> lis
                 raise InvalidRequest(
                     f"output '{name}': classification count must be at least 1, found {k}"
                 )
+            if _datatype(model, name) == "BYTES":
+                raise InvalidRequest(
+                    f"output '{name}': classification ranks numbers, and this output is "
+                    "BYTES (text); request it without class_count"
+                )
         chosen.append((name, k))
     return chosen
+
+
+def _datatype(model: ServedModel, output: str) -> str:
+    return next(spec.datatype for spec in model.info.outputs if spec.name == output)
 
 
 def _response(

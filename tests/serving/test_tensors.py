@@ -48,7 +48,8 @@ def test_bytes_inputs_and_outputs_use_length_prefixes():
     data = encode_bytes(np.array(items, dtype=np.object_))
     assert data[:4] == b"\x00\x00\x00\x00" and data[4:9] == b"\x01\x00\x00\x00a"
     (decoded,) = decode_inputs(_request(("s", "BYTES", [3], None), raw=[data])).values()
-    assert list(decoded) == items
+    assert list(decoded) == ["", "a", "\u00e9t\u00e9"]  # str: onnxruntime's strings are text
+    assert encode_bytes(decoded) == data
     with pytest.raises(
         InvalidRequest,
         match=r"input 's': raw BYTES content holds 3 elements, "
@@ -68,7 +69,19 @@ def test_typed_contents():
     tensors = decode_inputs(request)
     assert tensors["a"].dtype == np.float32 and list(tensors["a"]) == [1.5, -2.0]
     assert tensors["b"].dtype == np.int8 and tensors["b"].tolist() == [[-3, 4]]
-    assert tensors["c"].tolist() == [b"xy"]
+    assert tensors["c"].tolist() == ["xy"]
+
+
+def test_bytes_that_are_not_utf8_name_their_element():
+    data = encode_bytes(np.array([b"ok", b"x", b"fine", b"ab\xe9"], dtype=np.object_))
+    with pytest.raises(InvalidRequest) as caught:
+        decode_inputs(_request(("s", "BYTES", [2, 2], None), raw=[data]))
+    assert str(caught.value).startswith(
+        "input 's': BYTES element [1, 1] is not valid UTF-8 (byte 2 of 3, 0xe9: "
+    )
+    typed = _request(("t", "BYTES", [2], {"bytes_contents": [b"\xc3", b"y"]}))
+    with pytest.raises(InvalidRequest, match=r"input 't': BYTES element \[0\] is not valid"):
+        decode_inputs(typed)
 
 
 @pytest.mark.parametrize(
