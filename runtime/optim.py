@@ -5,8 +5,9 @@
     for epoch in range(E):
         for batch in loader:
             loss.backward()
-            norm = clip_gradients(module, config.clip_grad_norm)
-            optimizer.step(); schedule.after_batch()
+            norm = clip_gradients(module, config.clip_grad_norm)  # measured even unclipped
+            if math.isfinite(norm):  # never let inf/NaN into the weights
+                optimizer.step(); schedule.after_batch()
         schedule.after_epoch(validation_loss)
 
 Settings are `name` or `{type: name, option: value}`; a bad one is a ConfigError
@@ -326,22 +327,21 @@ def build_scheduler(
 
 def clip_gradients(
     module: torch.nn.Module, max_norm: float | None, *, key: str = "training.clip_grad_norm"
-) -> float | None:
-    """Scale all gradients down so their global L2 norm is at most `max_norm`.
+) -> float:
+    """The global L2 norm of all gradients, scaling them down to at most `max_norm` first.
 
-    Returns the norm before clipping (None when `max_norm` is None: nothing is
-    computed). A non-finite norm leaves the gradients as they are; the caller
-    should skip that step rather than let NaN into the weights.
+    The norm is measured even when `max_norm` is None (no clipping), because the
+    caller must skip a step whose norm is not finite rather than let inf or NaN
+    into the weights; a non-finite norm leaves the gradients as they are.
     """
-    if max_norm is None:
-        return None
-    parent, _, name = key.rpartition(".")
-    max_norm = Options({name: max_norm}, parent).number(name, None, low=0, low_open=True)
+    if max_norm is not None:
+        parent, _, name = key.rpartition(".")
+        max_norm = Options({name: max_norm}, parent).number(name, None, low=0, low_open=True)
     params = [p for p in module.parameters() if p.grad is not None]
     if not params:
         return 0.0
     total = torch.nn.utils.get_total_norm([p.grad for p in params])
     norm = float(total)
-    if math.isfinite(norm):
+    if max_norm is not None and math.isfinite(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return norm

@@ -286,8 +286,8 @@ class Session:
             self.scaler.update()
         else:
             loss.backward()
-            norm = clip_gradients(self.module, clip)
-            if norm is not None and not math.isfinite(norm):
+            norm = clip_gradients(self.module, clip)  # measured with or without clipping
+            if not math.isfinite(norm):
                 # DDP has averaged the gradients, so every rank skips this step alike
                 self.skipped_steps += 1
                 if self.skipped_steps >= MAX_SKIPPED_STEPS:

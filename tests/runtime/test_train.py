@@ -2,6 +2,7 @@
 fine-tuning, freezing, bad data, and a 2-process DDP run."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -382,3 +383,36 @@ def test_gradients_that_stay_non_finite_stop_training(tiny, tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert "the gradient norm was nan for 10 batches in a row" in err, err
     assert "Traceback" not in err
+
+
+def _overflowing_gradients(monkeypatch, batches):
+    """fc2.weight's gradient is infinite on the given (1-based) batches of the run."""
+    from netc.runtime import session
+
+    build = session.build_module
+    seen = []
+
+    def poisoned(graph, seed):
+        module = build(graph, seed=seed)
+
+        def hook(grad):
+            seen.append(1)
+            return grad * math.inf if len(seen) in batches else grad
+
+        module.fc2.weight.register_hook(hook)
+        return module
+
+    monkeypatch.setattr(session, "build_module", poisoned)
+    return seen
+
+
+def test_without_clip_grad_norm_a_non_finite_gradient_never_reaches_the_weights(
+    tiny, tmp_path, monkeypatch
+):
+    seen = _overflowing_gradients(monkeypatch, {2, 3, 4})
+    overrides = {"epochs": 1, "optimizer": {"type": "adam", "lr": 1e-3}}
+    result = train(tiny, "digits", tmp_path / "run", overrides=overrides, quiet=True)
+    assert _adam_steps(tmp_path / "run") == {len(seen) - 3}  # three steps skipped
+    weights = checkpoint.load(tmp_path / "run" / "last.pt")["model"]
+    assert all(bool(torch.isfinite(value).all()) for value in weights.values())
+    assert result.best_metric > 0.3
