@@ -502,6 +502,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                     f"'{args.model}'; it serves version{'s' * (len(versions) > 1)} "
                     + ", ".join(versions)
                 )
+            _not_ready(client, args)
             hint = did_you_mean(args.model, names)
             raise UserError(
                 f"error: the server at {args.url} has no model '{args.model}'"
@@ -519,6 +520,24 @@ def _run_infer(args: argparse.Namespace) -> int:
                 "classifies and segments images"
             )
     return 0
+
+
+def _not_ready(client, args: argparse.Namespace) -> None:
+    """Say why the server does not serve the model when its repository has it (a load
+    error, an unload): it would otherwise look absent. A server without Triton's
+    RepositoryIndex is left to the caller's message."""
+    from netc.serving.client import RequestFailed
+
+    try:
+        states = client.states()
+    except RequestFailed:
+        return
+    state = next((s for s in states if s.name == args.model and s.state != "READY"), None)
+    if state is not None:
+        raise UserError(
+            f"error: the server at {args.url}: model '{args.model}' is {state.state}"
+            + (f": {state.reason}" if state.reason else "")
+        )
 
 
 MAX_TOP_K = 2**31 - 1  # the vision protocol's int32

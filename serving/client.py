@@ -24,7 +24,12 @@ import numpy as np
 from PIL import Image
 
 from netc.errors import UserError
-from netc.protos.generated import vision_pb2, vision_pb2_grpc
+from netc.protos.generated import (
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
+)
 
 ImageLike = Union[str, Path, bytes, np.ndarray]
 """A file path, PNG/JPEG file contents, or pixels: (H, W), (H, W, C) as from
@@ -56,6 +61,14 @@ class ModelEntry:
     task: str
     labels: tuple[str, ...]
     input_shape: tuple[int, ...]  # [C, H, W]; -1 where open
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    version: str  # "" when no version is loaded
+    state: str  # READY, UNAVAILABLE, LOADING
+    reason: str  # why it is not READY (a load error, "unloaded"), or ""
 
 
 def image_message(image: ImageLike) -> vision_pb2.Image:
@@ -121,6 +134,7 @@ class VisionClient:
             ],
         )
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
+        self.triton = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def __enter__(self) -> VisionClient:
         return self
@@ -185,3 +199,10 @@ class VisionClient:
             ModelEntry(m.name, m.version, m.task, tuple(m.labels), tuple(m.input_shape))
             for m in response.models
         ]
+
+    def states(self) -> list[ModelState]:
+        """Every model of the server's repository with its state and the reason for it
+        (Triton's RepositoryIndex): `models` lists only those ready to serve, this says
+        why one is not, e.g. its config.yaml has a mistake."""
+        index = self._call(self.triton.RepositoryIndex, grpc_service_pb2.RepositoryIndexRequest())
+        return [ModelState(m.name, m.version, m.state, m.reason) for m in index.models]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netc.compiler.yaml_loader import load_located
+from netc.compiler.yaml_loader import LocMap, load_located
 from netc.errors import UserError, did_you_mean
 
 KEYS = (
@@ -78,6 +78,12 @@ def _delay(batching: dict, where: str) -> int | None:
     return value
 
 
+def _at(mapping: dict, key: Any, where: str) -> str:
+    """file:line:column of a key, so a misspelt setting is found at once (the located
+    loader's mappings know it; `where`, the file, otherwise)."""
+    return str(mapping.key_loc(key)) if isinstance(mapping, LocMap) else where
+
+
 def _policy(value: Any, where: str) -> Any:
     if value in ("latest", "all"):
         return value
@@ -131,7 +137,8 @@ def load_config(folder: Path) -> ModelConfig:
         if key not in KEYS:
             hint = did_you_mean(str(key), KEYS)
             raise UserError(
-                f"error: {where}: unknown setting '{key}'" + (f"\n  hint: {hint}" if hint else "")
+                f"error: {_at(data, key, where)}: unknown setting '{key}'"
+                + (f"\n  hint: {hint}" if hint else "")
             )
     batching = data.get("dynamic_batching", {})
     if batching is False:
@@ -142,7 +149,9 @@ def load_config(folder: Path) -> ModelConfig:
         raise UserError(f"error: {where}: dynamic_batching must be a mapping or false")
     for key in batching:
         if key not in BATCHING_KEYS:
-            raise UserError(f"error: {where}: unknown dynamic_batching setting '{key}'")
+            raise UserError(
+                f"error: {_at(batching, key, where)}: unknown dynamic_batching setting '{key}'"
+            )
     preferred = batching.get("preferred_batch_sizes", [])
     if not isinstance(preferred, list) or not all(_positive(v) for v in preferred):
         raise UserError(f"error: {where}: preferred_batch_sizes must be positive integers")

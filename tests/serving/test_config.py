@@ -95,3 +95,11 @@ def test_mistakes_name_the_file_and_the_setting(tmp_path, text, message):
         _load(tmp_path, text)
     assert message in str(error.value)
     assert str(tmp_path / "config.yaml") in str(error.value)
+
+
+def test_a_misspelt_setting_names_its_line(tmp_path):
+    where = tmp_path / "config.yaml"
+    with pytest.raises(UserError, match=f"^error: {where}:3:1: unknown setting 'lables'"):
+        _load(tmp_path, "max_batch_size: 8\ninstances: 1\nlables: [a, b]\n")
+    with pytest.raises(UserError, match=f"{where}:2:3: unknown dynamic_batching setting 'delay'"):
+        _load(tmp_path, "dynamic_batching:\n  delay: 5\n")
