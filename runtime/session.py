@@ -151,6 +151,7 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     writer: Any = None
     skipped_steps: int = 0  # optimizer steps skipped in a row for a non-finite gradient
+    seconds_before: float = 0.0  # the resumed run's training time so far
 
     @classmethod
     def start(
@@ -229,6 +230,8 @@ class Session:
         self.history = list(stored["history"])
         self.best, self.best_epoch = stored["best_metric"], stored["best_epoch"]
         self.first_epoch = stored["epoch"] + 1
+        if self.history:  # `seconds` counts the whole run's time, not this process's
+            self.seconds_before = float(self.history[-1].get("seconds", 0.0))
         if lr is not None:  # an explicit --lr wins over the saved state
             self.schedule.set_base_lr(lr)
 
@@ -251,6 +254,8 @@ class Session:
         progress = Progress(
             len(batches), f"epoch {epoch}/{config.epochs}", enabled=not self.quiet and world.is_main
         )
+        # Cosine and warm-up change the lr every batch: the row shows the epoch's first.
+        lr = self.schedule.lr()
         loss_sum, seen = 0.0, 0
         try:
             for step, index in enumerate(batches, 1):
@@ -264,7 +269,7 @@ class Session:
                 progress.update(step, loss=loss_sum / seen)
         finally:
             progress.close()
-        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": self.schedule.lr()}
+        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": lr}
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
         """One optimizer step on a batch; returns its loss."""
@@ -333,7 +338,7 @@ class Session:
             shared = distrib.broadcast_values(self.world, [float(row[key]) for key in keys])
             row.update(zip(keys, shared))
         self.schedule.after_epoch(row.get("val_loss"))
-        row["seconds"] = round(time.perf_counter() - started, 3)
+        row["seconds"] = round(self.seconds_before + time.perf_counter() - started, 3)
         name = self.compared_metric(row)
         value = row[name]
         lower_is_better = name in ("loss", "val_loss")

@@ -416,3 +416,40 @@ def test_without_clip_grad_norm_a_non_finite_gradient_never_reaches_the_weights(
     weights = checkpoint.load(tmp_path / "run" / "last.pt")["model"]
     assert all(bool(torch.isfinite(value).all()) for value in weights.values())
     assert result.best_metric > 0.3
+
+
+def _recording_lrs(monkeypatch):
+    """The lr of every optimizer step the run takes, in order."""
+    from netc.runtime import session
+
+    build = session.build_optimizer
+    used = []
+
+    def recording(module, config):
+        optimizer = build(module, config)
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"])
+        )
+        return optimizer
+
+    monkeypatch.setattr(session, "build_optimizer", recording)
+    return used
+
+
+def test_each_rows_lr_is_the_rate_its_epoch_started_with(tiny, tmp_path, monkeypatch):
+    used = _recording_lrs(monkeypatch)
+    overrides = {"epochs": 3, "schedule": "cosine"}
+    result = train(tiny, "digits", tmp_path / "run", overrides=overrides, quiet=True)
+    steps = len(used) // 3
+    assert [row["lr"] for row in result.history] == used[::steps]
+    assert result.history[-1]["lr"] > 0
+
+
+def test_seconds_continue_from_the_previous_runs_total_on_resume(tiny, tmp_path):
+    run = tmp_path / "run"
+    train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
+    state = checkpoint.load(run / "last.pt")
+    state["history"][-1]["seconds"] = 1000.0  # as if the first run had taken that long
+    checkpoint.save(run / "last.pt", state)
+    result = train(tiny, "digits", run, overrides={"epochs": 2}, resume=True, quiet=True)
+    assert 1000.0 < result.history[-1]["seconds"] < 1000.0 + result.seconds + 1
