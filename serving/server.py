@@ -9,10 +9,15 @@ repository)` returning the full names of the services it added.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +74,60 @@ def _add_health_and_reflection(server: grpc.aio.Server, names: list[str]):
     return servicer, health_pb2
 
 
+def _listen(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind the gRPC port; a failure is one OSError in netc's words, with the system's
+    reason. gRPC's C core writes its own line to stderr when a bind fails ("E1207 ...
+    add_port.cc:83] Failed to add port ...", then grpcio's RuntimeError asks for
+    GRPC_VERBOSITY=debug); GRPC_VERBOSITY is read once, at import, so the core's stderr
+    is held for the call instead, and given back if the bind succeeds."""
+    with _held_stderr() as held:
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio's way of saying the port could not be bound
+            bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}: {_bind_error(host, port, held)}")
+    if held:
+        os.write(2, held[0])
+    return bound
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[list[bytes]]:
+    """What is written to file descriptor 2 meanwhile (by C code too), kept aside: the
+    list holds it once the block ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held: list[bytes] = []
+    with tempfile.TemporaryFile() as spool:
+        os.dup2(spool.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            spool.seek(0)
+            held += [data] if (data := spool.read()) else []
+
+
+def _bind_error(host: str, port: int, core_log: list[bytes]) -> str:
+    """Why the port cannot be bound, as the system says it ("Address already in use"),
+    found by binding it the way gRPC does; else the end of the core's own line."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve '{host}' ({exc.strerror})"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    lines = b"".join(core_log).decode(errors="replace").strip().splitlines()
+    return lines[-1].split("] ", 1)[-1] if lines else "gRPC could not bind it"
+
+
 async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     """Load the repository, start gRPC (and metrics), mark SERVING when models are ready."""
     repository = ModelRepository(repository_path)
@@ -86,12 +145,7 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         server, repository, max_image_pixels=options.max_image_pixels, max_message_bytes=limit
     )
     health, health_pb2 = _add_health_and_reflection(server, names)
-    try:
-        port = server.add_insecure_port(f"{options.host}:{options.port}")
-    except RuntimeError as exc:  # grpcio's way of saying the port is taken
-        raise OSError(f"cannot listen on {options.host}:{options.port}: {exc}") from None
-    if port == 0:
-        raise OSError(f"cannot listen on {options.host}:{options.port}")
+    port = _listen(server, options.host, options.port)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 

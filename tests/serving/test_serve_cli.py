@@ -97,3 +97,25 @@ def test_busy_ports_are_clear_errors(repository):
             )
             assert result.returncode == 2, result.stderr
             assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_busy_port_gets_netc_s_one_line_only(repository):
+    """gRPC's C core logs a failed bind itself ("E1207 ... add_port.cc:83] Failed to add
+    port ..."); the user must see netc's message alone, with the system's reason."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, str(repository), "--host", "127.0.0.1", "--port", str(port), "--no-metrics"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: cannot start the server: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use\n"
+    )
