@@ -194,11 +194,14 @@ def _parse_inputs(raw: Any, loc: SourceLoc) -> list[InputSpec]:
                     f"input '{name}' has no shape", loc=where, expected="shape: [C, H, W]"
                 )
             where, value = value.value_loc("shape"), value["shape"]
-        inputs.append(InputSpec(name, _parse_dims(name, value, where), where))
+        inputs.append(InputSpec(name, _parse_dims(name, value, where, not inputs), where))
     return inputs
 
 
-def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
+def _parse_dims(name: str, value: Any, loc: SourceLoc, first: bool) -> tuple[Any, ...]:
+    """C and the sizes, an open size as the name of its symbol: null is H or W for the
+    first input and H_<name> or W_<name> for any other, whose sizes are its own (two
+    inputs that always match name the same sizes, e.g. [3, H, W] on both)."""
     if not isinstance(value, list) or len(value) not in (1, 3):
         raise SpecError(
             f"input '{name}' shape must be [C, H, W] (or [F] for a vector)",
@@ -219,7 +222,7 @@ def _parse_dims(name: str, value: Any, loc: SourceLoc) -> tuple[Any, ...]:
     dims: list[Any] = [channels]
     for index, (axis, size) in enumerate(zip(("H", "W"), value[1:]), start=1):
         if size is None:
-            dims.append(axis)
+            dims.append(axis if first else f"{axis}_{name}")
         elif isinstance(size, str) and NAME_PATTERN.fullmatch(size):
             dims.append(size)
         elif isinstance(size, int) and not isinstance(size, bool) and size >= 1:

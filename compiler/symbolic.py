@@ -17,7 +17,8 @@ form without nesting has gcd(a, d) = 1, and then equal forms are equal
 functions. Multiplying a floored form (d > 1) nests it as the base of a new
 form. Equality is structural on the normal form; `probably_equal` also
 compares values at sample sizes for the rare nested forms that normalise
-differently.
+differently. Sizes of different variables (H and W, or two inputs' own
+sizes) are never known to be equal: each grows with its own variable.
 """
 
 from __future__ import annotations
@@ -119,11 +120,16 @@ def is_static(x: Dim) -> bool:
 
 
 def probably_equal(x: Dim, y: Dim) -> bool:
-    """True when x and y are the same size for every input size we sample."""
+    """True when x and y are the same size for every input size we sample.
+
+    Only forms of one variable are compared by samples: floor((a·x + b)/d) with
+    a > 0 is unbounded in x, so it cannot equal a constant or a form of another
+    variable for every size, though it may at every sample (H and H_b at H = H_b).
+    """
     if x == y:
         return True
     names = variables(x) | variables(y)
-    if not names:
+    if len(names) != 1 or variables(x) != variables(y):
         return False
     return all(
         evaluate(x, env) == evaluate(y, env)

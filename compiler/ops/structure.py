@@ -59,6 +59,15 @@ FC = OpDef(
 
 
 def _mismatch(index: int, shape: Shape, first: Shape, what: str) -> ShapeError:
+    if _independent(shape, first):
+        return ShapeError(
+            f"{what} inputs' sizes are not known to be equal: input 1's sizes "
+            f"{_follow(first)} and input {index + 1}'s {_follow(shape)}",
+            expected=f"{format_shape(first)} (input 1)",
+            found=f"{format_shape(shape)} (input {index + 1})",
+            hint="if the network's inputs always have the same size, give them the same named "
+            "sizes (e.g. [3, H, W] on both); else crop, pool or resize to a fixed size first",
+        )
     return ShapeError(
         f"{what} inputs disagree: input {index + 1} does not match input 1",
         expected=f"{format_shape(first)} (input 1)",
@@ -67,6 +76,19 @@ def _mismatch(index: int, shape: Shape, first: Shape, what: str) -> ShapeError:
         if what == "add"
         else "all dimensions but the concat axis must match",
     )
+
+
+def _independent(shape: Shape, first: Shape) -> bool:
+    """Some dimension pair is open and in different variables (two inputs' own sizes)."""
+    return len(shape) == len(first) and any(
+        (sym.variables(x) or sym.variables(y)) and sym.variables(x) != sym.variables(y)
+        for x, y in zip(shape[1:], first[1:])
+    )
+
+
+def _follow(shape: Shape) -> str:
+    names = list(dict.fromkeys(name for d in shape[1:] for name in sorted(sym.variables(d))))
+    return "follow " + ", ".join(names) if names else "are fixed"
 
 
 def _infer_concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -136,16 +158,23 @@ def _infer_crop(attrs: Attrs, inputs: list[Shape]) -> Shape:
         raise ShapeError("crop offset was not resolved")  # lowering resolves 'auto' first
     for i, axis in enumerate(("height", "width")):
         end_x, end_ref = x[2 + i], sym.add(ref[2 + i], offset[i])
-        fits = [
+        # a reference size of another variable (another input's own size) can outgrow x
+        independent = not sym.variables(end_ref) <= sym.variables(end_x)
+        fits = not independent and all(
             sym.evaluate(end_x, env) >= sym.evaluate(end_ref, env)
             for n in sym.SAMPLE_SIZES
             for env in [dict.fromkeys(sym.variables(end_x) | sym.variables(end_ref), n)]
-        ]
-        if not all(fits):
+        )
+        if not fits:
             raise ShapeError(
                 f"crop window does not fit inside the input along the {axis}",
                 expected=f"input {axis} >= offset {offset[i]} + reference {axis} {ref[2 + i]}",
                 found=f"input {axis} {x[2 + i]}",
+                hint=f"the reference {axis} follows "
+                + ", ".join(sorted(sym.variables(end_ref) - sym.variables(end_x)))
+                + ", which the input's does not: it can be the larger"
+                if independent
+                else None,
             )
     return (x[0], x[1], ref[2], ref[3])
 

@@ -244,6 +244,40 @@ CASES: dict[str, Case] = {
             "insert a crop, pool or conv",
         ),
     ),
+    # a second input's open sizes are its own: equal only where both name the same sizes
+    "add_independent_sizes": Case(
+        6,
+        12,
+        "sum",
+        (
+            "add inputs' sizes are not known to be equal",
+            "input 1's sizes follow H, W and input 2's follow H_b, W_b",
+            "expected (N, 3, H, W) (input 1)",
+            "found (N, 3, H_b, W_b) (input 2)",
+            "give them the same named sizes",
+        ),
+    ),
+    "concat_independent_sizes": Case(
+        7,
+        12,
+        "joined",
+        (
+            "concat inputs' sizes are not known to be equal",
+            "expected (N, 8, Ha, Wa) (input 1)",
+            "found (N, 1, Hb, Wb) (input 2)",
+        ),
+    ),
+    "crop_independent_sizes": Case(
+        6,
+        12,
+        "crop",
+        (
+            "crop window does not fit inside the input along the height",
+            "reference height H_reference",
+            "found input height H",
+            "the reference height follows H_reference, which the input's does not",
+        ),
+    ),
     "kernel_too_large": Case(
         7,
         51,

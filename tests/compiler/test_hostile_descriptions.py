@@ -66,6 +66,10 @@ COMPILING = {
         "name: a\ninputs: {a: [3, null, 32], b: [3, null, null]}\nlayers:\n"
         "  - {name: r, op: relu, inputs: b}\n"
     ),
+    "two inputs naming the same open sizes, added": (
+        "name: a\ninputs: {a: [3, H, W], b: [3, H, W]}\nlayers:\n"
+        "  - {name: s, op: add, inputs: [a, b]}\n  - {name: c, op: concat, inputs: [s, b]}\n"
+    ),
     "5000 layers before a kernel of 4000": (
         "name: a\ninputs: {x: [3, null, null]}\nlayers:\n  - {name: r, op: relu, repeat: 5000}\n"
         "  - {name: c, op: conv, channels: 3, kernel: 4000}\n"

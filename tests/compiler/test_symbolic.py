@@ -110,6 +110,14 @@ def test_probably_equal():
     assert not sym.probably_equal(H, 5)
 
 
+def test_sizes_of_different_variables_are_never_equal():
+    # equal wherever the variables are (every sample sets them alike), but independent
+    assert not sym.probably_equal(Sym.var("H"), Sym.var("H_b"))
+    assert not sym.probably_equal(sym.floordiv(H, 2), sym.floordiv(Sym.var("Hb"), 2))
+    assert not sym.probably_equal(H, W)
+    assert not sym.probably_equal(sym.floordiv(H, 1024), 0)  # 0 at every sample, not for all H
+
+
 # --- properties: random op sequences against int arithmetic ---------------------------------
 
 STEP = st.one_of(
