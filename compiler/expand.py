@@ -3,6 +3,10 @@
 
 The result is a list of `FlatLayer`s, one per op, with fully qualified names
 (`layer2.0.conv1`) and resolved input names, in file order (not yet sorted).
+A `when: false` layer is not among them, but its own fields are still checked
+(its op or block and block parameters here, its attributes and init when
+lowering): a typo in a layer switched off today is an error the day it is
+switched on. Its inputs and shapes are not checked: it is not in the graph.
 
 Names that stand for another layer are kept as aliases while expanding: a
 block instance stands for its output layer, a repeat for its last copy and a
@@ -18,17 +22,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from netc.compiler.ops import OPS
+from netc.compiler import layer_fields
+from netc.compiler.layer_fields import MAX_LAYERS, RESERVED_KEYS
 from netc.compiler.ops.attrs import describe
 from netc.compiler.spec import BlockSpec, NetworkSpec, check_name
 from netc.compiler.yaml_loader import LocList, LocMap
 from netc.errors import SourceLoc, SpecError, did_you_mean
 
-MAX_LAYERS = 100_000  # densenet121, the largest zoo net, has 427
-RESERVED_KEYS = ("name", "op", "block", "inputs", "init", "trainable", "when", "repeat", "first")
 _WHOLE_PARAM = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _INLINE_PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-MAX_BLOCK_DEPTH = 16
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Expansion:
     layers: list[FlatLayer]
     outputs: dict[str, str]
     input_names: list[str]
+    disabled: list[FlatLayer] = field(default_factory=list)  # `when: false` op layers, no inputs
 
 
 def expand(spec: NetworkSpec, overrides: dict[str, Any] | None = None) -> Expansion:
@@ -94,7 +97,7 @@ def expand(spec: NetworkSpec, overrides: dict[str, Any] | None = None) -> Expans
                 f"output '{out}' is a network input, not a layer",
                 loc=spec.outputs[out][1] if out in spec.outputs else spec.layers.loc,
             )
-    return Expansion(state.layers, outputs, state.input_names)
+    return Expansion(state.layers, outputs, state.input_names, state.disabled)
 
 
 def _network_params(spec: NetworkSpec, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +165,7 @@ class _State:
         self.spec = spec
         self.input_names = input_names
         self.layers: list[FlatLayer] = []
+        self.disabled: list[FlatLayer] = []
         self.aliases: dict[str, Ref] = {}
         self.defined: dict[str, SourceLoc] = {}
 
@@ -239,20 +243,33 @@ class _State:
         full = scope.prefix + name
         inputs = self._input_refs(entry, scope, previous, full)
         if "trainable" in entry:
-            trainable = _flag(entry, "trainable", full)
-        if "when" in entry and not _flag(entry, "when", full):
+            trainable = layer_fields.flag(entry, "trainable", full)
+        if "when" in entry and not layer_fields.flag(entry, "when", full):
+            self._check_disabled(full, entry, trainable)
             self._define(full, entry.loc)
             self.aliases[full] = inputs[0]
             return Ref(entry.loc, text=name, scope=scope)
         if "repeat" in entry:
             self._expand_repeat(full, entry, scope, inputs, trainable, stack)
         else:
-            if "first" in entry:
-                raise SpecError(
-                    "'first' only applies with 'repeat'", loc=entry.key_loc("first"), layer=full
-                )
+            layer_fields.check_no_first(entry, full)
             self._expand_one(full, entry, scope, inputs, trainable, stack)
         return Ref(entry.loc, text=name, scope=scope)
+
+    def _check_disabled(self, full: str, entry: LocMap, trainable: bool) -> None:
+        """Check a `when: false` layer's own fields, as its first copy if repeated."""
+        if "repeat" in entry:
+            _, first = layer_fields.repeat_of(entry, full)
+            entry = layer_fields.copy_of(entry, 0, first)
+        else:
+            layer_fields.check_no_first(entry, full)
+        if layer_fields.has_block(entry, full):
+            block = self._block(full, entry)
+            layer_fields.check_no_init(entry, full)
+            layer_fields.bind_block_params(block, entry, full)
+            return
+        layer_fields.check_op(entry, full, self.spec.blocks)
+        self.disabled.append(_flat_layer(full, entry, [], trainable))
 
     def _input_refs(
         self, entry: LocMap, scope: Scope, previous: Ref | None, full: str
@@ -285,35 +302,10 @@ class _State:
         trainable: bool,
         stack: tuple[str, ...],
     ) -> None:
-        count = entry["repeat"]
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_LAYERS:
-            raise SpecError(
-                "'repeat' must be a positive count",
-                loc=entry.value_loc("repeat"),
-                layer=full,
-                expected=f"an integer from 1 to {MAX_LAYERS:,}",
-                found=describe(count),
-            )
-        first = entry.get("first", LocMap())
-        if not isinstance(first, LocMap):
-            raise SpecError(
-                "'first' must be a mapping of overrides",
-                layer=full,
-                loc=entry.value_loc("first"),
-                found=describe(first),
-            )
-        for reserved in set(first) & set(RESERVED_KEYS):
-            raise SpecError(
-                f"'first' cannot override '{reserved}'", loc=first.key_loc(reserved), layer=full
-            )
+        count, first = layer_fields.repeat_of(entry, full)
         self._define(full, entry.loc)
         for index in range(count):
-            copy = _without(entry, ("repeat", "first"))
-            if index == 0:
-                for key, value in first.items():
-                    copy[key] = value
-                    copy.key_locs[key] = first.key_loc(key)
-                    copy.value_locs[key] = first.value_loc(key)
+            copy = layer_fields.copy_of(entry, index, first)
             copy_inputs = inputs if index == 0 else [Ref(entry.loc, full=f"{full}.{index - 1}")]
             self._expand_one(f"{full}.{index}", copy, scope, copy_inputs, trainable, stack)
         self.aliases[full] = Ref(entry.loc, full=f"{full}.{count - 1}")
@@ -327,27 +319,10 @@ class _State:
         trainable: bool,
         stack: tuple[str, ...],
     ) -> None:
-        has_op, has_block = "op" in entry, "block" in entry
-        if has_op == has_block:
-            raise SpecError(
-                "a layer needs exactly one of 'op' and 'block'",
-                loc=entry.loc,
-                layer=full,
-                found="both" if has_op else "neither",
-            )
-        if has_block:
+        if layer_fields.has_block(entry, full):
             self._expand_block(full, entry, inputs, trainable, stack)
             return
-        op = entry["op"]
-        if not isinstance(op, str) or op not in OPS:
-            raise SpecError(
-                f"unknown op '{op}'",
-                loc=entry.value_loc("op"),
-                layer=full,
-                expected="one of " + ", ".join(OPS),
-                found=describe(op),
-                hint=did_you_mean(str(op), list(OPS) + list(self.spec.blocks)),
-            )
+        layer_fields.check_op(entry, full, self.spec.blocks)
         self._define(full, entry.value_loc("name"))
         if len(self.layers) >= MAX_LAYERS:  # repeat counts and blocks multiply
             raise SpecError(
@@ -356,25 +331,9 @@ class _State:
                 layer=full,
                 hint="check the 'repeat' counts and how often blocks use each other",
             )
-        attrs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
-        self.layers.append(
-            FlatLayer(
-                name=full,
-                op=op,
-                attrs=attrs,
-                attr_locs={k: entry.value_loc(k) for k in attrs},
-                key_locs={k: entry.key_loc(k) for k in attrs},
-                input_refs=inputs,
-                init=entry.get("init"),
-                init_loc=entry.value_loc("init"),
-                trainable=trainable,
-                loc=entry.value_loc("name"),
-            )
-        )
+        self.layers.append(_flat_layer(full, entry, inputs, trainable))
 
-    def _expand_block(
-        self, full: str, entry: LocMap, inputs: list[Ref], trainable: bool, stack: tuple[str, ...]
-    ) -> None:
+    def _block(self, full: str, entry: LocMap) -> BlockSpec:
         block_name = entry["block"]
         block = self.spec.blocks.get(block_name) if isinstance(block_name, str) else None
         if block is None:
@@ -386,20 +345,16 @@ class _State:
                 found=describe(block_name),
                 hint=did_you_mean(str(block_name), self.spec.blocks),
             )
-        if block_name in stack or len(stack) >= MAX_BLOCK_DEPTH:
-            raise SpecError(
-                f"block '{block_name}' uses itself",
-                loc=entry.value_loc("block"),
-                layer=full,
-                found=" -> ".join((*stack, block_name)),
-            )
-        if "init" in entry:
-            raise SpecError(
-                "'init' applies to op layers, not to block instances",
-                loc=entry.key_loc("init"),
-                layer=full,
-            )
-        env = _bind_block_params(block, entry, full)
+        return block
+
+    def _expand_block(
+        self, full: str, entry: LocMap, inputs: list[Ref], trainable: bool, stack: tuple[str, ...]
+    ) -> None:
+        block = self._block(full, entry)
+        block_name = block.name
+        layer_fields.check_nesting(block_name, stack, entry, full)
+        layer_fields.check_no_init(entry, full)
+        env = layer_fields.bind_block_params(block, entry, full)
         if len(inputs) != len(block.inputs):
             raise SpecError(
                 f"block '{block_name}' takes {len(block.inputs)} input(s)",
@@ -485,52 +440,17 @@ class _State:
         )
 
 
-def _flag(entry: LocMap, key: str, layer: str) -> bool:
-    value = entry[key]
-    if not isinstance(value, bool):
-        raise SpecError(
-            f"'{key}' must be true or false",
-            loc=entry.value_loc(key),
-            layer=layer,
-            expected="true or false",
-            found=describe(value),
-        )
-    return value
-
-
-def _without(entry: LocMap, keys: tuple[str, ...]) -> LocMap:
-    result = LocMap({k: v for k, v in entry.items() if k not in keys})
-    result.loc, result.key_locs, result.value_locs = (
-        entry.loc,
-        dict(entry.key_locs),
-        dict(entry.value_locs),
+def _flat_layer(full: str, entry: LocMap, inputs: list[Ref], trainable: bool) -> FlatLayer:
+    attrs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
+    return FlatLayer(
+        name=full,
+        op=entry["op"],
+        attrs=attrs,
+        attr_locs={k: entry.value_loc(k) for k in attrs},
+        key_locs={k: entry.key_loc(k) for k in attrs},
+        input_refs=inputs,
+        init=entry.get("init"),
+        init_loc=entry.value_loc("init"),
+        trainable=trainable,
+        loc=entry.value_loc("name"),
     )
-    return result
-
-
-def _bind_block_params(block: BlockSpec, entry: LocMap, full: str) -> dict[str, Any]:
-    env = dict(block.params)
-    for key, value in entry.items():
-        if key in RESERVED_KEYS:
-            continue
-        if key not in block.params:
-            raise SpecError(
-                f"block '{block.name}' has no parameter '{key}'",
-                loc=entry.key_loc(key),
-                layer=full,
-                expected="one of " + (", ".join(block.params) or "(no parameters)"),
-                found=f"'{key}'",
-                hint=did_you_mean(key, block.params),
-            )
-        env[key] = value
-    missing = [key for key, value in env.items() if value is None]
-    if missing:
-        raise SpecError(
-            f"block '{block.name}' needs parameter '{missing[0]}'",
-            loc=entry.loc,
-            layer=full,
-            expected="values for " + ", ".join(missing),
-            found="no value",
-            hint=f"add '{missing[0]}: ...' to layer '{full}'",
-        )
-    return env

@@ -1,7 +1,8 @@
 """Lower flat layers to the IR: check attributes, sort, infer shapes.
 
 Steps, in order:
-1. validate each layer's attributes against its op (`_lower_attrs`);
+1. validate each layer's attributes against its op (`_lower_attrs`), and those of
+   `when: false` layers, which go no further;
 2. sort the layers topologically, reporting a cycle with its path;
 3. infer every output shape in that order (resolving `crop` offsets 'auto'
    from the receptive fields of its two inputs).
@@ -33,6 +34,9 @@ def lower(spec: NetworkSpec, expansion: Expansion, source: str = "") -> Graph:
     }
     layers = {layer.name: layer for layer in expansion.layers}
     attrs = {layer.name: _lower_attrs(layer) for layer in expansion.layers}
+    for layer in expansion.disabled:
+        _check_attrs(layer)
+        _parse_init(layer)
     order = _topological_order(expansion.layers, set(inputs))
     shapes: dict[str, Shape] = {name: item.shape for name, item in inputs.items()}
     fields = {name: rfield.for_input(item.shape) for name, item in inputs.items()}
@@ -92,6 +96,11 @@ def _shape_error(exc: ShapeError, layer: FlatLayer, in_shapes: list[Shape]) -> S
 
 
 def _lower_attrs(layer: FlatLayer) -> dict[str, Any]:
+    _check_input_count(layer)
+    return _check_attrs(layer)
+
+
+def _check_input_count(layer: FlatLayer) -> None:
     op = OPS[layer.op]
     count = len(layer.input_refs)
     if count < op.min_inputs or (op.max_inputs is not None and count > op.max_inputs):
@@ -109,6 +118,11 @@ def _lower_attrs(layer: FlatLayer) -> dict[str, Any]:
             expected=f"{wanted} input(s)",
             found=f"{count}",
         )
+
+
+def _check_attrs(layer: FlatLayer) -> dict[str, Any]:
+    """The layer's attributes, checked against its op and normalised."""
+    op = OPS[layer.op]
     result = {}
     for key in layer.attrs:
         if key not in op.attrs:

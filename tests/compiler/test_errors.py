@@ -122,6 +122,19 @@ CASES: dict[str, Case] = {
             "found number 2.5",
         ),
     ),
+    # a `when: false` layer is not in the graph, but its own fields are still checked
+    "disabled_unknown_op": Case(
+        6,
+        22,
+        "drop",
+        ("unknown op 'droput'", "found string 'droput'", "did you mean 'dropout'?"),
+    ),
+    "disabled_bad_attribute": Case(
+        9,
+        87,
+        "stage1.down",
+        ("unknown attribute 'kernal' for op 'conv'", "did you mean 'kernel'?"),
+    ),
     # -- parameters and blocks ---------------------------------------------------------------
     "unknown_parameter": Case(
         10,
@@ -179,6 +192,15 @@ CASES: dict[str, Case] = {
             "block 'unit' needs parameter 'channels'",
             "found no value",
             "add 'channels: ...' to layer 'stage1'",
+        ),
+    ),
+    "block_cycle": Case(
+        7,
+        40,
+        "net.body.head.again",
+        (
+            "block 'body' uses itself through 'head'",
+            "found cycle body -> head -> body",
         ),
     ),
     "block_input_count": Case(

@@ -17,6 +17,19 @@ FANOUT = (
     + "layers:\n  - {name: top, block: b12}\n"
 )
 
+
+def _chain(depth: int) -> str:
+    """Blocks b1 ... b<depth>, each using the one before: deep, but no cycle."""
+    blocks = "".join(
+        f"  b{i}: {{layers: [{{name: x, block: b{i - 1}}}]}}\n" for i in range(1, depth)
+    )
+    return (
+        "name: a\ninputs: {x: [3, 8, 8]}\nblocks:\n  b0: {layers: [{name: r, op: relu}]}\n"
+        + blocks
+        + f"layers:\n  - {{name: top, block: b{depth - 1}}}\n"
+    )
+
+
 FAILING = {
     "a name ending in a newline": (
         HEAD + '  - {name: "r\\n", op: relu}\n',
@@ -27,6 +40,7 @@ FAILING = {
         "'repeat' must be a positive count",
     ),
     "blocks using blocks 4^12 times": (FANOUT, "expands to more than 100,000 layers"),
+    "blocks nested 65 deep": (_chain(65), "blocks nest more than 64 deep"),
     "a 401-digit epsilon": (
         HEAD + f"  - {{name: b, op: batch_norm, eps: {BIG}}}\n",
         "number too large",
@@ -66,6 +80,8 @@ COMPILING = {
         "name: a\ninputs: {a: [3, null, 32], b: [3, null, null]}\nlayers:\n"
         "  - {name: r, op: relu, inputs: b}\n"
     ),
+    "blocks nested 17 deep": _chain(17),
+    "blocks nested 64 deep": _chain(64),
     "two inputs naming the same open sizes, added": (
         "name: a\ninputs: {a: [3, H, W], b: [3, H, W]}\nlayers:\n"
         "  - {name: s, op: add, inputs: [a, b]}\n  - {name: c, op: concat, inputs: [s, b]}\n"
