@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from netc.errors import UserError
-from netc.fileio import write_atomic
+from netc.fileio import check_output, output_path, write_atomic
 from netc.runtime.launch import final_message
 
 MAX_DIM = 2**31 - 1  # onnx and torch keep sizes in signed 64-bit; images are far smaller
@@ -96,7 +96,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=output_path,
         metavar="graph.json",
         help="also write the JSON analysis to this file",
     )
@@ -249,7 +249,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", metavar="RUN_DIR_OR_SPEC")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("-o", "--output", type=Path, metavar="MODEL.onnx")
+    where.add_argument("-o", "--output", type=output_path, metavar="MODEL.onnx")
     where.add_argument(
         "--repository",
         type=Path,
@@ -282,6 +282,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.repository is not None and not args.name:
         raise UserError("error: --repository needs --name NAME")
+    if args.output is not None:
+        check_output(args.output)  # before the export and its check, which take a while
     result = export_model(
         args.source,
         fully_convolutional=args.fully_convolutional,

@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
 
 from netc.errors import UserError
 
+EMPTY = "the output path is empty"
+GIVE_A_NAME = "give a file name, e.g. -o model.onnx"
+
+
+def output_path(text: str) -> Path:
+    """An argparse type for -o: Path('') is Path('.'), so an empty path is refused while it
+    is still a string."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"{EMPTY}: {GIVE_A_NAME}")
+    return Path(text)
+
+
+def check_output(path: str | Path) -> Path:
+    """The path a write may replace, or a UserError saying why not (before any work)."""
+    if not str(path):
+        raise UserError(f"error: {EMPTY}: {GIVE_A_NAME}")
+    if str(path) == ".":  # what Path('') reads as: -o '' arrives here as '.'
+        raise UserError(f"error: {EMPTY} (or '.', the current folder): {GIVE_A_NAME}")
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device, a pipe: never replaced
+        raise UserError(f"error: cannot write {path}: it exists and is not a regular file")
+    return path
+
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it. A failure
     (no permission, no space, a file where a folder should be) is a UserError naming
     the path, and leaves no new empty folder behind."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # a folder, a device, a pipe: never replaced
-        raise UserError(f"error: cannot write {path}: it exists and is not a regular file")
+    path = check_output(path)
     created = _first_missing(path.parent)
     tmp = None
     try:
