@@ -45,6 +45,13 @@ class Unsupported(ServingError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class ModelFailed(ServingError):
+    """onnxruntime could not run the model on a request (a Cast of text that is not a
+    number): INTERNAL, as Triton answers, but the model's trouble, not netc's bug."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 def status_code(error: BaseException) -> grpc.StatusCode:
     """The gRPC status for an error raised while serving a request."""
     if isinstance(error, ServingError):

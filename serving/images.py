@@ -437,8 +437,11 @@ def probabilities(x: np.ndarray, axis: int = 0) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     if x.min() >= 0 and np.allclose(x.sum(axis=axis), 1.0, atol=1e-3):
         return x
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    # An infinite score gives NaN (inf - inf), as a NaN score does, without numpy's
+    # RuntimeWarning line on the server's stderr for the first such request.
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
 
 
 def output_mapping(

@@ -8,7 +8,11 @@ ranks and sizes, batches larger than the model allows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
+import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +25,23 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from netc.errors import InternalError, UserError
 from netc.serving.batcher import Batcher, Tensors
 from netc.serving.config import ModelConfig
-from netc.serving.errors import InvalidRequest, clip
+from netc.serving.errors import InvalidRequest, ModelFailed, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
 from netc.serving.stats import ModelStats
 
 WARMUP_SIZE = 64  # spatial size used to warm up models whose H and W are open
 SMALL_MODEL_NS = 1_000_000  # below this warm-up run time a model runs single-threaded
+
+
+# onnxruntime's own log lines (stderr) say again what netc reports in its own words: a
+# model that cannot load or run is an exception netc words for the client and the
+# repository index; the rest is noise to a user (an unused initializer at every load)
+# or is said by netc (a CUDA provider that did not start). NETC_DEBUG=1 shows them.
+ORT_WARNING, ORT_FATAL = 2, 4
+
+
+def ort_log_level() -> int:
+    return ORT_WARNING if os.environ.get("NETC_DEBUG") else ORT_FATAL
 
 
 def providers() -> list[str]:
@@ -47,6 +62,7 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
     """The onnxruntime options a served model runs with (bench/serve.py measures them too)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = ort_log_level()
     if config.intra_op_threads:
         options.intra_op_num_threads = config.intra_op_threads
     # onnxruntime's threads spin between a run's parallel sections (its default). A model
@@ -122,14 +138,19 @@ class ServedModel:
     """A loaded model version that checks, queues, batches and runs requests."""
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig) -> None:
+        # Execution providers log through the default logger, not the session's.
+        ort.set_default_logger_severity(ort_log_level())
+        wanted = providers()
         try:
             self.session = ort.InferenceSession(
-                str(path), session_options(config), providers=providers()
+                str(path), session_options(config), providers=wanted
             )
         except Exception as exc:  # onnxruntime raises many kinds
             raise UserError(
                 f"error: model '{name}' version {version}: onnxruntime cannot load {path}: {exc}"
             ) from None
+        if wanted[0] not in self.session.get_providers():
+            _fell_back(wanted[0])
         self.name, self.version, self.path, self.config = name, version, path, config
         self.info = describe(name, version, self.session, config)
         self.stats = ModelStats()
@@ -167,6 +188,10 @@ class ServedModel:
             reason = str(exc).rsplit("Status Message:", 1)[-1].strip()
             raise InvalidRequest(
                 f"model '{self.name}' cannot run on input {shapes}: {reason}"
+            ) from None
+        except (ort_errors.RuntimeException, ort_errors.Fail, ort_errors.EPFail) as exc:
+            raise ModelFailed(
+                f"model '{self.name}' failed on this request: {_failed_node(exc)}"
             ) from None
         return dict(zip(self.output_names, values))
 
@@ -299,6 +324,27 @@ class ServedModel:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+
+
+def _failed_node(error: Exception) -> str:
+    """onnxruntime's reason without its codes: which node failed, and why ("its Cast
+    node: stoll")."""
+    text = str(error)
+    reason = text.rsplit("Status Message:", 1)[-1].strip()
+    node = re.search(r"running (\S+) node\. Name:'([^']*)'", text)
+    if node is None:
+        return reason
+    name = f" '{node[2]}'" if node[2] else ""
+    return f"its {node[1]} node{name}: {reason}"
+
+
+@functools.cache  # once a process: every model falls back alike
+def _fell_back(provider: str) -> None:
+    logging.getLogger("netc.serving").warning(
+        "warning: onnxruntime could not start %s (its libraries did not load; NETC_DEBUG=1 "
+        "shows onnxruntime's reason); models run on the CPU",
+        provider,
+    )
 
 
 def _filler(shape: tuple[int, ...], datatype: str) -> np.ndarray:

@@ -119,3 +119,86 @@ def test_a_busy_port_gets_netc_s_one_line_only(repository):
         f"error: cannot start the server: cannot listen on 127.0.0.1:{port}: "
         "Address already in use\n"
     )
+
+
+def _onnx(node, inputs, outputs, initializers=()) -> bytes:
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(*spec) for spec in inputs],
+        [helper.make_tensor_value_info(*spec) for spec in outputs],
+        initializer=list(initializers),
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
+
+
+@pytest.fixture
+def noisy_repository(tmp_path):
+    """Models onnxruntime logs about on its own: an unused initializer (a W line at each
+    load), a convolution too wide for the warm-up's 64x64 (an E line for the failed run),
+    a string-to-number Cast (an E line for every text that is not a number)."""
+    from onnx import TensorProto, numpy_helper
+    from onnx.helper import make_node
+
+    f32 = TensorProto.FLOAT
+    models = {
+        "spare": _onnx(
+            make_node("Identity", ["x"], ["y"]),
+            [("x", f32, ["batch", 3])],
+            [("y", f32, ["batch", 3])],
+            [numpy_helper.from_array(np.ones(3, np.float32), "unused")],
+        ),
+        "wide": _onnx(
+            make_node("Conv", ["x", "k"], ["y"]),
+            [("x", f32, ["batch", 1, "h", "w"])],
+            [("y", f32, ["batch", 1, "h2", "w2"])],
+            [numpy_helper.from_array(np.ones((1, 1, 100, 100), np.float32), "k")],
+        ),
+        "parse": _onnx(
+            make_node("Cast", ["x"], ["y"], to=TensorProto.INT64),
+            [("x", TensorProto.STRING, ["batch", 2])],
+            [("y", TensorProto.INT64, ["batch", 2])],
+        ),
+    }
+    for name, model in models.items():
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.onnx").write_bytes(model)
+    return tmp_path
+
+
+def test_stderr_holds_netc_s_lines_only(noisy_repository):
+    """onnxruntime's own log lines (W for the unused initializer, E for each failed run)
+    stay off the server's stderr: netc says what failed, to the client that asked."""
+    tritonclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    noisy_models = sorted(path.name for path in noisy_repository.iterdir())
+    process = subprocess.Popen(
+        [*SERVE, str(noisy_repository), "--host", "127.0.0.1", "--port", "0", "--no-metrics"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        while not (line := process.stderr.readline()).startswith("netc serving"):
+            assert line, "netc serve ended early:\n" + "".join(lines)
+            lines.append(line)
+        address = re.search(r"on ([\d.]+:\d+)", line).group(1)
+        assert sorted(lines) == [f"model {name} version 1 READY\n" for name in noisy_models]
+        with tritonclient.InferenceServerClient(address) as client:
+            words = tritonclient.InferInput("x", [1, 2], "BYTES")
+            words.set_data_from_numpy(np.array([[b"12", b"twelve"]], dtype=np.object_))
+            with pytest.raises(InferenceServerException, match="its Cast node: stoll"):
+                client.infer("parse", [words])
+            picture = tritonclient.InferInput("x", [1, 1, 8, 8], "FP32")
+            picture.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+            with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+                client.infer("wide", [picture])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1]
+    assert process.returncode == 0
+    assert rest == ""
