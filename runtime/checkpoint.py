@@ -16,6 +16,7 @@ import torch
 
 from netc.errors import UserError
 from netc.fileio import write_atomic
+from netc.runtime.metrics import upgrade_row
 
 FORMAT = 1
 
@@ -57,4 +58,8 @@ def load(path: Path) -> dict[str, Any]:
                 f"error: {path} is not a complete netc checkpoint: '{key}' is {found}, "
                 f"expected a {kind.__name__}"
             )
+    if isinstance(state.get("history"), list):  # a run from before the val_ names
+        state["history"] = [
+            upgrade_row(row) if isinstance(row, dict) else row for row in state["history"]
+        ]
     return state

@@ -16,6 +16,9 @@ from netc.errors import did_you_mean
 from netc.runtime.options import Options, config_error
 
 TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embedding": "loss"}
+# `training.metric`: a task's figure or the loss, by its short name or its metrics.jsonl one;
+# either means the validation figure when there is a validation split.
+METRICS = ("accuracy", "mean_iou", "loss", "val_accuracy", "val_mean_iou", "val_loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -113,7 +116,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
             "hflip": aug.boolean("hflip", False),
         },
         balanced_sampling=read.boolean("balanced_sampling", False),
-        metric=_choice(values, "metric", (*TASK_METRICS.values(),), None),
+        metric=_choice(values, "metric", METRICS, None),
         device=_device(values.get("device", "auto")),
         precision=_choice(values, "precision", PRECISIONS, "auto"),
     )

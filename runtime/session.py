@@ -57,16 +57,17 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _metric(chosen: str | None, task: str) -> str:
-    """The metric that picks best.pt: the task's own, or the loss."""
-    if chosen is None:
-        return TASK_METRICS[task]
-    if chosen not in (TASK_METRICS[task], "loss"):
+    """The metric that picks best.pt: the task's validation figure (`val_accuracy`,
+    `val_mean_iou`), or `loss` (the validation loss, else the training loss)."""
+    own = TASK_METRICS[task]
+    name = own if chosen is None else chosen.removeprefix("val_")
+    if name not in (own, "loss"):
         raise ConfigError(
             "training.metric",
-            f"a {task} network is judged by {TASK_METRICS[task]} or loss",
+            f"a {task} network is judged by {own} or loss (val_{own} or val_loss)",
             found=f"'{chosen}'",
         )
-    return chosen
+    return "loss" if name == "loss" else f"val_{name}"
 
 
 def _first_output(outputs: Any) -> torch.Tensor:
@@ -122,9 +123,9 @@ def evaluate(
                 confusion += metrics.confusion_matrix(scores.cpu(), y.cpu(), classes)
     result = {"val_loss": total_loss / len(images)}
     if run.network.graph.task == "classification":
-        result["accuracy"] = correct / len(images)
+        result["val_accuracy"] = correct / len(images)
     elif run.network.graph.task == "segmentation":
-        result["mean_iou"] = metrics.mean_iou(confusion)
+        result["val_mean_iou"] = metrics.mean_iou(confusion)
     return result
 
 
@@ -227,7 +228,7 @@ class Session:
         self.module.load_state_dict(stored["model"])
         self.optimizer.load_state_dict(stored["optimizer"])
         self.schedule.load_state_dict(stored["scheduler"])
-        self.history = list(stored["history"])
+        self.history = list(stored["history"])  # checkpoint.load renamed old figures
         self.best, self.best_epoch = stored["best_metric"], stored["best_epoch"]
         self.first_epoch = stored["epoch"] + 1
         if self.history:  # `seconds` counts the whole run's time, not this process's
@@ -256,6 +257,7 @@ class Session:
         )
         # Cosine and warm-up change the lr every batch: the row shows the epoch's first.
         lr = self.schedule.lr()
+        figures = metrics.TrainingFigures(self.run.network.graph.task, len(self.run.classes))
         loss_sum, seen = 0.0, 0
         try:
             for step, index in enumerate(batches, 1):
@@ -263,21 +265,25 @@ class Session:
                 shard = slice(
                     world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
                 )
-                loss = self.step(x[shard], y[shard], epoch, step)
+                loss, scores = self.step(x[shard], y[shard], epoch, step)
+                figures.add(scores, y[shard].to(scores.device))
                 loss_sum += loss * len(x)
                 seen += len(x)
                 progress.update(step, loss=loss_sum / seen)
         finally:
             progress.close()
-        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": lr}
+        return {"epoch": epoch, "loss": loss_sum / max(seen, 1), **figures.result(), "lr": lr}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
-        """One optimizer step on a batch; returns its loss."""
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
+    ) -> tuple[float, torch.Tensor]:
+        """One optimizer step on a batch; returns its loss and the scores it came from."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
             outputs = _first_output(self.trained(x))
+        scores = outputs.detach().float()
         loss = self.loss_fn(outputs.float(), y)
         if distrib.broadcast_flag(self.world, not bool(torch.isfinite(loss))):
             raise self.diverged(float(loss.detach()), epoch, step)
@@ -297,11 +303,11 @@ class Session:
                 self.skipped_steps += 1
                 if self.skipped_steps >= MAX_SKIPPED_STEPS:
                     raise self.diverged_gradients(norm, epoch, step)
-                return float(loss.detach())
+                return float(loss.detach()), scores
             self.skipped_steps = 0
             self.optimizer.step()
         self.schedule.after_batch()
-        return float(loss.detach())
+        return float(loss.detach()), scores
 
     def diverged_gradients(self, norm: float, epoch: int, step: int) -> TrainingDiverged:
         return self._stopped(
@@ -327,7 +333,7 @@ class Session:
         """What picks best.pt: the task's metric when the epoch measured it (higher is
         better), else the validation loss, else, with no validation split, the training
         loss (both lower is better)."""
-        if self.metric not in ("loss", "val_loss") and self.metric in row:
+        if self.metric != "loss" and self.metric in row:
             return self.metric
         return "val_loss" if "val_loss" in row else "loss"
 
@@ -367,7 +373,7 @@ class Session:
                 for key, number in row.items():
                     if key != "epoch":
                         self.writer.add_scalar(key, number, row["epoch"])
-            say(_epoch_line(row, self.run.config.epochs, self.metric, improved), self.quiet)
+            say(_epoch_line(row, self.run.config.epochs, improved), self.quiet)
         distrib.barrier(self.world)
 
     def close(self) -> None:
@@ -404,12 +410,15 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     write_atomic(run_dir / "metrics.jsonl", text.encode())
 
 
-def _epoch_line(row: dict[str, Any], epochs: int, metric: str, improved: bool) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
-    if "val_loss" in row:
-        parts.append(f"val_loss {row['val_loss']:.4f}")
-    if metric in row and metric != "loss":
-        parts.append(f"{metric} {row[metric]:.4f}")
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """The row's figures under their metrics.jsonl names: training, then validation."""
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    parts += [
+        f"{key} {value:.4f}"
+        for key, value in row.items()
+        if key not in ("epoch", "lr", "seconds") and not key.startswith("val_")
+    ]
+    parts += [f"{key} {value:.4f}" for key, value in row.items() if key.startswith("val_")]
     parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s"]
     return "  ".join(parts) + ("  *" if improved else "")
 

@@ -55,11 +55,14 @@ def _losses(run_dir):
 def test_training_writes_checkpoints_and_metrics(tiny, tmp_path):
     run = tmp_path / "run"
     result = train(tiny, "digits", run, quiet=True)
-    assert result.epochs_run == 2 and result.metric == "accuracy"
+    assert result.epochs_run == 2 and result.metric == "val_accuracy"
     assert result.best_metric > 0.8
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
-    assert {"loss", "val_loss", "accuracy", "lr"} <= set(rows[0])
+    assert list(rows[0]) == [
+        "epoch", "loss", "train_accuracy", "lr", "val_loss", "val_accuracy", "seconds"
+    ]  # fmt: skip
+    assert 0.5 < rows[1]["train_accuracy"] <= 1 and result.best_metric == rows[1]["val_accuracy"]
     state = checkpoint.load(run / "last.pt")
     assert state["epoch"] == 2 and state["labels"] == [str(i) for i in range(10)]
     assert len(state["preprocessing"]["mean"]) == 1
@@ -106,7 +109,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, cap
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "the loss became" in err and "Traceback" not in err
+    # the loss, or first the gradients (skipped, never applied), overflow
+    assert code == 2 and "training stopped" in err and "Traceback" not in err
     after = checkpoint.load(run / "last.pt")
     assert after["epoch"] == 1
     for key in before["model"]:
@@ -277,9 +281,10 @@ def test_segmentation_training_reports_mean_iou(tmp_path):
     result = train(
         "tinyseg", "shapes", tmp_path / "seg", overrides={"epochs": 1, "batch_size": 32}, quiet=True
     )
-    assert result.metric == "mean_iou"
+    assert result.metric == "val_mean_iou"
     row = result.history[0]
-    assert 0.0 < row["mean_iou"] <= 1.0 and row["val_loss"] > 0
+    assert 0.0 < row["val_mean_iou"] <= 1.0 and row["val_loss"] > 0
+    assert 0.0 < row["train_mean_iou"] <= 1.0 and "accuracy" not in row
     assert checkpoint.load(tmp_path / "seg")["labels"] == [
         "background",
         "circle",
@@ -453,3 +458,50 @@ def test_seconds_continue_from_the_previous_runs_total_on_resume(tiny, tmp_path)
     checkpoint.save(run / "last.pt", state)
     result = train(tiny, "digits", run, overrides={"epochs": 2}, resume=True, quiet=True)
     assert 1000.0 < result.history[-1]["seconds"] < 1000.0 + result.seconds + 1
+
+
+def _epoch_lines(err):
+    return [line for line in err.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "val_accuracy", "loss", "val_loss"])
+def test_training_metric_takes_old_and_validation_names(tiny, tmp_path, metric, capsys):
+    run = tmp_path / "run"
+    overrides = {"epochs": 1, "metric": metric}
+    result = train(tiny, "digits", run, overrides=overrides)
+    assert result.metric == ("val_loss" if "loss" in metric else "val_accuracy")
+    line = _epoch_lines(capsys.readouterr().err)[0]
+    assert "  loss " in line and "  train_accuracy " in line
+    assert "  val_loss " in line and "  val_accuracy " in line
+
+
+def _with_old_names(run):
+    """Rewrite a run as netc wrote it before the validation figures were named val_*."""
+    for name in ("last.pt", "best.pt"):
+        state = checkpoint.load(run / name)
+        for row in state["history"]:
+            row["accuracy"] = row.pop("val_accuracy")
+            del row["train_accuracy"]
+        state["config"]["metric"] = "accuracy"
+        torch.save(state, run / name)  # as written, without load's renaming
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["accuracy"] = row.pop("val_accuracy")
+        del row["train_accuracy"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_run_with_the_old_metric_names_resumes_and_exports(tiny, tmp_path):
+    run = tmp_path / "run"
+    first = train(tiny, "digits", run, overrides={"epochs": 1}, quiet=True)
+    _with_old_names(run)
+    assert checkpoint.load(run)["history"][0]["val_accuracy"] == first.best_metric
+    result = train(tiny, "digits", run, overrides={"epochs": 2}, resume=True, quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["accuracy" in row for row in rows] == [False, False]
+    assert rows[0]["val_accuracy"] == first.best_metric and "train_accuracy" in rows[1]
+    best = max(row["val_accuracy"] for row in rows)
+    assert result.best_metric == best and result.best_epoch == 1 + [
+        row["val_accuracy"] for row in rows
+    ].index(best)
+    assert main(["export", str(run), "-o", str(tmp_path / "model.onnx")]) == 0
