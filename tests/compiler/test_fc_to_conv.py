@@ -3,7 +3,7 @@ sliding-window property: score map (i, j) = classifier on the window at (i·S, j
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 import netc
 from netc.compiler.analysis import analyze
@@ -55,12 +55,8 @@ def test_sliding_window_property(source):
             for j in range(3):
                 window = x[:, :, i * stride : i * stride + size, j * stride : j * stride + size]
                 # The same conv arithmetic on the same pixels: fp32 noise only.
-                assert_close(
-                    scores[:, :, i, j],
-                    classifier(window),
-                    rtol=1e-4,
-                    atol=1e-5,
-                    what=f"position ({i}, {j})",
+                assert_fp32_close(
+                    scores[:, :, i, j], classifier(window), what=f"position ({i}, {j})"
                 )
 
 
@@ -78,7 +74,7 @@ def test_declared_size_gives_a_one_by_one_map_equal_to_the_classifier():
     _, classifier, _, dense = _convert("resnet18", input_shape=(3, 64, 64))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert_close(dense(x)[:, :, 0, 0], classifier(x), rtol=1e-4, atol=1e-5)
+        assert_fp32_close(dense(x)[:, :, 0, 0], classifier(x))
 
 
 def test_refuses_what_cannot_slide():

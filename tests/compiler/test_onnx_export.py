@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 import netc
 from netc.compiler import zoo
@@ -63,8 +63,9 @@ def test_export_matches_the_pytorch_module(name):
         with torch.no_grad():
             expected = module(x).numpy()
         (actual,) = session.run(None, {"image": x.numpy()})
-        # fp32, same arithmetic in a different library: summation-order noise only.
-        assert_close(actual, expected, rtol=1e-4, atol=1e-5, what=f"{name} at {shape}")
+        # fp32, same arithmetic in a different library: summation-order noise only, which
+        # grows with the logits' magnitude in deep nets (tests/helpers.py says why).
+        assert_fp32_close(actual, expected, what=f"{name} at {shape}")
 
 
 def test_names_batch_and_open_sizes():
@@ -120,4 +121,4 @@ layers:
             1,
         )
         (actual,) = session.run(None, {"image": x})
-        assert_close(actual, expected, rtol=1e-5, atol=1e-6, what=f"{h}x{w}")
+        assert_fp32_close(actual, expected, what=f"{h}x{w}")

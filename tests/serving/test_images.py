@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import assert_close, assert_fp32_close
 from PIL import Image
 
 from netc.runtime.preprocess import Preprocessing
@@ -140,7 +140,7 @@ def test_resize_is_torch_bilinear_without_antialiasing(size):
     expected = F.interpolate(
         torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False
     )[0]
-    assert_close(images.resize(x, size), expected, rtol=1e-5, atol=1e-6)
+    assert_fp32_close(images.resize(x, size), expected)
 
 
 def test_prepare_matches_training_preprocessing_for_a_fixed_size_model():
@@ -152,7 +152,7 @@ def test_prepare_matches_training_preprocessing_for_a_fixed_size_model():
     )
     assert prepared.original == (45, 61) and prepared.content == (32, 32)
     assert prepared.tensor.shape == (1, 3, 32, 32) and prepared.tensor.dtype == np.float32
-    assert_close(prepared.tensor[0], reference, rtol=1e-5, atol=1e-5)
+    assert_fp32_close(prepared.tensor[0], reference)
 
 
 def test_prepare_converts_channels_and_skips_missing_normalisation():
@@ -198,7 +198,7 @@ def test_padding_round_trip_returns_a_mask_of_the_pictures_size():
     mask, probs = images.dense_scores(prepared.tensor[0], prepared, want_scores=True)
     assert mask.shape == (50, 70) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, scores.argmax(axis=0))
-    assert_close(probs, torch.softmax(torch.from_numpy(scores), 0), rtol=1e-5, atol=1e-6)
+    assert_fp32_close(probs, torch.softmax(torch.from_numpy(scores), 0))
 
 
 def test_the_pixel_limit_counts_the_padding_the_model_runs_on():

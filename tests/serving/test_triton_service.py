@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
@@ -130,7 +130,7 @@ def test_infer_matches_onnxruntime(client, repo):
     images = _images()
     result = client.infer("lenet5", [_input("image", images)], request_id="req-1")
     (expected,) = _session(repo, "lenet5").run(None, {"image": images})
-    assert_close(result.as_numpy("fc3"), expected, rtol=1e-5, atol=1e-6, what="lenet5 fc3")
+    assert_fp32_close(result.as_numpy("fc3"), expected, what="lenet5 fc3")
     response = result.get_response()
     assert (response.id, response.model_name, response.model_version) == ("req-1", "lenet5", "1")
 
@@ -140,7 +140,7 @@ def test_infer_matches_onnxruntime(client, repo):
     )
     (expected,) = _session(repo, "tinyseg").run(None, {"image": picture})
     assert result.as_numpy("upsample").shape == (1, 4, 20, 24)
-    assert_close(result.as_numpy("upsample"), expected, rtol=1e-5, atol=1e-6, what="tinyseg")
+    assert_fp32_close(result.as_numpy("upsample"), expected, what="tinyseg")
 
 
 def test_classification_extension(client, repo):
@@ -158,7 +158,7 @@ def test_classification_extension(client, repo):
         indices = [int(index) for _, index, _ in parsed]
         assert indices == list(np.argsort(-row, kind="stable")[:3])
         assert [label for _, _, label in parsed] == [LABELS[i] for i in indices]
-        assert_close([float(s) for s, _, _ in parsed], row[indices], rtol=1e-5, atol=1e-5)
+        assert_fp32_close([float(s) for s, _, _ in parsed], row[indices])
 
 
 def test_async_infer(client, repo):
@@ -173,7 +173,7 @@ def test_async_infer(client, repo):
     result, error = answers.get(timeout=10)
     assert error is None and result.get_response().id == "a"
     (expected,) = _session(repo, "lenet5").run(None, {"image": images})
-    assert_close(result.as_numpy("fc3"), expected, rtol=1e-5, atol=1e-6)
+    assert_fp32_close(result.as_numpy("fc3"), expected)
 
 
 def test_stream_answers_each_request_and_reports_errors_in_band(server, repo):
@@ -192,9 +192,7 @@ def test_stream_answers_each_request_and_reports_errors_in_band(server, repo):
     session = _session(repo, "lenet5")
     for i, (result, error) in enumerate(got[:4]):
         assert error is None and result.get_response().id == f"s{i}"
-        assert_close(
-            result.as_numpy("fc3"), session.run(None, {"image": images[i]})[0], rtol=1e-5, atol=1e-6
-        )
+        assert_fp32_close(result.as_numpy("fc3"), session.run(None, {"image": images[i]})[0])
     result, error = got[4]
     assert result is None and "input 'image' has datatype FP64, expected FP32" in str(error)
     assert got[5][0].get_response().id == "after"  # the stream goes on after an error

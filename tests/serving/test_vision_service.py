@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_fp32_close
 from PIL import Image
 
 from netc.cli import main
@@ -94,7 +94,7 @@ def test_classify_png_and_raw_tensors_match_local_onnxruntime(repo, server, clie
     for result in results:
         assert [index for _, index, _ in result] == list(best)
         assert [label for label, _, _ in result] == [DIGITS[i] for i in best]
-        assert_close([score for _, _, score in result], expected[best], rtol=1e-4, atol=1e-5)
+        assert_fp32_close([score for _, _, score in result], expected[best])
 
 
 def test_images_of_one_request_are_batched_together(server, client):
@@ -122,7 +122,7 @@ def test_segment_returns_a_mask_of_the_images_own_size(repo, client):
     # reference: pad to 52x72 (tinyseg needs multiples of 4), run, crop back
     x = np.pad(rgb.transpose(2, 0, 1) / np.float32(255), ((0, 0), (0, 2), (0, 2)), mode="edge")
     logits = _session(repo, "tinyseg").run(None, {"image": x[None]})[0][0, :, :50, :70]
-    assert_close(scores, _softmax(logits, 0), rtol=1e-4, atol=1e-5)
+    assert_fp32_close(scores, _softmax(logits, 0))
     assert np.mean(mask == logits.argmax(axis=0)) > 0.999
 
 

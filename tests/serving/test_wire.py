@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from helpers import assert_fp32_close
 
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.serving import triton_service, wire
@@ -227,7 +228,7 @@ def test_the_server_takes_the_lane_and_answers_alike(server, lenet, monkeypatch)
             assert reply.id == request.id and reply.outputs == expected.outputs
             got = np.frombuffer(reply.raw_output_contents[0], np.float32)
             want = np.frombuffer(expected.raw_output_contents[0], np.float32)
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+            assert_fp32_close(got, want)
         assert len(answered) == 3  # the first request taught the route
 
         short = _request(2)

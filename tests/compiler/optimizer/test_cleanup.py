@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from builders import GraphBuilder, ops, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.compiler.optimizer.passes.cleanup import (
     DeadNodeRemoval,
@@ -16,7 +16,7 @@ from netc.compiler.optimizer.passes.cleanup import (
 def assert_same(before, after):
     feeds = random_feeds(before)
     for got, want in zip(run(after, feeds), run(before, feeds)):
-        assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert_fp32_close(got, want)
 
 
 def output_names(model):

@@ -9,7 +9,7 @@ import numpy as np
 import onnx.helper as oh
 import pytest
 from builders import GraphBuilder, initializer, ops, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +28,7 @@ def fuse(model, **kwargs):
 def assert_same(before, after, *, rtol, atol, seed=1, **sizes):
     feeds = random_feeds(before, seed=seed, **sizes)
     for got, want in zip(run(after, feeds), run(before, feeds)):
-        assert_close(got, want, rtol=rtol, atol=atol)
+        assert_fp32_close(got, want, rtol=rtol, atol=atol)
 
 
 def assert_refused(model, reason: str):

@@ -7,7 +7,7 @@ each refusal keeps the order and says why.
 
 import pytest
 from builders import GraphBuilder, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 import netc
 from netc.compiler.onnx_export import export_onnx
@@ -23,7 +23,7 @@ def order(model) -> list[str]:
 def assert_same(before, after, *, rtol, atol, **sizes):
     feeds = random_feeds(before, **sizes)
     for got, want in zip(run(after, feeds), run(before, feeds)):
-        assert_close(got, want, rtol=rtol, atol=atol)
+        assert_fp32_close(got, want, rtol=rtol, atol=atol)
 
 
 def conv_pool(shape, *, bias, cin=8, cout=4, group=1, **pool):

@@ -8,7 +8,7 @@ on random inputs; each refusal keeps the head and says why.
 import numpy as np
 import pytest
 from builders import GraphBuilder, initializer, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.compiler.optimizer.passes.pool_gap_gemm import GapGemmToConv
 from netc.compiler.optimizer.pipeline import selected
@@ -63,7 +63,7 @@ def test_head_becomes_conv_then_pool(trans_b, bias, gemm):
     assert optimized.graph.output[0].name == model.graph.output[0].name
     assert report.macs_saved == -CLASSES * FEATURES * (4 * 3 - 1)  # it costs, per position
     feeds = random_feeds(model)
-    assert_close(run(optimized, feeds)[0], run(model, feeds)[0], rtol=1e-4, atol=1e-5)
+    assert_fp32_close(run(optimized, feeds)[0], run(model, feeds)[0])
 
 
 def test_open_sizes():
@@ -72,7 +72,7 @@ def test_open_sizes():
     assert order(optimized)[1] == "Conv"
     assert report.macs_saved == -CLASSES * FEATURES * (3 * 3 - 1)  # counted at 3x3
     feeds = random_feeds(model, N=2, H=7, W=5)
-    assert_close(run(optimized, feeds)[0], run(model, feeds)[0], rtol=1e-4, atol=1e-5)
+    assert_fp32_close(run(optimized, feeds)[0], run(model, feeds)[0])
 
 
 # --- Refusals -----------------------------------------------------------------------------

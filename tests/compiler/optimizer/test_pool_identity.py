@@ -6,7 +6,7 @@ left and that onnxruntime gives the same outputs before and after.
 
 import pytest
 from builders import GraphBuilder, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.compiler.optimizer.passes.pool_identity import IdentityPoolRemoval
 
@@ -17,7 +17,7 @@ def remove(model, **kwargs):
     optimized, (report,) = optimize(model, IdentityPoolRemoval, **kwargs)
     feeds = random_feeds(model)
     for got, want in zip(run(optimized, feeds), run(model, feeds)):
-        assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert_fp32_close(got, want)
     return [n.op_type for n in optimized.graph.node], report
 
 

@@ -8,7 +8,7 @@ each refusal keeps the order and says why.
 import numpy as np
 import pytest
 from builders import GraphBuilder, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.compiler.optimizer.passes.pool_max_ahead import MaxPoolAhead
 from netc.compiler.optimizer.pipeline import selected
@@ -29,7 +29,7 @@ def order(model) -> list[str]:
 def assert_same(before, after, *, rtol, atol, **sizes):
     feeds = random_feeds(before, **sizes)
     for got, want in zip(run(after, feeds), run(before, feeds)):
-        assert_close(got, want, rtol=rtol, atol=atol)
+        assert_fp32_close(got, want, rtol=rtol, atol=atol)
 
 
 def refused(model, reason: str):

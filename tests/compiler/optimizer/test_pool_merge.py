@@ -7,7 +7,7 @@ random inputs; each refusal keeps both pools and says why.
 
 import pytest
 from builders import GraphBuilder, optimize, random_feeds, run
-from helpers import assert_close
+from helpers import assert_fp32_close
 
 from netc.compiler.optimizer.passes.pool_merge import PoolMerge
 
@@ -48,7 +48,7 @@ def merged(model):
     assert len(pooling) == 1, report.refusals
     feeds = random_feeds(model)
     for got, want in zip(run(optimized, feeds), run(model, feeds)):
-        assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert_fp32_close(got, want)
     return attrs_of(pooling[0])
 
 
@@ -98,7 +98,7 @@ def test_chain_of_three_merges_into_one():
     assert attrs_of(optimized.graph.node[0])["kernel_shape"] == [8, 8]
     assert optimized.graph.output[0].name == model.graph.output[0].name
     feeds = random_feeds(model)
-    assert_close(run(optimized, feeds)[0], run(model, feeds)[0], rtol=1e-4, atol=1e-5)
+    assert_fp32_close(run(optimized, feeds)[0], run(model, feeds)[0])
 
 
 # --- Refusals -----------------------------------------------------------------------------
