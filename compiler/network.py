@@ -45,7 +45,9 @@ def load(
         exists, is_file, is_dir = path.exists(), path.is_file(), path.is_dir()
     except OSError as exc:  # a name longer than the file system allows, ...
         raise UserError(f"error: {str(source)[:200]}: {exc.strerror or exc}") from None
-    if path.suffix in (".yaml", ".yml") or exists:
+    # a description's suffix or a folder in the name make it a path; only a bare name may
+    # be a zoo name (a zoo hint for runs/lenet would be a wrong answer)
+    if path.suffix in (".yaml", ".yml") or exists or path.name != str(source):
         if not is_file:
             problem = (
                 "is a directory, not a network file"

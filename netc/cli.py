@@ -293,7 +293,8 @@ def _run_export(args: argparse.Namespace) -> int:
     )
     if not result.trained:
         warn(
-            f"note: {args.source} is not a run or checkpoint: exporting freshly initialised weights"
+            f"warning: exporting untrained, randomly initialised weights for '{args.source}'; "
+            "pass a run folder to export trained weights"
         )
     path = args.output or next_version_path(args.repository, args.name)
     size = write_model(result.model, path)

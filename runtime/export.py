@@ -2,12 +2,16 @@
 
 The source is a run directory or checkpoint (its stored description, weights,
 labels and preprocessing), or a description/zoo name, exported with freshly
-initialised weights. Before anything is written, onnxruntime runs the model
-and must agree with the PyTorch module (rtol 1e-4, atol 1e-5).
+initialised weights. A missing source that looks like a path is a missing run
+folder, never a zoo name: a hint towards a zoo net would export random weights.
+Before anything is written, onnxruntime runs the model and must agree with the
+PyTorch module (rtol 1e-4, atol 1e-5).
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import json
 import math
 import re
@@ -22,6 +26,7 @@ import onnxruntime as ort
 import torch
 
 from netc.compiler import symbolic as sym
+from netc.compiler import zoo
 from netc.compiler.analysis import analyze, minimum_input_size
 from netc.compiler.ir import Graph
 from netc.compiler.network import load, load_string
@@ -36,6 +41,9 @@ from netc.runtime.preprocess import whiten
 RTOL, ATOL = 1e-4, 1e-5
 OPEN_SIZE = 64  # the smallest spatial size used to check open-size models
 MAX_CHECK_VALUES = 1 << 28  # input values the PyTorch check may use (1 GiB of floats)
+CHECKPOINTS = ("best.pt", "last.pt")  # what makes a folder a run folder
+DESCRIPTION_SUFFIXES = (".yaml", ".yml")
+LISTED_ENTRIES = 10_000  # entries of a folder looked at for run folders to suggest
 
 
 @dataclass
@@ -51,8 +59,72 @@ def _is_checkpoint(source: str) -> bool:
     return path.is_dir() or path.suffix == ".pt"
 
 
+def _run_folders(folder: Path) -> list[str]:
+    """Names of the run folders in `folder` (those holding a checkpoint), sorted."""
+    try:
+        entries = list(itertools.islice(folder.iterdir(), LISTED_ENTRIES))
+        return sorted(p.name for p in entries if any((p / name).is_file() for name in CHECKPOINTS))
+    except OSError:  # unreadable: no suggestions, the message itself still stands
+        return []
+
+
+def _missing_run(source: str) -> UserError:
+    """A path that does not exist: name it as the run folder it was meant to be, with
+    run folders beside it that it may have meant."""
+    path = Path(source)
+    parent = path.parent
+    runs = _run_folders(parent) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, runs, n=3, cutoff=0.6)
+    if close:
+        hint = "did you mean " + " or ".join(f"'{parent / name}'" for name in close) + "?"
+    elif runs:
+        shown = ", ".join(runs[:10]) + (", ..." if len(runs) > 10 else "")
+        hint = f"the run folders in {parent} are {shown}"
+    elif parent.is_dir():
+        hint = f"{parent} holds no run folder (a folder with {' or '.join(CHECKPOINTS)})"
+    else:
+        hint = f"{parent} does not exist either"
+    return UserError(f"error: no run folder '{source}'\n  hint: {hint}")
+
+
+def _unknown_name(source: str) -> UserError:
+    """A bare name that is nothing here: the run folders and zoo nets it may have meant,
+    each said for what it is (a zoo net exports untrained weights)."""
+    run = difflib.get_close_matches(source, _run_folders(Path(".")), n=1, cutoff=0.6)
+    net = difflib.get_close_matches(source, zoo.names(), n=1, cutoff=0.6)
+    options = [f"the run folder '{name}'" for name in run] + [
+        f"the zoo network '{name}' (untrained weights)" for name in net
+    ]
+    hint = (
+        "did you mean " + ", or ".join(options) + "?"
+        if options
+        else "give a run folder (trained weights), a network file or a zoo name (`netc zoo`)"
+    )
+    return UserError(
+        f"error: '{source}' is neither a run folder, a network file nor a zoo network"
+        f"\n  hint: {hint}"
+    )
+
+
+def _check_source(source: str) -> None:
+    """Refuse a source that names nothing, before a zoo name's hint can stand in for it."""
+    path = Path(source)
+    try:
+        if path.exists():
+            return
+    except OSError:
+        return  # a name the file system refuses: load() says why
+    if path.suffix in (*DESCRIPTION_SUFFIXES, ".pt"):
+        return  # a missing description or checkpoint file: load() says no such file
+    if "/" in source or path.name != source:  # a path: its last part is not all of it
+        raise _missing_run(source)
+    if source not in zoo.names():
+        raise _unknown_name(source)
+
+
 def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Graph, dict, dict]:
     """The graph, its weights and the checkpoint's extra state ({} when untrained)."""
+    _check_source(source)
     if _is_checkpoint(source):
         if params:
             raise UserError(

@@ -361,6 +361,8 @@ CASES: dict[str, Case] = {
         ("'resnt18' is neither a network file nor a zoo network", "did you mean 'resnet18'?"),
         spec="resnt18",
     ),
+    # a path is a file that is not there, never a misspelt zoo name
+    "missing_path": Case(None, None, None, ("nowhere/lenet: no such file",), spec="nowhere/lenet"),
 }
 
 

@@ -236,3 +236,51 @@ def test_a_checkpoint_whose_labels_do_not_fit_its_network_is_refused(runs, tmp_p
     torch.save(state, tmp_path / "odd.pt")
     assert main(["export", str(tmp_path / "odd.pt"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "names 2 classes, but the network's output has 10" in capsys.readouterr().err
+
+
+def _run_folder(path):
+    path.mkdir(parents=True)
+    (path / "best.pt").write_bytes(b"")  # a run folder is a folder holding a checkpoint
+
+
+@pytest.mark.parametrize(
+    "source, says",
+    [
+        ("runs/lenet", ["no run folder 'runs/lenet'", "did you mean 'runs/lenet5_run'?"]),
+        ("runs/xyz", ["no run folder 'runs/xyz'", "the run folders in runs are lenet5_run"]),
+        ("gone/lenet", ["no run folder 'gone/lenet'", "gone does not exist either"]),
+        ("lenet", ["neither a run folder", "the zoo network 'lenet5' (untrained weights)"]),
+        ("lenet5_rn", ["did you mean the run folder 'lenet5_run', or the zoo network 'lenet5'"]),
+    ],
+)
+def test_a_missing_run_folder_is_not_taken_for_a_zoo_name(
+    tmp_path, monkeypatch, capsys, source, says
+):
+    """`runs/lenet` once answered "did you mean 'lenet5'?", which exports random weights."""
+    monkeypatch.chdir(tmp_path)
+    _run_folder(tmp_path / "runs" / "lenet5_run")
+    _run_folder(tmp_path / "lenet5_run")
+    assert main(["export", source, "-o", "x.onnx", "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    for text in says:
+        assert text in err, err
+    if "/" in source:
+        assert "zoo" not in err, err
+    assert "Traceback" not in err and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("source", ["lenet5", "tiny.yaml"])
+def test_exporting_untrained_weights_warns_in_one_line(tmp_path, monkeypatch, capsys, source):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert main(["export", source, "-o", "x.onnx", "--no-verify"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: exporting untrained, randomly initialised weights for '{source}'; "
+        "pass a run folder to export trained weights\n"
+    )
+
+
+def test_a_trained_run_exports_without_a_warning(runs, tmp_path, capsys):
+    assert main(["export", str(runs / "plain"), "-o", str(tmp_path / "x.onnx")]) == 0
+    assert "warning" not in capsys.readouterr().err
