@@ -211,7 +211,8 @@ def _elementwise(want, got, rtol: float, atol: float):
         return 0.0, 0.0, (), 0.0
     w, g = want.astype(np.float64), got.astype(np.float64)
     same = (w == g) | (np.isnan(w) & np.isnan(g))
-    error = np.where(same, 0.0, np.abs(g - w))
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, an infinite error just below
+        error = np.where(same, 0.0, np.abs(g - w))
     error = np.where(np.isnan(error), np.inf, error)
     finite = np.abs(w[np.isfinite(w)])
     scale = max(1.0, float(finite.max())) if finite.size else 1.0

@@ -1,5 +1,8 @@
 """`netc optimize`: the report, exit statuses, and never a half-written output file."""
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -241,3 +244,22 @@ def test_a_model_with_random_output_cannot_be_verified_and_says_why(tmp_path, ca
     assert "its output is random (Dropout node" in err and "training mode" in err
     assert "bug in netc" not in err and not out.exists()
     assert main(["optimize", str(src), "-o", str(out), "--no-verify"]) == 0
+
+
+def test_infinite_outputs_and_unused_initializers_leave_stderr_to_netc(tmp_path):
+    """x / 0 gives ±inf and NaN, whose comparison warned through numpy ("invalid value
+    encountered in subtract"); an unused initializer makes onnxruntime log a warning.
+    Neither reaches the user's terminal: stderr of a real `netc optimize` stays empty."""
+    g = GraphBuilder(opset=15)
+    x = g.input("x", [1, 2, 4, 4])
+    g.const("unused", np.zeros(3, np.float32))
+    src, out = tmp_path / "inf.onnx", tmp_path / "out.onnx"
+    onnx.save(g.build(g.node("Div", [x, g.const("zero", np.zeros(1, np.float32))])), src)
+    result = subprocess.run(
+        [sys.executable, "-m", "netc", "optimize", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "verified" in result.stdout, result.stderr
+    assert result.stderr == ""
