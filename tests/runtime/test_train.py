@@ -505,3 +505,38 @@ def test_a_run_with_the_old_metric_names_resumes_and_exports(tiny, tmp_path):
         row["val_accuracy"] for row in rows
     ].index(best)
     assert main(["export", str(run), "-o", str(tmp_path / "model.onnx")]) == 0
+
+
+def _with_batch_norm_after(layer):
+    """TINY with a batch norm between `layer` (conv1 or fc1) and its relu."""
+    relu = "  - {name: relu2, op: relu}" if layer == "fc1" else "  - {name: relu1, op: relu}"
+    return TINY.replace(relu, "  - {name: bn1, op: batch_norm}\n" + relu)
+
+
+def test_a_batch_of_one_through_a_batch_norm_over_fc_is_refused(tmp_path, capsys):
+    spec = tmp_path / "bn_fc.yaml"
+    spec.write_text(_with_batch_norm_after("fc1"))  # BN over (N, 32): N values per channel
+    run = tmp_path / "run"
+    args = ["train", str(spec), "--data", "digits", "--out", str(run), "--batch-size", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "'bn1'" in err and "one value per channel" in err and "--batch-size 2" in err
+    assert not run.exists()  # refused before anything was written
+
+
+def test_a_batch_of_one_trains_a_conv_batch_norm_and_a_remainder_sits_out(tmp_path, capsys):
+    spec = tmp_path / "bn_conv.yaml"
+    spec.write_text(_with_batch_norm_after("conv1"))  # BN over (N, 8, 8, 8): 64 values per channel
+    rng = np.random.default_rng(0)
+    data = _npz(tmp_path, rng.random((12, 1, 8, 8)).astype(np.float32), np.arange(12) % 2)
+    run = tmp_path / "run"
+    common = ["--data", data, "--val-fraction", "0", "--epochs", "2"]
+    assert main(["train", str(spec), *common, "--out", str(run), "--batch-size", "1"]) == 0
+    assert "leaves out" not in capsys.readouterr().err
+    fc_spec = tmp_path / "bn_fc.yaml"
+    fc_spec.write_text(_with_batch_norm_after("fc1"))
+    out = tmp_path / "fc"
+    assert main(["train", str(fc_spec), *common, "--out", str(out), "--batch-size", "11"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("leaves out") == 1 and "leaves out 1 of the 12 training samples" in err, err
