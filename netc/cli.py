@@ -319,7 +319,7 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
         "and must agree (rtol 1e-4, atol 1e-5); on a mismatch nothing is written.",
     )
     p.add_argument("model", type=Path, metavar="IN.onnx")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    p.add_argument("-o", "--output", type=output_path, required=True, metavar="OUT.onnx")
     p.add_argument(
         "--no-verify",
         action="store_false",
