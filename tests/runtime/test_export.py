@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import assert_close, open_classifier
+from helpers import FP32_ATOL, assert_fp32_close, fp32_scale, open_classifier
 
 from netc.cli import main
 from netc.compiler.network import load_string
@@ -70,12 +70,11 @@ def test_exported_run_matches_the_trained_module(runs, tmp_path, run, capsys):
     server_side = (images - pre["mean"][0]) / pre["std"][0]  # what a server does from metadata
     with torch.no_grad():
         expected = module(preprocessing.apply(images)).numpy()
-    # ZCA in the graph vs in torch: a 64x64 matmul in another order, fp32 noise only.
-    assert_close(
-        _run(out, server_side.numpy()),
-        expected,
-        rtol=1e-4,
-        atol=1e-4 if run == "whitened" else 1e-5,
+    # ZCA in the graph vs in torch: a 64x64 matmul in another order, fp32 noise only;
+    # the whitening matrix's large entries make that noise larger than the output's
+    # magnitude alone says, hence 10x the usual atol for the whitened run.
+    assert_fp32_close(
+        _run(out, server_side.numpy()), expected, atol=1e-4 if run == "whitened" else 1e-5
     )
 
 
@@ -131,7 +130,13 @@ def test_exported_model_scores_the_recorded_validation_accuracy(runs, tmp_path):
     std = np.array(pre["std"], np.float32).reshape(1, -1, 1, 1)
     scores = _run(out, ((val.images.numpy() - mean) / std).astype(np.float32))
     accuracy = float((scores.argmax(1) == val.targets.numpy()).mean())
-    assert accuracy == pytest.approx(state["history"][-1]["accuracy"], abs=1e-9)
+    # Exactly the same, except where fp32 noise could swap a near-tie of the top two
+    # scores between onnxruntime and PyTorch (tests/helpers.py: noise <= 1e-5·scale).
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    ties = int((top2[:, 1] - top2[:, 0] <= 2 * FP32_ATOL * fp32_scale(scores)).sum())
+    assert accuracy == pytest.approx(
+        state["history"][-1]["val_accuracy"], abs=ties / len(scores) + 1e-9
+    )
 
 
 OPEN_TINY = open_classifier("opentiny", channels=1, kernel=3)
