@@ -107,14 +107,29 @@ def to_fully_convolutional(graph: Graph, weights: dict[str, Any]) -> tuple[Graph
             continue
         node = replaced.get(node.name, node)
         nodes.append(replace(node, inputs=tuple(_resolve(s, alias) for s in node.inputs)))
-    inputs = {
-        name: GraphInput(name, (*item.shape[:2], Sym.var("H"), Sym.var("W")), item.loc)
-        for name, item in graph.inputs.items()
-    }
+    inputs = _open_inputs(graph.inputs)
     converted = replace(
         graph, nodes=nodes, outputs={k: _resolve(v, alias) for k, v in graph.outputs.items()}
     )
     return reinfer(converted, inputs), weights
+
+
+def _open_inputs(inputs: dict[str, GraphInput]) -> dict[str, GraphInput]:
+    """Every input's H and W open. A size that was already open keeps its symbol; a fixed
+    size becomes H (W) for the first input and H_<name> for another, except that inputs
+    which had the same fixed size share its symbol: they met the net's add or concat
+    at that size, and must go on matching (the description's own rule for null)."""
+    opened: dict[str, GraphInput] = {}
+    symbols: list[dict[object, Sym]] = [{}, {}]  # per axis: fixed size -> its symbol
+    for index, (name, item) in enumerate(inputs.items()):
+        dims = list(item.shape)
+        for axis, (stem, size) in enumerate(zip(("H", "W"), dims[2:4])):
+            if isinstance(size, int):
+                if size not in symbols[axis]:
+                    symbols[axis][size] = Sym.var(stem if index == 0 else f"{stem}_{name}")
+                dims[2 + axis] = symbols[axis][size]
+        opened[name] = GraphInput(name, tuple(dims), item.loc)
+    return opened
 
 
 def _resolve(name: str, alias: dict[str, str]) -> str:

@@ -82,3 +82,28 @@ def test_refuses_what_cannot_slide():
         to_fully_convolutional(netc.load("tinyseg").graph, {})
     with pytest.raises(UserError, match=r"'fc6'.*'spp'"):
         to_fully_convolutional(netc.load("sppnet", input_shape=(3, 224, 224)).graph, {})
+
+
+TWO_INPUTS = """\
+name: two
+inputs:
+  image: [3, 20, 20]
+  same: [3, 20, 20]
+  other: [3, null, null]
+layers:
+  - {name: joined, op: add, inputs: [image, same]}
+  - {name: conv, op: conv, channels: 4, kernel: 3}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: fc, units: 5}
+  - {name: edges, op: conv, inputs: other, channels: 2, kernel: 3}
+outputs: [fc, edges]
+"""
+
+
+def test_each_input_keeps_its_own_open_sizes():
+    """Inputs of one fixed size share the opened symbols (their add stays valid); an
+    input whose sizes were its own keeps them instead of being tied to the first's."""
+    net = netc.load_string(TWO_INPUTS)
+    graph, _ = to_fully_convolutional(net.graph, build_module(net.graph).state_dict())
+    sizes = {name: tuple(str(d) for d in item.shape[2:]) for name, item in graph.inputs.items()}
+    assert sizes == {"image": ("H", "W"), "same": ("H", "W"), "other": ("H_other", "W_other")}
