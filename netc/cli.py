@@ -175,6 +175,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, dest="val_fraction")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch's CPU threads (default: 1 or torch's default, whichever trains faster)",
+    )
     _add_set(p, "override a network parameter, e.g. num_classes=10")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument(
@@ -199,7 +205,16 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = {
         key: getattr(args, key)
-        for key in ("epochs", "batch_size", "lr", "seed", "val_fraction", "device", "precision")
+        for key in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "seed",
+            "val_fraction",
+            "device",
+            "precision",
+            "threads",
+        )
     }
     result = train(
         args.spec,

@@ -40,6 +40,7 @@ class TrainConfig:
     metric: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    threads: int | None = None  # torch's CPU threads; None: measured (netc.runtime.threads)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -119,6 +120,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         metric=_choice(values, "metric", METRICS, None),
         device=_device(values.get("device", "auto")),
         precision=_choice(values, "precision", PRECISIONS, "auto"),
+        threads=read.number("threads", None, low=1, integer=True),
     )
 
 

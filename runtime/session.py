@@ -29,6 +29,7 @@ from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
 from netc.runtime.prepare import PreparedRun, say
 from netc.runtime.preprocess import Augment, balanced_sampler
 from netc.runtime.progress import Progress
+from netc.runtime.threads import ThreadChoice, choose_threads, step_timer
 
 EVAL_BATCH = 256
 MAX_SKIPPED_STEPS = 10  # consecutive non-finite gradients before training stops
@@ -74,8 +75,10 @@ def _first_output(outputs: Any) -> torch.Tensor:
     return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
 
 
-def _freeze_frozen_norms(module: nn.Module) -> None:
-    """Frozen batch norms keep their running statistics too (eval mode in training)."""
+def _train_mode(module: nn.Module) -> None:
+    """Training mode, except that frozen batch norms keep their running statistics too
+    (eval mode in training)."""
+    module.train()
     for layer in module.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm) and getattr(
             layer, "netc_frozen", False
@@ -281,6 +284,7 @@ class Session:
             metric=_metric(config.metric, task),
             quiet=quiet,
         )
+        say(session.set_threads().line(), quiet or not world.is_main)
         if stored is not None:
             session.restore(stored, lr)
         if world.is_main:
@@ -294,6 +298,24 @@ class Session:
             session.writer = _tensorboard(run_dir)
             _say_left_out(run, quiet)
         return session
+
+    def set_threads(self) -> ThreadChoice:
+        """torch's intra-op threads for this run: `training.threads`, else on the CPU the
+        faster of one thread and torch's default (see netc.runtime.threads)."""
+        config = self.run.config
+        if config.threads is not None:
+            choice = ThreadChoice(config.threads, "--threads / training.threads")
+        elif self.device.type != "cpu":
+            return ThreadChoice(torch.get_num_threads(), "torch's default; the GPU trains")
+        else:
+            batch = config.batch_size // self.world.size
+            images, targets = self.run.train_set.images, self.run.train_set.targets
+            measure = step_timer(
+                self.module, self.loss_fn, images[:batch], targets[:batch], _train_mode
+            )
+            choice = choose_threads(measure, torch.get_num_threads())
+        torch.set_num_threads(choice.threads)
+        return choice
 
     def restore(self, stored: dict[str, Any], lr: float | None) -> None:
         self.module.load_state_dict(stored["model"])
@@ -311,8 +333,7 @@ class Session:
         config, world = self.run.config, self.world
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
         generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
-        self.module.train()
-        _freeze_frozen_norms(self.module)
+        _train_mode(self.module)
         images, targets = self.run.train_set.images, self.run.train_set.targets
         balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
         batches = _batches(

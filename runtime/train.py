@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from netc.errors import UserError
 from netc.runtime import checkpoint
 from netc.runtime.prepare import prepare
@@ -64,16 +66,20 @@ def train(
     run = prepare(
         source, data, overrides=overrides, params=params or {}, stored=stored, quiet=quiet
     )
-    session = Session.start(run, run_dir, stored, init_from, overrides.get("lr"), quiet)
+    threads = torch.get_num_threads()  # the session picks its own; the caller gets theirs back
     try:
-        for epoch in range(session.first_epoch, run.config.epochs + 1):
-            row = session.train_epoch(epoch)
-            row.update(
-                evaluate(session.module, run, session.loss_fn, session.device, session.autocast)
-            )
-            session.end_epoch(row, started)
+        session = Session.start(run, run_dir, stored, init_from, overrides.get("lr"), quiet)
+        try:
+            for epoch in range(session.first_epoch, run.config.epochs + 1):
+                row = session.train_epoch(epoch)
+                row.update(
+                    evaluate(session.module, run, session.loss_fn, session.device, session.autocast)
+                )
+                session.end_epoch(row, started)
+        finally:
+            session.close()
     finally:
-        session.close()
+        torch.set_num_threads(threads)
     last = session.history[-1] if session.history else {}
     return RunResult(
         run_dir,

@@ -72,9 +72,10 @@ def test_training_writes_checkpoints_and_metrics(tiny, tmp_path):
 
 def test_resume_reproduces_an_uninterrupted_run(tiny, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(tiny, "digits", whole, overrides={"epochs": 4}, quiet=True)
-    train(tiny, "digits", split, overrides={"epochs": 2}, quiet=True)
-    train(tiny, "digits", split, overrides={"epochs": 4}, resume=True, quiet=True)
+    one = {"threads": 1}  # bit for bit needs the same thread count (reduction order)
+    train(tiny, "digits", whole, overrides={"epochs": 4, **one}, quiet=True)
+    train(tiny, "digits", split, overrides={"epochs": 2, **one}, quiet=True)
+    train(tiny, "digits", split, overrides={"epochs": 4, **one}, resume=True, quiet=True)
     assert_close(_losses(split), _losses(whole), rtol=1e-6, atol=0, what="loss per epoch")
     a, b = checkpoint.load(whole / "last.pt"), checkpoint.load(split / "last.pt")
     for key in a["model"]:
@@ -540,3 +541,62 @@ def test_a_batch_of_one_trains_a_conv_batch_norm_and_a_remainder_sits_out(tmp_pa
     assert main(["train", str(fc_spec), *common, "--out", str(out), "--batch-size", "11"]) == 0
     err = capsys.readouterr().err
     assert err.count("leaves out") == 1 and "leaves out 1 of the 12 training samples" in err, err
+
+
+def _threads_in_training(monkeypatch):
+    from netc.runtime import session
+
+    seen = set()
+    step = session.Session.step
+
+    def recording(self, *args):
+        seen.add(torch.get_num_threads())
+        return step(self, *args)
+
+    monkeypatch.setattr(session.Session, "step", recording)
+    return seen
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_threads_flag_sets_torchs_threads_for_training(
+    tiny, tmp_path, monkeypatch, capsys, threads
+):
+    seen = _threads_in_training(monkeypatch)
+    before = torch.get_num_threads()
+    args = ["train", tiny, "--data", "digits", "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main([*args, "--threads", str(threads)]) == 0
+    assert seen == {threads} and torch.get_num_threads() == before  # and given back
+    err = capsys.readouterr().err
+    assert err.count(f"note: training on {threads} CPU thread") == 1, err
+    assert checkpoint.load(tmp_path / "run")["config"]["threads"] == threads
+
+
+def test_a_tiny_net_trains_on_one_thread_and_the_timing_leaves_the_run_alone(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    from netc.runtime import session
+
+    timer = session.step_timer
+    timed = []
+
+    def short_steps(*args):  # the real probe runs; its clock says a step takes 0.5 ms
+        measure = timer(*args)
+        return lambda count: timed.append(measure(count)) or 0.0005
+
+    monkeypatch.setattr(session, "step_timer", short_steps)
+    seen = _threads_in_training(monkeypatch)
+    measured, pinned = tmp_path / "measured", tmp_path / "pinned"
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # torch's default on a 4-core machine
+    try:
+        train(tiny, "digits", measured, overrides={"epochs": 1})
+        assert seen == {1} and len(timed) == 1 and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+    assert (
+        "note: training on 1 CPU thread (a step takes 0.5 ms, too short" in capsys.readouterr().err
+    )
+    train(tiny, "digits", pinned, overrides={"epochs": 1, "threads": 1}, quiet=True)
+    a, b = checkpoint.load(measured / "last.pt"), checkpoint.load(pinned / "last.pt")
+    for key in a["model"]:  # the timed copy touched neither weights, statistics nor RNG
+        assert torch.equal(a["model"][key], b["model"][key]), key
