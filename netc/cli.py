@@ -289,6 +289,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip running the model in onnxruntime against PyTorch",
     )
+    _add_precision(p)
     p.set_defaults(run=_run_export)
 
 
@@ -299,6 +300,11 @@ def _run_export(args: argparse.Namespace) -> int:
         raise UserError("error: --repository needs --name NAME")
     if args.output is not None:
         check_output(args.output)  # before the export and its check, which take a while
+    options = _precision_options(args, verify=True)
+    if options is not None:
+        from netc.compiler.optimizer.precision import check_options
+
+        check_options(options)
     result = export_model(
         args.source,
         fully_convolutional=args.fully_convolutional,
@@ -312,6 +318,8 @@ def _run_export(args: argparse.Namespace) -> int:
             "pass a run folder to export trained weights"
         )
     path = args.output or next_version_path(args.repository, args.name)
+    if options is not None:
+        return _export_reduced(args, result, options, path)
     size = write_model(result.model, path)
     check = (
         ""
@@ -322,6 +330,23 @@ def _run_export(args: argparse.Namespace) -> int:
         f"wrote {path} ({result.graph.name}, {len(result.model.graph.node)} nodes, "
         f"{size / 2**20:.1f} MiB){check}"
     )
+    return 0
+
+
+def _export_reduced(args: argparse.Namespace, result, options, path: Path) -> int:
+    """--precision int8/fp16: optimize and reduce the export, calibrating on the run's own
+    validation split (recorded in the model), and write it only when the checks pass."""
+    from netc.compiler.optimizer.precision import reduce_precision_model
+
+    reduced = reduce_precision_model(result.model, options, name=args.source)
+    write_atomic(path, reduced.data)
+    reduced.destination = str(path)
+    if result.max_error is not None:
+        print(
+            f"exported {result.graph.name}: onnxruntime matches PyTorch (max abs error "
+            f"{result.max_error:.2g})"
+        )
+    print(reduced.report())
     return 0
 
 
@@ -362,7 +387,91 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="list every rewrite and every refusal with its reason",
     )
+    _add_precision(p)
     p.set_defaults(run=_run_optimize)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision and its options, shared by optimize and export (defaults: None means
+    PrecisionOptions' own, so that building the parser imports no onnx)."""
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "fp16"),
+        default="fp32",
+        help="int8: static QDQ quantization behind an accuracy gate (needs --calibrate); "
+        "fp16: half precision for GPUs, verified at fp16's tolerance",
+    )
+    p.add_argument(
+        "--calibrate",
+        metavar="DATASET",
+        help="int8: the data set to calibrate on and judge accuracy with, as netc train "
+        "--data takes it (digits, shapes, a folder, a .npz)",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=("minmax", "percentile", "entropy"),
+        default="minmax",
+        help="int8: how activation ranges are chosen (default minmax)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help="int8: training-split images to calibrate on (default 256)",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="POINTS",
+        help="int8: the most accuracy (or mean IoU) points it may lose (default 1)",
+    )
+    p.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="LAYER,...",
+        help="int8: layers to keep in float with their outputs (the gate names the worst)",
+    )
+    p.add_argument(
+        "--fp16-io",
+        action="store_true",
+        help="fp16: make inputs and outputs fp16 too (default: they stay fp32)",
+    )
+
+
+def _precision_options(args: argparse.Namespace, verify: bool):
+    """PrecisionOptions from the flags, or None for fp32 (refusing int8/fp16 flags there)."""
+    from netc.compiler.optimizer.precision import PrecisionOptions
+
+    keep = [name.strip() for item in args.keep_float for name in item.split(",") if name.strip()]
+    if args.precision == "fp32":
+        flags = (
+            ("--calibrate", args.calibrate),
+            ("--keep-float", keep),
+            ("--fp16-io", args.fp16_io),
+        )
+        given = [flag for flag, on in flags if on]
+        if given:
+            raise UserError(
+                f"error: {' and '.join(given)} need --precision int8"
+                + (" or fp16" if given == ["--fp16-io"] else "")
+            )
+        return None
+    if not verify:
+        raise UserError(
+            f"error: --precision {args.precision} is always checked (an accuracy gate for "
+            "int8, fp16's tolerance for fp16); drop --no-verify (--max-drop 100 accepts any "
+            "int8 accuracy)"
+        )
+    given = {"max_drop": args.max_drop, "calibration_samples": args.calibration_samples}
+    return PrecisionOptions(
+        args.precision,
+        calibrate=args.calibrate,
+        method=args.calibration_method,
+        keep_float=keep,
+        fp16_io=args.fp16_io,
+        **{key: value for key, value in given.items() if value is not None},
+    )
 
 
 def _named_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
@@ -381,6 +490,15 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
     enable = [flag.strip() for item in args.enable for flag in item.split(",") if flag.strip()]
     shapes = dict(args.input_shapes)
+    options = _precision_options(args, args.verify)
+    if options is not None:
+        from netc.compiler.optimizer.precision import reduce_precision_file
+
+        result = reduce_precision_file(
+            args.model, args.output, options, enable=enable, input_shapes=shapes or None
+        )
+        print(result.report(verbose=args.verbose))
+        return 0
     result = optimize_file(
         args.model,
         args.output,
@@ -620,6 +738,12 @@ def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> Non
         print(f"{path}: wrote {target} ({mask.shape[1]}x{mask.shape[0]}; {share})")
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    from netc.runtime.inspect.command import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netc", description="ConvNet model compiler and inference server."
@@ -632,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimize(sub)
     _add_serve(sub)
     _add_infer(sub)
+    _add_inspect(sub)
     return parser
 
 

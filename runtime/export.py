@@ -31,6 +31,7 @@ from netc.compiler.analysis import analyze, minimum_input_size
 from netc.compiler.ir import Graph
 from netc.compiler.network import load, load_string
 from netc.compiler.onnx_export import export_onnx, metadata_for
+from netc.compiler.optimizer.calibration import SPLIT_KEY
 from netc.compiler.passes.fc_to_conv import to_fully_convolutional
 from netc.errors import UserError
 from netc.fileio import write_atomic
@@ -287,6 +288,10 @@ def export_model(
     )
     if fully_convolutional:
         meta["netc.fully_convolutional_from"] = graph.task
+    config = state.get("config") or {}
+    if "val_fraction" in config and "seed" in config:  # the images it never trained on
+        split = {"val_fraction": config["val_fraction"], "seed": config["seed"]}
+        meta[SPLIT_KEY] = json.dumps(split)
     field = next(iter(analyze(graph).outputs.values())).field
     if not field.whole:  # where output pixel (i, j) looks: input (start + i·stride, ...)
         meta["netc.output_stride"] = json.dumps([float(a.jump) for a in field.axes()])
