@@ -215,8 +215,9 @@ def check_options(options: PrecisionOptions) -> None:
             if value
         ]
         if given:
+            verb = "is" if len(given) == 1 else "are"
             raise UserError(
-                f"{' and '.join(given)} only apply to --precision int8; fp16 is verified "
+                f"{' and '.join(given)} {verb} for --precision int8 only; fp16 is verified "
                 "elementwise and keeps unsafe ops in fp32 itself"
             )
 
