@@ -140,6 +140,11 @@ class Schedule:
             group["initial_lr"] = float(lr)
         self._apply()
 
+    def replan(self, end_step: int) -> str:
+        """The run now ends after optimizer step `end_step` (a resume changed its length):
+        re-plan what depends on it. Returns "" when nothing did, else how it changed."""
+        return ""
+
     def after_batch(self) -> None:
         """Call after each optimizer step."""
         self.steps += 1
@@ -196,12 +201,16 @@ class Schedule:
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["initial_lr"] = base_lr
         for name in self._extra_state():
-            setattr(self, name, state[name])
+            if name in state:  # a checkpoint from before a setting was kept keeps today's
+                setattr(self, name, state[name])
         self._apply()
 
 
 class StepSchedule(Schedule):
-    """lr = base × gamma^⌊epochs done / step_size⌋, counting epochs from the start (warm-up too)."""
+    """lr = base × gamma^⌊epochs done / step_size⌋, counting epochs from the start (warm-up too).
+
+    The step size is saved with the state, so a resumed run keeps dropping as planned even
+    when its default (a third of the run) would now be another."""
 
     kind = "step"
 
@@ -214,10 +223,20 @@ class StepSchedule(Schedule):
     def _factor(self, base_lr: float) -> float:
         return base_lr * self.gamma ** (self.epochs // self.step_size)
 
+    def _extra_state(self) -> dict[str, Any]:
+        return {"step_size": self.step_size}
+
 
 class CosineSchedule(Schedule):
-    """Per batch after warm-up: lr = min_lr + (base - min_lr)·½(1 + cos(π·t/T)), t the steps
-    since warm-up, T the steps after it; base at the first, min_lr after the last."""
+    """Per batch after warm-up: lr = min_lr + (base - min_lr)·½(1 + cos(π·u)), u the progress
+    from 0 (base, the first step after warm-up) to 1 (min_lr, after the last step).
+
+    As planned, u = t/T, t the steps since warm-up and T the steps after it. A resume that
+    changes the run's end (`replan`) keeps the rate where it is: u goes on from its value
+    now, linearly to 1 at the new end, which stretches (or squeezes) the rest of the curve
+    and never makes it climb; a schedule that had already reached min_lr starts a new
+    cosine from the base lr instead (a warm restart: more epochs at min_lr would be wasted).
+    """
 
     kind = "cosine"
 
@@ -225,15 +244,40 @@ class CosineSchedule(Schedule):
         self, optimizer: torch.optim.Optimizer, *, total_steps: int, min_lr: float, **common: Any
     ) -> None:
         self.min_lr = min_lr
-        self.cosine_steps = total_steps - common["warmup_steps"]
+        # u runs from start_progress at start_step to 1 at end_step
+        self.start_step, self.start_progress = common["warmup_steps"], 0.0
+        self.end_step = total_steps
         super().__init__(optimizer, **common)
 
+    def progress(self) -> float:
+        """u of the next step."""
+        span = self.end_step - self.start_step
+        if span <= 0:  # warm-up fills the whole run
+            return self.start_progress
+        done = min(max(self.steps - self.start_step, 0), span)
+        return self.start_progress + (1 - self.start_progress) * done / span
+
+    def replan(self, end_step: int) -> str:
+        if end_step == self.end_step or end_step <= self.steps:
+            return ""
+        progress = self.progress()
+        restart = progress >= 1
+        self.start_step = max(self.steps, self.warmup_steps)
+        self.start_progress = 0.0 if restart else progress
+        self.end_step = end_step
+        self._apply()
+        return "restarts" if restart else "continues"
+
     def _factor(self, base_lr: float) -> float:
-        if self.cosine_steps <= 0:  # warm-up fills the whole run
-            return base_lr
-        t = min(max(self.steps - self.warmup_steps, 0), self.cosine_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * t / self.cosine_steps))
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
         return self.min_lr + (base_lr - self.min_lr) * cosine
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "start_step": self.start_step,
+            "start_progress": self.start_progress,
+            "end_step": self.end_step,
+        }
 
 
 class PlateauSchedule(Schedule):

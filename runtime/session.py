@@ -21,14 +21,16 @@ from netc.errors import ConfigError, UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint, metrics
 from netc.runtime import distributed as distrib
+from netc.runtime.batches import check_batch_statistics, epoch_batches, say_left_out
 from netc.runtime.config import TASK_METRICS, TrainConfig
 from netc.runtime.finetune import load_by_name
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
 from netc.runtime.prepare import PreparedRun, say
-from netc.runtime.preprocess import Augment, balanced_sampler
+from netc.runtime.preprocess import Augment
 from netc.runtime.progress import Progress
+from netc.runtime.resume import replan, resume_note, schedule_state
 from netc.runtime.threads import ThreadChoice, choose_threads, step_timer
 
 EVAL_BATCH = 256
@@ -84,90 +86,6 @@ def _train_mode(module: nn.Module) -> None:
             layer, "netc_frozen", False
         ):
             layer.eval()
-
-
-def _short_of_values(
-    module: nn.Module, sample: torch.Tensor, batch: int
-) -> list[tuple[str, tuple[int, ...]]]:
-    """The batch norms (name, input shape without N) that would see fewer than two values
-    per channel in a batch of `batch`: torch's "Expected more than 1 value per channel
-    when training". A norm sees N·H·W values per channel, so only a batch of one through
-    a norm over (N, C) or a 1x1 map fails; one eval-mode pass over `sample` (one image)
-    finds their input shapes. Frozen norms use running statistics and never fail."""
-    found: list[tuple[str, tuple[int, ...]]] = []
-
-    def watch(name: str):
-        def hook(layer: nn.Module, args: tuple) -> None:
-            if batch * math.prod(args[0].shape[2:]) < 2:
-                found.append((name, tuple(args[0].shape[1:])))
-
-        return hook
-
-    handles = [
-        layer.register_forward_pre_hook(watch(name))
-        for name, layer in module.named_modules()
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm)
-        and not getattr(layer, "netc_frozen", False)
-    ]
-    try:
-        if handles:
-            module.eval()
-            with torch.no_grad():
-                module(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-        module.train()
-    return found
-
-
-def _check_batch_statistics(module: nn.Module, run: PreparedRun, world: distrib.World) -> None:
-    """Refuse, before anything is written, a batch too small for a batch norm's statistics."""
-    batch = run.config.batch_size // world.size
-    if batch >= 2:  # N·H·W >= 2 whatever the sizes
-        return
-    sample = run.train_set.images[:1].to(next(module.parameters()).device)
-    short = _short_of_values(module, sample, batch)
-    if not short:
-        return
-    name, shape = short[0]
-    per_process = f" per process ({world.size} processes)" if world.distributed else ""
-    raise ConfigError(
-        "training.batch_size",
-        f"a batch of {batch}{per_process} gives batch_norm layer '{name}' one value per "
-        f"channel (its input is (N, {', '.join(map(str, shape))})), and batch statistics "
-        "need at least two\n"
-        f"  hint: --batch-size {2 * world.size} or more, or freeze the layer "
-        "(trainable: false: it keeps its running statistics)",
-    )
-
-
-def _say_left_out(run: PreparedRun, quiet: bool) -> None:
-    """Every batch is full (as DataLoader's drop_last): a short last batch would give a
-    batch norm too few values (one sample over (N, C) fails outright)."""
-    count, batch = len(run.train_set), run.config.batch_size
-    left = count % batch
-    if left:
-        say(
-            f"note: each epoch leaves out {left} of the {count} training samples (different "
-            f"ones each epoch), so that every batch holds {batch}",
-            quiet,
-        )
-
-
-def _batches(
-    count: int,
-    batch: int,
-    generator: torch.Generator,
-    sampler_labels: torch.Tensor | None,
-    seed: int,
-) -> list[torch.Tensor]:
-    if sampler_labels is not None:
-        order = torch.tensor(list(balanced_sampler(sampler_labels, count, seed)))
-    else:
-        order = torch.randperm(count, generator=generator)
-    usable = count - count % batch  # drop the ragged last batch (see _say_left_out)
-    return list(order[:usable].split(batch))
 
 
 def evaluate(
@@ -265,7 +183,7 @@ class Session:
             epochs=config.epochs,
             steps_per_epoch=len(run.train_set) // config.batch_size,
         )
-        _check_batch_statistics(module, run, world)
+        check_batch_statistics(module, run, world)
         autocast, scaler = _autocast(device, config.precision)
         session = cls(
             run=run,
@@ -284,9 +202,11 @@ class Session:
             metric=_metric(config.metric, task),
             quiet=quiet,
         )
-        say(session.set_threads().line(), quiet or not world.is_main)
         if stored is not None:
             session.restore(stored, lr)
+        training = session.first_epoch <= config.epochs  # a finished run resumed: nothing to do
+        if training:
+            say(session.set_threads().line(), quiet or not world.is_main)
         if world.is_main:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +216,8 @@ class Session:
                 ) from None
             write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
             session.writer = _tensorboard(run_dir)
-            _say_left_out(run, quiet)
+            if training:
+                say_left_out(run, quiet)
         return session
 
     def set_threads(self) -> ThreadChoice:
@@ -320,7 +241,8 @@ class Session:
     def restore(self, stored: dict[str, Any], lr: float | None) -> None:
         self.module.load_state_dict(stored["model"])
         self.optimizer.load_state_dict(stored["optimizer"])
-        self.schedule.load_state_dict(stored["scheduler"])
+        count = len(self.run.train_set)
+        self.schedule.load_state_dict(schedule_state(stored, count))
         self.history = list(stored["history"])  # checkpoint.load renamed old figures
         self.best, self.best_epoch = stored["best_metric"], stored["best_epoch"]
         self.first_epoch = stored["epoch"] + 1
@@ -328,6 +250,11 @@ class Session:
             self.seconds_before = float(self.history[-1].get("seconds", 0.0))
         if lr is not None:  # an explicit --lr wins over the saved state
             self.schedule.set_base_lr(lr)
+        quiet = self.quiet or not self.world.is_main
+        say(resume_note(self.run_dir, stored["epoch"], self.run.config.epochs), quiet)
+        note = replan(self.schedule, stored, self.run.config, count)
+        if note:
+            say(note, quiet)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config, world = self.run.config, self.world
@@ -336,7 +263,7 @@ class Session:
         _train_mode(self.module)
         images, targets = self.run.train_set.images, self.run.train_set.targets
         balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
-        batches = _batches(
+        batches = epoch_batches(
             len(images),
             config.batch_size,
             generator,

@@ -282,6 +282,61 @@ def test_set_base_lr_keeps_the_position():
     assert resumed.state_dict()["base_lrs"] == [0.4, 0.4]
 
 
+COSINE = {"type": "cosine", "min_lr": 0.01}
+
+
+def _cosine(epochs: int):
+    return build_scheduler(_optimizer(), COSINE, epochs=epochs, steps_per_epoch=STEPS)
+
+
+def _cosine_resumed(done_epochs: int, planned: int, new: int):
+    """A cosine run planned over `planned` epochs, stopped after `done_epochs` and resumed
+    to end after `new`: (the lrs it used, the resumed schedule, what replan said)."""
+    schedule = _cosine(planned)
+    used = _run(schedule, done_epochs, STEPS)
+    resumed = _cosine(new)
+    resumed.load_state_dict(_round_trip(schedule.state_dict()))
+    said = resumed.replan(resumed.steps + (new - done_epochs) * STEPS)
+    return used, resumed, said
+
+
+def test_a_longer_resumed_cosine_continues_from_its_rate_without_a_climb():
+    used, resumed, said = _cosine_resumed(2, planned=4, new=8)
+    rest = _run(resumed, 8, STEPS, start_epoch=2)
+    assert said == "continues"
+    # the next rate is the one the planned run would have used next: no jump...
+    assert rest[0] == pytest.approx(_run(_cosine(4), 4, STEPS)[len(used)])
+    assert rest == sorted(rest, reverse=True) and len(set(rest)) == len(rest)  # ...only falls...
+    resumed.after_batch()
+    assert resumed.lr() == pytest.approx(0.01)  # ...to min_lr at the new end
+    assert rest[-1] > 0.01
+
+
+def test_a_finished_cosine_resumed_for_more_epochs_restarts_from_the_base_lr():
+    used, resumed, said = _cosine_resumed(4, planned=4, new=6)
+    assert said == "restarts" and used[-1] < 0.011
+    rest = _run(resumed, 6, STEPS, start_epoch=4)
+    expected = [0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert_close(rest, expected, rtol=1e-12, atol=1e-15)
+    assert _round_trip(resumed.state_dict())["end_step"] == 6 * STEPS
+
+
+def test_the_same_plan_resumed_changes_nothing():
+    used, resumed, said = _cosine_resumed(2, planned=4, new=4)
+    assert said == ""
+    assert used + _run(resumed, 4, STEPS, start_epoch=2) == _run(_cosine(4), 4, STEPS)
+
+
+def test_a_step_schedule_keeps_its_default_step_size_on_resume():
+    schedule = build_scheduler(_optimizer(), "step", epochs=6, steps_per_epoch=1)  # size 2
+    used = _run(schedule, 6, 1)
+    resumed = build_scheduler(_optimizer(), "step", epochs=9, steps_per_epoch=1)  # size 3
+    resumed.load_state_dict(_round_trip(schedule.state_dict()))
+    assert resumed.replan(9) == ""
+    expected = [0.1 * 0.1 ** (epoch // 2) for epoch in range(9)]  # as planned: every 2 epochs
+    assert_close(used + _run(resumed, 9, 1, start_epoch=6), expected, rtol=1e-12, atol=0)
+
+
 def test_resume_with_another_schedule_is_an_error():
     schedule = build_scheduler(_optimizer(), "cosine", epochs=EPOCHS, steps_per_epoch=STEPS)
     other = build_scheduler(_optimizer(), "step", epochs=EPOCHS, steps_per_epoch=STEPS)

@@ -600,3 +600,55 @@ def test_a_tiny_net_trains_on_one_thread_and_the_timing_leaves_the_run_alone(
     a, b = checkpoint.load(measured / "last.pt"), checkpoint.load(pinned / "last.pt")
     for key in a["model"]:  # the timed copy touched neither weights, statistics nor RNG
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+@pytest.mark.parametrize("saved_plan", [True, False])
+def test_a_finished_cosine_run_resumed_for_more_epochs_restarts_as_it_says(
+    tiny, tmp_path, monkeypatch, capsys, saved_plan
+):
+    run = tmp_path / "run"
+    overrides = {"epochs": 2, "schedule": "cosine", "threads": 1}
+    train(tiny, "digits", run, overrides=overrides, quiet=True)
+    if not saved_plan:  # a checkpoint from before the plan was saved with the schedule
+        state = checkpoint.load(run / "last.pt")
+        for key in ("start_step", "start_progress", "end_step"):
+            del state["scheduler"][key]
+        checkpoint.save(run / "last.pt", state)
+    used = _recording_lrs(monkeypatch)
+    result = train(tiny, "digits", run, overrides={**overrides, "epochs": 4}, resume=True)
+    err = capsys.readouterr().err
+    assert "note: resuming" in err and "after epoch 2: epochs 3-4" in err
+    assert "epochs 3-4: a new cosine from the base lr 0.05 down to 0 (a warm restart)" in err
+    steps = len(used) // 2
+    assert used[0] == pytest.approx(0.05) and result.history[2]["lr"] == used[0]
+    assert used == sorted(used, reverse=True) and used[-1] > 0
+    assert used[steps] == pytest.approx(0.025, rel=0.05)  # halfway down at epoch 4
+
+
+def test_an_interrupted_cosine_run_resumed_for_more_epochs_goes_on_without_a_climb(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    from netc.runtime import session
+
+    end_epoch = session.Session.end_epoch
+
+    def interrupted_after_2(self, row, started):
+        end_epoch(self, row, started)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(session.Session, "end_epoch", interrupted_after_2)
+    run = tmp_path / "run"
+    overrides = {"epochs": 4, "schedule": "cosine", "threads": 1}
+    planned = _recording_lrs(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, "digits", run, overrides=overrides, quiet=True)
+    monkeypatch.undo()
+    used = _recording_lrs(monkeypatch)
+    train(tiny, "digits", run, overrides={**overrides, "epochs": 6}, resume=True)
+    err = capsys.readouterr().err
+    assert "re-planned for 6 epochs (planned: 4): the lr goes on from 0.025" in err
+    steps = len(planned) // 2
+    next_planned = 0.025 + 0.025 * math.cos(math.pi * (2 * steps + 1) / (4 * steps))
+    assert used[0] == pytest.approx(0.025) and planned[-1] > used[0]  # where the plan was
+    assert used[1] > next_planned and used == sorted(used, reverse=True)  # stretched, falling
