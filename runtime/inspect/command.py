@@ -168,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         from netc.runtime.inspect import report
 
-        path = report.write(model, args.report, _pictures(model, args, needed=False), args)
+        pictures = _pictures(model, args, needed=False)
+        pool = _pictures(model, args, needed=False, many=True) if args.data else None
+        if pool is None and args.image and len(args.image) > 1:
+            pool = pictures
+        path = report.write(model, args.report, pictures, pool)
         print(f"wrote {path}")
         return 0
     for path, what in _draw(model, args, folder):

@@ -28,7 +28,7 @@ LABEL = 16  # pixels of the label line under it
 GAP = 6
 MARGIN = 8
 TITLE_LINE = 15  # pixels per line of the title
-CHAR = 6.4  # pixels a title character takes, about (DejaVu Sans at 10 pt, 100 dpi)
+CHAR = 7.2  # pixels a title character may take (DejaVu Sans at 10 pt, 100 dpi)
 MAX_COLUMNS = 8
 
 
