@@ -61,6 +61,7 @@ class ModelEntry:
     task: str
     labels: tuple[str, ...]
     input_shape: tuple[int, ...]  # [C, H, W]; -1 where open
+    precision: str = "fp32"  # fp32, fp16 or int8
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,9 @@ class VisionClient:
         """The models (and versions) the server can classify or segment with."""
         response = self._call(self.stub.ListModels, vision_pb2.ListModelsRequest())
         return [
-            ModelEntry(m.name, m.version, m.task, tuple(m.labels), tuple(m.input_shape))
+            ModelEntry(
+                m.name, m.version, m.task, tuple(m.labels), tuple(m.input_shape), m.precision
+            )
             for m in response.models
         ]
 

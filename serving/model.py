@@ -131,7 +131,21 @@ def describe(
         preferred_batch_sizes=config.preferred_batch_sizes,
         max_queue_delay_us=config.max_queue_delay_us,
         metadata=meta,
+        precision=_precision(meta, ins, outs),
     )
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _precision(meta: dict[str, str], ins, outs) -> str:
+    """What `netc optimize --precision` recorded (netc.precision), else what the tensors
+    show: fp16 when an input or output is. (A model quantized by another tool, with fp32
+    inputs and outputs, reads as fp32.)"""
+    recorded = meta.get("netc.precision")
+    if recorded in PRECISIONS:
+        return recorded
+    return "fp16" if any(t.type == "tensor(float16)" for t in (*ins, *outs)) else "fp32"
 
 
 class ServedModel:

@@ -67,3 +67,4 @@ class ModelInfo:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int | None = None  # None: auto (serving.batcher)
     metadata: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"  # fp32 | fp16 | int8: what its weights and arithmetic are

@@ -172,6 +172,7 @@ def model_config(model: ServedModel) -> config_pb.ModelConfig:
             )
         ],
     )
+    config.parameters["precision"].string_value = info.precision  # fp32, fp16, int8
     if info.dynamic_batching:
         config.dynamic_batching.preferred_batch_size.extend(info.preferred_batch_sizes)
         delay = info.max_queue_delay_us  # auto: the longest it makes a request wait

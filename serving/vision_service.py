@@ -314,6 +314,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 task=vision_task(info),
                 labels=list(info.labels or ()),
                 input_shape=dims,
+                precision=info.precision,
             )
         return response
 

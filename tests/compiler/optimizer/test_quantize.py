@@ -246,3 +246,42 @@ def test_segmentation_metric_is_mean_iou_without_ignored_pixels():
     # class 0: TP 1, FP 0, FN 1 → 1/2; class 1: TP 1, FP 1, FN 0 → 1/2; the 255 pixel ignored
     picked = np.array([[[0, 1], [1, 0]]])
     assert accuracy.metric(picked, samples) == pytest.approx(0.5)
+
+
+# --- served ----------------------------------------------------------------------------
+
+
+def test_the_server_runs_int8_and_reports_the_precision(digits, tmp_path, capsys):
+    """Exported int8 into a repository beside the fp32 export: served like any other model,
+    ModelConfig's parameters and the vision service's ListModels say which is which."""
+    triton = pytest.importorskip("tritonclient.grpc")
+    from netc.serving.client import VisionClient
+    from netc.serving.server import BackgroundServer, ServerOptions
+
+    run, repo = digits[0], tmp_path / "repo"
+    where = ["--repository", str(repo), "--name"]
+    assert main(["export", str(run), *where, "fp32"]) == 0
+    int8 = ["--precision", "int8", "--calibrate", "digits"]
+    assert main(["export", str(run), *where, "int8", *int8]) == 0
+    capsys.readouterr()
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    expected = accuracy.session((repo / "int8" / "1" / "model.onnx").read_bytes()).run(
+        None, {"image": x}
+    )[0]
+    server = BackgroundServer(repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None))
+    try:
+        with triton.InferenceServerClient(server.address) as client:
+            for name in ("fp32", "int8"):
+                config = client.get_model_config(name).config
+                assert config.parameters["precision"].string_value == name
+            tensor = triton.InferInput("image", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            scores = client.infer("int8", [tensor]).as_numpy("fc")
+        assert np.array_equal(scores.argmax(1), expected.argmax(1))
+        with VisionClient(server.address) as vision:
+            assert {m.name: m.precision for m in vision.models()} == {
+                "fp32": "fp32",
+                "int8": "int8",
+            }
+    finally:
+        server.stop()
