@@ -84,7 +84,7 @@ def test_tritonclient_classifies_the_held_out_digits(served):
     accuracy = float((np.concatenate(predictions) == val.targets.numpy()).mean())
     # what training measured on the same images (best.pt is the exported checkpoint)
     assert accuracy == pytest.approx(
-        state["history"][state["best_epoch"] - 1]["accuracy"], abs=0.005
+        state["history"][state["best_epoch"] - 1]["val_accuracy"], abs=0.005
     )
     assert accuracy > 0.9
 
