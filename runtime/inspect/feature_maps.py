@@ -50,20 +50,29 @@ def save(
         )
     with torch.no_grad():
         output = record(model, pictures.inputs[:1], [layer])[layer][0].float().numpy()
+    return draw(
+        model.graph.name, layer, output, pictures.shown[0], pictures.names[0], folder, max_channels
+    )
+
+
+def draw(
+    network: str,
+    layer: str,
+    output: np.ndarray,
+    shown: torch.Tensor,
+    name: str,
+    folder: Path,
+    max_channels: int = MAX_CHANNELS,
+) -> tiles.Grid:
+    """features_<layer>.png from a layer's (C, h, w) output and the picture it came from."""
     count = min(output.shape[0], max_channels)
-    grid = [picture_tile(pictures.shown[0], pictures.names[0])]
+    grid = [picture_tile(shown, name)]
     for channel in range(count):
         values = output[channel]
         grid.append(tiles.Tile(values, f"#{channel}  {values.min():.2g}..{values.max():.2g}"))
-    shown = "" if count == output.shape[0] else f", first {count} shown"
+    more = "" if count == output.shape[0] else f", first {count} shown"
     title = (
-        f"{model.graph.name} · {layer}: {output.shape[0]} channels of "
-        f"{output.shape[1]}x{output.shape[2]}{shown} · {pictures.names[0]}"
+        f"{network} · {layer}: {output.shape[0]} channels of "
+        f"{output.shape[1]}x{output.shape[2]}{more} · {name}"
     )
     return tiles.save_grid(folder / file_name("features", layer), grid, title)
-
-
-def strongest_channels(output: np.ndarray, count: int) -> list[int]:
-    """Channel indices by decreasing mean activation (for choosing what to show)."""
-    means = output.reshape(output.shape[0], -1).mean(axis=1)
-    return [int(i) for i in np.argsort(-means, kind="stable")[:count]]
