@@ -577,8 +577,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         "infer",
         help="classify images or write segmentation masks",
         description="Send images to a netc server's vision service: print "
-        "the top labels for a classifier, write DIR/<name>_mask.png (8-bit "
-        "class indices, the image's size) for a segmentation model.",
+        "the top labels for a classifier, write DIR/<name>_mask.png (the image's size; "
+        "each pixel's value is its class index, drawn in PASCAL VOC's palette, class "
+        "names in the PNG's netc.labels text) for a segmentation model.",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="PNG or JPEG images")
     p.add_argument("--model", required=True, metavar="NAME")
@@ -591,6 +592,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         default=Path("."),
         metavar="DIR",
         help="where masks are written (default: the current directory)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write DIR/<name>_overlay.png: the image tinted with the mask's colours",
     )
     p.set_defaults(run=_run_infer)
 
@@ -719,23 +725,28 @@ def _mask_names(paths: list[Path]) -> list[str]:
 
 def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> None:
     import numpy as np
-    from PIL import Image
 
+    from netc.serving import images
+
+    colours = images.palette()
     for path, data, name in zip(args.files, contents, _mask_names(args.files)):
         mask, labels, _ = client.segment(data, args.model, version=args.version)
         target = args.out / name
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(target)
-        except OSError as exc:
-            raise UserError(f"error: cannot write {target}: {exc.strerror or exc}") from None
+        write_atomic(target, images.mask_png(mask, labels))
+        written = [str(target)]
+        if args.overlay:
+            overlay = args.out / (name.removesuffix("_mask.png") + "_overlay.png")
+            picture = images.decode_encoded(data, max_pixels=mask.size)
+            write_atomic(overlay, images.overlay_png(picture, mask))
+            written.append(str(overlay))
         counts = np.bincount(mask.ravel(), minlength=len(labels))
         share = ", ".join(
-            f"{labels[i]} {100 * counts[i] / mask.size:.1f}%"
+            f"{labels[i] if i < len(labels) else i} {100 * counts[i] / mask.size:.1f}% "
+            f"#{bytes(colours[i]).hex()}"
             for i in np.argsort(-counts, kind="stable")
             if counts[i]
         )
-        print(f"{path}: wrote {target} ({mask.shape[1]}x{mask.shape[0]}; {share})")
+        print(f"{path}: wrote {' and '.join(written)} ({mask.shape[1]}x{mask.shape[0]}; {share})")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

@@ -124,5 +124,5 @@ def test_netc_infer_labels_pngs_and_writes_masks(served, tmp_path, capsys):
         == 0
     )
     mask = Image.open(tmp_path / "masks" / "scene_mask.png")
-    assert mask.size == (70, 50) and mask.mode == "L"
+    assert mask.size == (70, 50) and mask.mode == "P"  # class indices, VOC colours
     assert np.asarray(mask).max() <= 3

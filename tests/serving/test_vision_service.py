@@ -176,7 +176,7 @@ def test_netc_infer_prints_labels_and_writes_masks(server, tmp_path, capsys):
         == 0
     )
     written = Image.open(out / "street_mask.png")
-    assert written.size == (70, 50) and written.mode == "L"
+    assert written.size == (70, 50) and written.mode == "P"  # class indices, VOC colours
     assert f"wrote {out / 'street_mask.png'} (70x50;" in capsys.readouterr().out
 
 

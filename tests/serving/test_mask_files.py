@@ -1,0 +1,103 @@
+"""Mask files: palette PNGs whose pixel values are classes, names in a text chunk."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+from netc.cli import main
+from netc.runtime.datasets import load_dataset
+from netc.serving import client as client_module
+from netc.serving import images
+from netc.serving.client import read_mask
+
+LABELS = ["background", "circle", "square", "triangle"]
+
+
+def test_palette_is_pascal_vocs():
+    colours = images.palette()
+    assert colours.shape == (256, 3)
+    assert colours[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert colours[15].tolist() == [192, 128, 128]  # VOC's "person"
+    assert colours[20].tolist() == [0, 64, 128]  # VOC's "tv/monitor"
+    assert tuple(colours[255]) == images.IGNORE_COLOUR
+    assert len({tuple(c) for c in colours}) == 256  # every class its own colour
+
+
+def test_mask_png_keeps_class_indices_and_labels(tmp_path):
+    mask = np.random.default_rng(0).integers(0, 4, size=(9, 13)).astype(np.uint8)
+    mask[0, 0] = 255
+    path = tmp_path / "m.png"
+    path.write_bytes(images.mask_png(mask, LABELS))
+    with Image.open(path) as png:
+        assert png.mode == "P" and png.size == (13, 9)
+        assert png.convert("RGB").getpixel((1, 0)) == tuple(images.palette()[mask[0, 1]])
+    back, labels = read_mask(path)
+    assert np.array_equal(back, mask) and labels == LABELS
+    Image.fromarray(mask).save(tmp_path / "grey.png")  # a plain grey mask reads too
+    assert read_mask(tmp_path / "grey.png")[1] is None
+
+
+def test_a_mask_file_is_a_training_mask(tmp_path):
+    """Masks written by netc infer can be fed back to netc train as a segmentation folder."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 3:6] = 2
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "masks" / "a.png").write_bytes(images.mask_png(mask, LABELS))
+    data = load_dataset(str(tmp_path))
+    assert np.array_equal(data.targets[0].numpy(), mask)
+
+
+def test_overlay_tints_classes_and_leaves_background():
+    picture = np.full((3, 4, 4), 0.5, np.float32)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1, 2] = 1
+    tinted = np.asarray(Image.open(io.BytesIO(images.overlay_png(picture, mask, alpha=0.5))))
+    assert tinted.shape == (4, 4, 3)
+    assert tinted[0, 0].tolist() == [128, 128, 128]
+    assert tinted[1, 2].tolist() == [128, 64, 64]  # half grey 128, half dark red (128, 0, 0)
+
+
+class FakeServer:
+    """What netc infer asks of a server, answered locally: a square in the middle."""
+
+    def __init__(self, url):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def models(self):
+        return [SimpleNamespace(name="shapes", version="1", task="segmentation")]
+
+    def segment(self, data, model, version=""):
+        height, width = images.decode_encoded(data).shape[1:]
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 4 : height // 2, width // 4 : width // 2] = 2
+        return mask, LABELS, None
+
+
+def test_infer_writes_palette_masks_and_overlays(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(client_module, "VisionClient", FakeServer)
+    picture = tmp_path / "scene.png"
+    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(picture)
+    out = tmp_path / "masks"
+    assert main(["infer", "--model", "shapes", str(picture), "--out", str(out), "--overlay"]) == 0
+    line = capsys.readouterr().out
+    assert line == (
+        f"{picture}: wrote {out / 'scene_mask.png'} and {out / 'scene_overlay.png'} "
+        "(40x20; background 93.8% #000000, square 6.2% #008000)\n"
+    )
+    mask, labels = read_mask(out / "scene_mask.png")
+    assert labels == LABELS and mask[5, 10] == 2 and mask.shape == (20, 40)
+    with Image.open(out / "scene_overlay.png") as overlay:
+        assert overlay.size == (40, 20) and overlay.getpixel((10, 5)) == (100, 164, 100)
+        assert overlay.getpixel((0, 0)) == (200, 200, 200)
