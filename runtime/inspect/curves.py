@@ -72,6 +72,6 @@ def save(history: list[dict[str, Any]], path: Path, name: str) -> Path:
     figure.suptitle(
         f"{name}: {len(history)} epochs" + (f"; last {summary}" if summary else ""), fontsize=10
     )
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     tiles.save_figure(figure, path)
     return path

@@ -75,4 +75,5 @@ def draw(
         f"{network} · {layer}: {output.shape[0]} channels of "
         f"{output.shape[1]}x{output.shape[2]}{more} · {name}"
     )
-    return tiles.save_grid(folder / file_name("features", layer), grid, title)
+    columns = tiles.balanced_columns(len(grid))
+    return tiles.save_grid(folder / file_name("features", layer), grid, title, columns)

@@ -65,6 +65,13 @@ def grid_shape(count: int, columns: int = MAX_COLUMNS) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def balanced_columns(count: int, most: int = 9) -> int:
+    """Columns for `count` tiles in as few rows as `most` columns allow, the rows as even
+    as can be (17 tiles: 9 + 8, not 8 + 8 + 1)."""
+    rows = math.ceil(count / most)
+    return math.ceil(count / rows)
+
+
 def grid_pixels(rows: int, columns: int, tile: int = TILE, title_lines: int = 1) -> tuple[int, int]:
     """(width, height) in pixels of a grid of rows x columns tiles of `tile` pixels."""
     width = 2 * MARGIN + columns * tile + (columns - 1) * GAP

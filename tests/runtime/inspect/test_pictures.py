@@ -24,16 +24,21 @@ def test_grid_shape(count, columns, shape):
     assert tiles.grid_shape(count, columns) == shape
 
 
+@pytest.mark.parametrize(("count", "columns"), [(1, 1), (7, 7), (9, 9), (10, 5), (17, 9), (33, 9)])
+def test_balanced_columns(count, columns):
+    assert tiles.balanced_columns(count) == columns
+
+
 def test_feature_maps_one_tile_per_channel_after_the_picture(tmp_path, lenet):
     pictures = raw_batch(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
     grid = feature_maps.save(lenet, pictures, "conv2", tmp_path)
-    assert (grid.tiles, grid.rows, grid.columns) == (17, 3, 8)
-    assert size_of(grid.path) == grid.pixels == tiles.grid_pixels(3, 8)
+    assert (grid.tiles, grid.rows, grid.columns) == (17, 2, 9)  # rows of 9 and 8
+    assert size_of(grid.path) == grid.pixels == tiles.grid_pixels(2, 9)
     capped = feature_maps.save(lenet, pictures, "relu2", tmp_path, max_channels=5)
     assert capped.tiles == 6 and size_of(capped.path) == tiles.grid_pixels(1, 6)
     assert grid.pixels == (
-        8 * tiles.TILE + 7 * tiles.GAP + 2 * tiles.MARGIN,
-        tiles._title_height(1) + 3 * (tiles.TILE + tiles.LABEL) + 2 * tiles.GAP + tiles.MARGIN,
+        9 * tiles.TILE + 8 * tiles.GAP + 2 * tiles.MARGIN,
+        tiles._title_height(1) + 2 * (tiles.TILE + tiles.LABEL) + tiles.GAP + tiles.MARGIN,
     )
 
 
