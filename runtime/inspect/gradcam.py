@@ -33,16 +33,19 @@ _MAP_OPS = ("conv", "conv_transpose", "relu", "leaky_relu", "add", "concat", "cr
 
 
 def default_layer(model: Model) -> str:
-    """The last map-producing layer (conv, activation, merge) that is not an output."""
+    """The last map-producing layer (conv, activation, merge) that is neither an output nor
+    a map of class scores (as many channels as classes: a dense net's classifier)."""
     outputs = set(model.graph.outputs.values())
     spatial = set(spatial_layers(model))
+    shapes = {layer.name: layer.shape for layer in model.analysis.layers}
+    classes = shapes[_output_layer(model)][1]
     for node in reversed(model.graph.nodes):
-        field = field_of(model, node.name)
         if (
             node.name in spatial
             and node.name not in outputs
             and node.op in _MAP_OPS
-            and not field.whole
+            and shapes[node.name][1] != classes
+            and not field_of(model, node.name).whole
         ):
             return node.name
     raise UserError(
@@ -160,22 +163,17 @@ def save(
     out = scores(model, pictures.inputs).float()
     probabilities = torch.softmax(out, dim=0) if out.dim() == 1 else None
     grid = [picture_tile(pictures.shown[0], pictures.names[0])]
+    size = ""
     for c in classes:
-        cam = on_picture(class_map(model, pictures.inputs, layer, c), field, height, width)
+        raw = class_map(model, pictures.inputs, layer, c)
+        size = f"{raw.shape[0]}x{raw.shape[1]}"
+        cam = on_picture(raw, field, height, width)
         peak = float(cam.max())
         tile = picture_tile(pictures.shown[0], _class_label(model, c, probabilities))
         tile.overlay = cam / peak if peak > 0 else cam
         grid.append(tile)
-    title = (
-        f"{model.graph.name} · Grad-CAM at {layer} "
-        f"({'x'.join(str(int(s)) for s in model.analysis.layers[_index(model, layer)].shape[2:])}"
-        f" map) · {pictures.names[0]}"
-    )
+    title = f"{model.graph.name} · Grad-CAM at {layer} ({size} map) · {pictures.names[0]}"
     return tiles.save_grid(folder / "class_map.png", grid, title, columns=len(grid), tile=PANEL)
-
-
-def _index(model: Model, layer: str) -> int:
-    return next(i for i, s in enumerate(model.analysis.layers) if s.name == layer)
 
 
 def _class_label(model: Model, c: int, probabilities) -> str:

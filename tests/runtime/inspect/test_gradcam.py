@@ -85,3 +85,16 @@ def test_unknown_class_is_a_user_error(tmp_path, lenet):
     pictures = raw_batch(torch.zeros(1, 1, 32, 32))
     with pytest.raises(UserError, match=r"--class seven: not one of the model's classes"):
         gradcam.save(lenet, pictures, tmp_path, target="seven")
+
+
+def test_segmentation_net_with_open_sizes(tmp_path):
+    """tinyseg (open H and W): the class maps of the classes it labels most pixels with."""
+    from netc.compiler import zoo
+
+    model = build(zoo.read("tinyseg"), labels=["background", "circle", "square", "triangle"])
+    pictures = raw_batch(torch.rand(1, 3, 24, 28, generator=torch.Generator().manual_seed(4)))
+    assert gradcam.default_layer(model) == "context.relu"
+    grid = gradcam.save(model, pictures, tmp_path)
+    assert 2 <= grid.tiles <= 4
+    cam = gradcam.class_map(model, pictures.inputs, "context.relu", target=1)
+    assert cam.shape == (6, 7)  # the map at a quarter of the picture's size
