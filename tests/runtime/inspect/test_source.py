@@ -37,8 +37,10 @@ def test_pictures_from_data_are_the_runs_held_out_split(tmp_path):
     assert torch.equal(pictures.targets, held_out.targets)
     torch.testing.assert_close(pictures.inputs, (pictures.shown - 0.3) / 0.4)
     assert len(source.pictures_from_data(model, "digits", limit=5).inputs) == 5
-    with pytest.raises(UserError, match="--data shapes: 3-channel images, but lenet5 takes 1"):
-        source.pictures_from_data(model, "shapes", limit=5)
+    colour = tmp_path / "colour.npz"
+    np.savez(colour, x=np.zeros((4, 3, 8, 8), np.uint8), y=np.array([0, 1, 0, 1]))
+    with pytest.raises(UserError, match=r"colour\.npz: 3-channel images, but lenet5 takes 1"):
+        source.pictures_from_data(model, str(colour), limit=5)
 
 
 def test_pictures_from_files_take_the_networks_channels_and_size(tmp_path):
