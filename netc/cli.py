@@ -726,18 +726,19 @@ def _mask_names(paths: list[Path]) -> list[str]:
 def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> None:
     import numpy as np
 
-    from netc.serving import images
+    from netc.serving.images.decode import decode_encoded
+    from netc.serving.images.masks import mask_png, overlay_png, palette
 
-    colours = images.palette()
+    colours = palette()
     for path, data, name in zip(args.files, contents, _mask_names(args.files)):
         mask, labels, _ = client.segment(data, args.model, version=args.version)
         target = args.out / name
-        write_atomic(target, images.mask_png(mask, labels))
+        write_atomic(target, mask_png(mask, labels))
         written = [str(target)]
         if args.overlay:
             overlay = args.out / (name.removesuffix("_mask.png") + "_overlay.png")
-            picture = images.decode_encoded(data, max_pixels=mask.size)
-            write_atomic(overlay, images.overlay_png(picture, mask))
+            picture = decode_encoded(data, max_pixels=mask.size)
+            write_atomic(overlay, overlay_png(picture, mask))
             written.append(str(overlay))
         counts = np.bincount(mask.ravel(), minlength=len(labels))
         share = ", ".join(

@@ -124,7 +124,7 @@ def make_shapes(count: int = 1200, size: int = 64, seed: int = 0) -> ArrayDatase
 
 
 def _wide_grey(im) -> np.ndarray:
-    """16-bit (or float) grey → uint8 on the scale the server reads it at (serving.images:
+    """16-bit (or float) grey → uint8 on the scale the server reads it at (serving/images/decode.py:
     full range 65535, floats 0..1). PIL's convert("L") would clip everything above 255."""
     scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
     values = np.asarray(im, dtype=np.float64) * scale

@@ -209,20 +209,3 @@ class VisionClient:
         why one is not, e.g. its config.yaml has a mistake."""
         index = self._call(self.triton.RepositoryIndex, grpc_service_pb2.RepositoryIndexRequest())
         return [ModelState(m.name, m.version, m.state, m.reason) for m in index.models]
-
-
-def read_mask(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
-    """A mask file `netc infer` wrote: (class indices uint8 (H, W), its class names or None).
-
-    Works on any single-channel mask PNG (palette or grey); the names come from the
-    `netc.labels` text chunk when the file has one."""
-    import json
-
-    from netc.serving.images import MASK_LABELS_KEY
-
-    with Image.open(path) as picture:
-        picture.load()
-        text = picture.info.get(MASK_LABELS_KEY)
-        mask = np.asarray(picture)
-    labels = json.loads(text) if isinstance(text, str) else None
-    return mask, labels

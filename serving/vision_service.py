@@ -3,7 +3,7 @@
 Classify runs each picture of a request as its own batch-1 request, all at
 once, so the model's dynamic batcher merges them (and pictures of other
 calls). Segment maps the model's score map back onto the picture's own size
-(`images.dense_scores`). Decoding and postprocessing run in worker threads,
+(`images.scores.dense_scores`). Decoding and postprocessing run in worker threads,
 never on the event loop. Every failure is answered through
 `serving.errors.status_code`; the server keeps serving.
 
@@ -25,7 +25,6 @@ import numpy as np
 
 from netc.errors import UserError
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
-from netc.serving import images
 from netc.serving.errors import (
     InvalidRequest,
     ModelUnavailable,
@@ -33,6 +32,11 @@ from netc.serving.errors import (
     status_code,
     status_message,
 )
+from netc.serving.images.decode import decode, pixel_count, pixel_limit
+from netc.serving.images.geometry import size_rule
+from netc.serving.images.masks import encode_png
+from netc.serving.images.prepare import ImageInput, image_input, prepare
+from netc.serving.images.scores import dense_scores, probabilities
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
@@ -49,10 +53,10 @@ class VisionModel:
     """What the vision service needs to know about a served model, worked out once."""
 
     model: ServedModel
-    image: images.ImageInput
+    image: ImageInput
     output: str
     task: str  # classification | segmentation | the model's own task otherwise
-    rules: tuple  # output H and W as functions of the input's (images.size_rule)
+    rules: tuple  # output H and W as functions of the input's (images.geometry.size_rule)
     offset: tuple[float, float] | None
     classes: int | None  # K of a [K, h, w] output when the model fixes it
 
@@ -82,10 +86,10 @@ def _describe(model: ServedModel) -> VisionModel:
     offset = info.metadata.get("netc.output_offset")
     return VisionModel(
         model=model,
-        image=images.image_input(info),
+        image=image_input(info),
         output=spec.name,
         task=vision_task(info),
-        rules=tuple(map(images.size_rule, shape, variables)) if len(dims) == 3 else (None, None),
+        rules=tuple(map(size_rule, shape, variables)) if len(dims) == 3 else (None, None),
         offset=tuple(json.loads(offset)) if offset else None,
         classes=dims[0] if len(dims) == 3 and dims[0] > 0 else None,
     )
@@ -113,7 +117,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         max_message_bytes: int,
     ) -> None:
         self.repository = repository
-        self.max_pixels = max_pixels  # None: images.MAX_PIXELS at the time of the call
+        self.max_pixels = max_pixels  # None: images.decode.MAX_PIXELS at the time of the call
         self.max_message_bytes = max_message_bytes
         self._described: weakref.WeakKeyDictionary[ServedModel, VisionModel] = (
             weakref.WeakKeyDictionary()
@@ -161,10 +165,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     async def _prepare(self, image, vision: VisionModel, index: int | None = None):
         def work():
-            decoded = images.decode(image, max_pixels=self.max_pixels)
-            return images.prepare(
-                decoded, vision.image, rules=vision.rules, max_pixels=self.max_pixels
-            )
+            decoded = decode(image, max_pixels=self.max_pixels)
+            return prepare(decoded, vision.image, rules=vision.rules, max_pixels=self.max_pixels)
 
         try:
             return await asyncio.to_thread(work)
@@ -201,9 +203,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
         if len(request.images) > 1:  # one request's pictures share the budget
             total = await asyncio.to_thread(
-                lambda: sum(images.pixel_count(image) for image in request.images)
+                lambda: sum(pixel_count(image) for image in request.images)
             )
-            limit = images.pixel_limit(self.max_pixels)
+            limit = pixel_limit(self.max_pixels)
             if total > limit:
                 raise InvalidRequest(
                     f"the request's {len(request.images)} images hold {total / 1e6:.1f} "
@@ -220,7 +222,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             model=vision.model.name, version=vision.model.version
         )
         for output in outputs:
-            scores = images.probabilities(output.reshape(-1))
+            scores = probabilities(output.reshape(-1))
             labels = vision.labels(scores.size)
             top_k = min(request.top_k or DEFAULT_TOP_K, scores.size)
             best = np.argsort(-scores, kind="stable")[:top_k]
@@ -248,7 +250,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         stride = vision.model.info.output_stride
 
         def postprocess():
-            mask, scores = images.dense_scores(
+            mask, scores = dense_scores(
                 output[0],
                 prepared,
                 stride=stride,
@@ -263,7 +265,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                     datatype="FP32",
                     data=scores.astype("<f4").tobytes(),
                 )
-            return images.encode_png(mask), scores, counts
+            return encode_png(mask), scores, counts
 
         png, scores, counts = await asyncio.to_thread(postprocess)
         height, width = prepared.original

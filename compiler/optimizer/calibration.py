@@ -3,7 +3,7 @@
 A quantized model is calibrated and judged on real pictures from a data set
 (`digits`, `shapes`, an image folder, a .npz: whatever `netc train --data`
 takes), passed through the model's own preprocessing from its ONNX metadata
-(`netc.preprocessing`), exactly as serving/images.py does:
+(`netc.preprocessing`), exactly as serving/images/prepare.py does:
 
 1. resize (bilinear, no antialiasing) to the model's fixed input size, or to
    `resize_to` for an open-size network trained at one size;

@@ -372,12 +372,12 @@ def test_sixteen_bit_grey_trains_on_the_scale_it_is_served_at(tmp_path):
     """PIL's convert("L") clips 16-bit values above 255; training must read a 16-bit PNG
     as the server does (full range 65535), to 8-bit precision."""
     from netc.runtime.datasets import _decode_image
-    from netc.serving import images
+    from netc.serving.images.decode import decode_encoded
 
     values = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     path = tmp_path / "grey16.png"
     Image.fromarray(values).save(path)
     trained, reason = _decode_image(str(path))
-    served = images.decode_encoded(path.read_bytes())
+    served = decode_encoded(path.read_bytes())
     assert reason == "" and trained.shape == (8, 8, 1) and trained.max() > 200
     np.testing.assert_allclose(trained[..., 0] / 255.0, served[0], rtol=0, atol=1 / 255)

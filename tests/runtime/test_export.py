@@ -146,7 +146,7 @@ def test_an_open_size_net_trained_at_one_size_is_served_at_it(tmp_path):
     """Training resized every image to `input_size`; the ONNX metadata tells the server to
     do the same, although the network would run at any size."""
     from netc.serving.config import ModelConfig
-    from netc.serving.images import image_input, prepare
+    from netc.serving.images.prepare import image_input, prepare
     from netc.serving.model import ServedModel
 
     spec = tmp_path / "opentiny.yaml"

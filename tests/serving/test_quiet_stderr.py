@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from netc.serving import images
 from netc.serving import model as served
 from netc.serving.config import ModelConfig
+from netc.serving.images.scores import probabilities
 
 
 def test_a_cuda_provider_that_does_not_start_is_said_once_by_netc(
@@ -39,5 +39,5 @@ def test_a_cuda_provider_that_does_not_start_is_said_once_by_netc(
 def test_infinite_scores_give_nan_probabilities_without_numpy_s_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning would be a line on stderr
-        scores = images.probabilities(np.array([np.inf, 1.0, 2.0], np.float32))
+        scores = probabilities(np.array([np.inf, 1.0, 2.0], np.float32))
     assert np.isnan(scores).all()

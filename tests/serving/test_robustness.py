@@ -9,9 +9,9 @@ import pytest
 from helpers import open_classifier
 
 from netc.cli import _chunks, _mask_names, main
-from netc.serving import images
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest
+from netc.serving.images import decode
 from netc.serving.metrics import _escape
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
@@ -34,7 +34,7 @@ def test_a_picture_below_the_receptive_field_is_the_requests_fault(tmp_path):
 
 def test_a_tensor_whose_size_overflows_is_refused():
     with pytest.raises(InvalidRequest, match=r"needs \d+ bytes of data, found 0"):
-        images.decode_tensor([2**62, 4, 1], "CHW", "UINT8", b"")  # np.prod wraps to 0
+        decode.decode_tensor([2**62, 4, 1], "CHW", "UINT8", b"")  # np.prod wraps to 0
 
 
 def test_version_folders_are_numbers(repository, tmp_path):

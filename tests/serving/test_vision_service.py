@@ -19,8 +19,8 @@ from PIL import Image
 from netc.cli import main
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
 from netc.runtime.preprocess import Preprocessing
-from netc.serving import images
 from netc.serving.client import RequestFailed, VisionClient
+from netc.serving.images import decode
 from netc.serving.server import BackgroundServer, ServerOptions
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -205,7 +205,7 @@ def test_bad_requests_get_status_codes_and_the_server_keeps_serving(client, monk
     error = _status(lambda: client.classify([], "lenet5"))
     assert "no images" in str(error)
 
-    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 1000)
     error = _status(lambda: client.segment(_png(np.zeros((50, 70), np.uint8)), "tinyseg"))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "70x50" in str(error) and "at most 0.001 megapixels" in str(error)
