@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from netc.errors import InternalError, UserError
+from netc.model_card import ModelCard
 from netc.serving.batcher import Batcher, Tensors
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest, ModelFailed, clip
@@ -80,13 +80,6 @@ def _metadata(session: ort.InferenceSession) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def _json(meta: dict[str, str], key: str) -> Any:
-    try:
-        return json.loads(meta[key]) if key in meta else None
-    except json.JSONDecodeError:
-        return None
-
-
 def describe(
     name: str, version: str, session: ort.InferenceSession, config: ModelConfig
 ) -> ModelInfo:
@@ -103,48 +96,33 @@ def describe(
     )
     cut = 1 if batched else 0
     meta = _metadata(session)
-    # Metadata another tool wrote under our keys may have any shape: use only what fits.
-    labels = config.labels or _json(meta, "netc.labels")
-    if not isinstance(labels, (list, tuple)):
-        labels = None
-    stride = _json(meta, "netc.output_stride")
-    if not (
-        isinstance(stride, list)
-        and len(stride) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stride)
-    ):
-        stride = None
-    preprocessing = _json(meta, "netc.preprocessing")
-    if not isinstance(preprocessing, dict):
-        preprocessing = None
+    card = ModelCard.from_props(meta)  # what does not fit its key reads as absent
+    labels = config.labels or card.labels
     return ModelInfo(
         name=name,
         version=version,
         inputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in ins),
         outputs=tuple(TensorSpec(t.name, ONNX_TYPES[t.type], _dims(t.shape[cut:])) for t in outs),
         max_batch_size=config.max_batch_size if batched else 0,
-        task=meta.get("netc.task", "unknown"),
+        task=card.task or "unknown",
         labels=tuple(str(label) for label in labels) if labels else None,
-        preprocessing=preprocessing,
-        output_stride=tuple(stride) if stride else None,
+        preprocessing=card.preprocessing,
+        output_stride=card.output_stride,
+        output_offset=card.output_offset,
         dynamic_batching=batched and config.dynamic_batching,
         preferred_batch_sizes=config.preferred_batch_sizes,
         max_queue_delay_us=config.max_queue_delay_us,
         metadata=meta,
-        precision=_precision(meta, ins, outs),
+        precision=_precision(card, ins, outs),
     )
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
-def _precision(meta: dict[str, str], ins, outs) -> str:
+def _precision(card: ModelCard, ins, outs) -> str:
     """What `netc optimize --precision` recorded (netc.precision), else what the tensors
     show: fp16 when an input or output is. (A model quantized by another tool, with fp32
     inputs and outputs, reads as fp32.)"""
-    recorded = meta.get("netc.precision")
-    if recorded in PRECISIONS:
-        return recorded
+    if card.precision is not None:
+        return card.precision
     return "fp16" if any(t.type == "tensor(float16)" for t in (*ins, *outs)) else "fp32"
 
 
@@ -212,7 +190,8 @@ class ServedModel:
     def warm_up(self) -> None:
         """One run on zeros, so the first client does not pay for lazy initialisation."""
         batch = (1,) if self.info.max_batch_size else ()
-        size = (self.info.preprocessing or {}).get("input_size") or []
+        pre = self.info.preprocessing
+        size = (pre.input_size if pre is not None else None) or ()
         inputs = {}
         for spec in self.info.inputs:
             dims = list(spec.dims)

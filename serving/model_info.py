@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from netc.model_card import Preprocessing
+
 # Triton's datatype names ↔ numpy dtypes (BYTES is a numpy object array of str: UTF-8
 # text, as onnxruntime's string tensors take it; see tensors.texts).
 DATATYPES: dict[str, Any] = {
@@ -61,8 +63,9 @@ class ModelInfo:
     platform: str = "onnxruntime_onnx"
     task: str = "classification"  # classification | segmentation | embedding | unknown
     labels: tuple[str, ...] | None = None
-    preprocessing: dict[str, Any] | None = None  # mean, std, input_size, channels, layout
+    preprocessing: Preprocessing | None = None  # the model card's (netc.model_card)
     output_stride: tuple[float, float] | None = None
+    output_offset: tuple[float, float] | None = None
     dynamic_batching: bool = True
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int | None = None  # None: auto (serving.batcher)

@@ -15,7 +15,6 @@ fully convolutional).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import weakref
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import grpc
 import numpy as np
 
 from netc.errors import UserError
+from netc.model_card import size_rule
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
 from netc.serving.errors import (
     InvalidRequest,
@@ -33,7 +33,6 @@ from netc.serving.errors import (
     status_message,
 )
 from netc.serving.images.decode import decode, pixel_count, pixel_limit
-from netc.serving.images.geometry import size_rule
 from netc.serving.images.masks import encode_png
 from netc.serving.images.prepare import ImageInput, image_input, prepare
 from netc.serving.images.scores import dense_scores, probabilities
@@ -56,8 +55,7 @@ class VisionModel:
     image: ImageInput
     output: str
     task: str  # classification | segmentation | the model's own task otherwise
-    rules: tuple  # output H and W as functions of the input's (images.geometry.size_rule)
-    offset: tuple[float, float] | None
+    rules: tuple  # output H and W as functions of the input's (model_card.size_rule)
     classes: int | None  # K of a [K, h, w] output when the model fixes it
 
     def labels(self, classes: int) -> list[str]:
@@ -83,14 +81,12 @@ def _describe(model: ServedModel) -> VisionModel:
     dims = spec.dims if info.max_batch_size else spec.dims[1:]
     shape = next(o.shape for o in model.session.get_outputs() if o.name == spec.name)[-2:]
     variables = model.session.get_inputs()[0].shape[-2:]
-    offset = info.metadata.get("netc.output_offset")
     return VisionModel(
         model=model,
         image=image_input(info),
         output=spec.name,
         task=vision_task(info),
         rules=tuple(map(size_rule, shape, variables)) if len(dims) == 3 else (None, None),
-        offset=tuple(json.loads(offset)) if offset else None,
         classes=dims[0] if len(dims) == 3 and dims[0] > 0 else None,
     )
 
@@ -247,14 +243,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self._check_mask_holds(vision, classes)
         if request.return_scores:
             self._check_scores_fit(classes, prepared.original)
-        stride = vision.model.info.output_stride
+        info = vision.model.info
 
         def postprocess():
             mask, scores = dense_scores(
                 output[0],
                 prepared,
-                stride=stride,
-                offset=vision.offset,
+                stride=info.output_stride,
+                offset=info.output_offset,
                 want_scores=request.return_scores,
             )
             counts = np.bincount(mask.ravel(), minlength=classes)

@@ -2,16 +2,14 @@
 
 Every geometric step is an affine map between pixel centres, `src = a·dst + b`
 (`resample`); `resize` is torch's bilinear `align_corners=False` case. Open-size
-models give their output size as an expression of the input's (`size_rule`), and
-`fitted_size` pads an input to the size whose output covers every pixel.
+models give their output size as an expression of the input's (the model card's
+`size_rule`), and `fitted_size` pads an input to the size whose output covers
+every pixel.
 """
 
 from __future__ import annotations
 
-import ast
-import operator
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -47,52 +45,6 @@ def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (..., h, w) to size, as `F.interpolate(align_corners=False)`."""
     scale = [n_in / n_out for n_in, n_out in zip(x.shape[-2:], size)]
     return resample(x, size, scale, [s / 2 - 0.5 for s in scale])
-
-
-_OPS: dict[type, Callable[[int, int], int]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.FloorDiv: operator.floordiv,
-}
-
-
-def size_rule(expression: Any, variable: Any) -> Callable[[int], int] | None:
-    """An output size as a function of the input size, from symbolic ONNX dimensions.
-
-    netc writes open output sizes as integer expressions of the input's
-    dimension name, e.g. '4*(H//4)' or '(H-28)//4' for an input dimension 'H'.
-    None when the output dimension is not such an expression (an int, or a
-    name another exporter made up).
-    """
-    if not isinstance(expression, str) or not isinstance(variable, str):
-        return None
-    try:
-        tree = ast.parse(expression, mode="eval").body
-    except SyntaxError:
-        return None
-
-    def check(node) -> bool:
-        if isinstance(node, ast.BinOp):
-            return type(node.op) in _OPS and check(node.left) and check(node.right)
-        if isinstance(node, ast.UnaryOp):
-            return isinstance(node.op, ast.USub) and check(node.operand)
-        if isinstance(node, ast.Constant):
-            return isinstance(node.value, int)
-        return isinstance(node, ast.Name)
-
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    if names != {variable} or not check(tree):
-        return None
-
-    def evaluate(node, size: int) -> int:
-        if isinstance(node, ast.BinOp):
-            return _OPS[type(node.op)](evaluate(node.left, size), evaluate(node.right, size))
-        if isinstance(node, ast.UnaryOp):
-            return -evaluate(node.operand, size)
-        return node.value if isinstance(node, ast.Constant) else size
-
-    return lambda size: evaluate(tree, size)
 
 
 def fitted_size(size: int, rule: Callable[[int], int] | None) -> int:

@@ -1,7 +1,7 @@
 """A decoded picture → the model's input, by the model's own preprocessing.
 
-The preprocessing is read from the model's ONNX metadata (`netc.preprocessing`)
-and applied exactly as training did:
+The preprocessing is the model card's (`netc.preprocessing`, read and checked by
+`netc.model_card`), applied exactly as training did:
 
 1. resize (bilinear, no antialiasing, like `torch.nn.functional.interpolate`
    with `align_corners=False`) to the model's input size when it is fixed;
@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from netc.model_card import LAYOUT, Preprocessing
 from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.images.decode import pixel_limit, to_channels
 from netc.serving.images.geometry import fitted_size, resize
@@ -63,20 +64,17 @@ def image_input(info: ModelInfo) -> ImageInput:
             f"{what}: input '{spec.name}' is {spec.datatype}; the vision "
             "service needs FP32 or FP16 images"
         )
-    pre = info.preprocessing or {}
-    if pre.get("layout", "NCHW") != "NCHW":
-        raise Unsupported(f"{what}: preprocessing layout {pre['layout']}; expected NCHW")
-    channels = dims[0] if dims[0] > 0 else int(pre.get("channels") or 3)
+    pre = info.preprocessing or Preprocessing()
+    if pre.layout != LAYOUT:
+        raise Unsupported(f"{what}: preprocessing layout {pre.layout}; expected {LAYOUT}")
+    channels = dims[0] if dims[0] > 0 else pre.channels or 3
     size = tuple(d if d > 0 else None for d in dims[1:])
-    resize_to = pre.get("resize_to")  # an open-size network trained at one size
-    if (
-        isinstance(resize_to, list)
-        and len(resize_to) == 2
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in resize_to)
-    ):
-        size = tuple(fixed or wanted for fixed, wanted in zip(size, resize_to))
-    mean, std = (_per_channel(pre.get(key), channels, key, what) for key in ("mean", "std"))
-    low, high = pre.get("value_range") or (0.0, 1.0)
+    if pre.resize_to is not None:  # an open-size network trained at one size
+        size = tuple(fixed or wanted for fixed, wanted in zip(size, pre.resize_to))
+    try:
+        mean, std = (_per_channel(v, channels) for v in pre.normalisation(channels))
+    except ValueError as exc:
+        raise Unsupported(f"{what}: {exc}") from None
     return ImageInput(
         spec.name,
         np.dtype(np.float16 if spec.datatype == "FP16" else np.float32),
@@ -84,19 +82,12 @@ def image_input(info: ModelInfo) -> ImageInput:
         size,
         mean,
         std,
-        (float(low), float(high)),
+        pre.value_range,
     )
 
 
-def _per_channel(values, channels: int, key: str, what: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    array = np.asarray(values, dtype=np.float32).reshape(-1)
-    if array.size not in (1, channels) or (key == "std" and np.any(array == 0)):
-        raise Unsupported(
-            f"{what}: netc.preprocessing {key} {list(array)} does not fit {channels} channels"
-        )
-    return np.broadcast_to(array, (channels,)).reshape(channels, 1, 1)
+def _per_channel(values: tuple[float, ...] | None, channels: int) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, np.float32).reshape(channels, 1, 1)
 
 
 class Prepared(NamedTuple):
@@ -115,7 +106,7 @@ def prepare(
     """A decoded picture (C, H, W) in [0, 1] → the model's input (1, C, H', W').
 
     `rules` give the output size per axis as a function of the input size
-    (`size_rule`); an open-size model runs at the smallest padded size whose
+    (`netc.model_card.size_rule`); an open-size model runs at the smallest padded size whose
     output is as large as its input, which must stay within the pixel limit
     (a 1-pixel-tall picture may run 4 rows tall).
     """

@@ -5,9 +5,10 @@ import pytest
 import torch
 from helpers import assert_close, assert_fp32_close
 
+from netc import model_card
 from netc.runtime.preprocess import Preprocessing
 from netc.serving.errors import InvalidRequest, Unsupported
-from netc.serving.images import decode, geometry, prepare
+from netc.serving.images import decode, prepare
 from netc.serving.model_info import ModelInfo, TensorSpec
 
 
@@ -18,13 +19,15 @@ def _info(dims, *, mean=None, std=None, max_batch_size=8, name="m") -> ModelInfo
         inputs=(TensorSpec("image", "FP32", tuple(dims)),),
         outputs=(TensorSpec("out", "FP32", (10,)),),
         max_batch_size=max_batch_size,
-        preprocessing={
-            "mean": mean,
-            "std": std,
-            "layout": "NCHW",
-            "value_range": [0, 1],
-            "channels": dims[-3] if len(dims) > 2 else None,
-        },
+        preprocessing=model_card.Preprocessing.from_json(
+            {
+                "mean": mean,
+                "std": std,
+                "layout": "NCHW",
+                "value_range": [0, 1],
+                "channels": dims[-3] if len(dims) > 2 else None,
+            }
+        ),
     )
 
 
@@ -58,7 +61,7 @@ def test_models_the_service_cannot_feed_are_unsupported():
 
 
 def test_the_pixel_limit_counts_the_padding_the_model_runs_on():
-    rules = (geometry.size_rule("4*(H//4)", "H"), geometry.size_rule("4*(W//4)", "W"))
+    rules = (model_card.size_rule("4*(H//4)", "H"), model_card.size_rule("4*(W//4)", "W"))
     spec = prepare.ImageInput("x", np.dtype(np.float32), 1, (None, None), None, None)
     thin = np.zeros((1, 1, 60), np.float32)  # 60 pixels, run as 4 x 60 = 240
     with pytest.raises(InvalidRequest, match=r"60x1; the model runs it padded to 60x4"):

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from helpers import assert_close, assert_fp32_close
 
-from netc.serving.images.geometry import resample, size_rule
+from netc.model_card import size_rule
+from netc.serving.images.geometry import resample
 from netc.serving.images.prepare import ImageInput, Prepared, prepare
 from netc.serving.images.scores import dense_scores, output_mapping, probabilities
 
