@@ -613,49 +613,27 @@ def _check_url(url: str) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    from netc.errors import did_you_mean
-    from netc.serving.client import VisionClient
+    from netc.serving.client import MAX_TOP_K, VisionClient
+    from netc.serving.infer import classify_files, find_model, read_files, segment_files
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise UserError(f"error: --top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
     _check_url(args.url)
-    contents = []
-    for path in args.files:
-        try:
-            contents.append(path.read_bytes())
-        except OSError as exc:
-            raise UserError(f"error: cannot read {path}: {exc.strerror or exc}") from None
+    files = read_files(args.files)  # before the server: a missing file is said first
     with VisionClient(args.url) as client:
-        served = client.models()
-        entry = next(
-            (
-                m
-                for m in reversed(served)
-                if m.name == args.model and args.version in ("", m.version)
-            ),
-            None,
-        )
-        if entry is None:
-            names = sorted({m.name for m in served})
-            versions = sorted((m.version for m in served if m.name == args.model), key=int)
-            if versions:  # the model is there, the version is not
-                raise UserError(
-                    f"error: the server at {args.url} has no version {args.version} of "
-                    f"'{args.model}'; it serves version{'s' * (len(versions) > 1)} "
-                    + ", ".join(versions)
-                )
-            _not_ready(client, args)
-            hint = did_you_mean(args.model, names)
-            raise UserError(
-                f"error: the server at {args.url} has no model '{args.model}'"
-                + (f" version {args.version}" if args.version else "")
-                + f"; it serves {', '.join(names) or 'none'}"
-                + (f" ({hint})" if hint else "")
-            )
+        entry = find_model(client, args.model, args.version)
         if entry.task == "classification":
-            _print_labels(client, args, contents)
+            for path, labels in classify_files(
+                client, files, args.model, args.top_k, version=args.version
+            ):
+                text = ", ".join(f"{label} ({score:.3f})" for label, _, score in labels)
+                print(f"{path}: {text}")
         elif entry.task == "segmentation":
-            _write_masks(client, args, contents)
+            results = segment_files(
+                client, files, args.model, args.out, overlay=args.overlay, version=args.version
+            )
+            for result in results:
+                _print_mask(result)
         else:
             raise UserError(
                 f"error: model '{args.model}' is a {entry.task} model; netc infer "
@@ -664,90 +642,18 @@ def _run_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_ready(client, args: argparse.Namespace) -> None:
-    """Say why the server does not serve the model when its repository has it (a load
-    error, an unload): it would otherwise look absent. A server without Triton's
-    RepositoryIndex is left to the caller's message."""
-    from netc.serving.client import RequestFailed
-
-    try:
-        states = client.states()
-    except RequestFailed:
-        return
-    state = next((s for s in states if s.name == args.model and s.state != "READY"), None)
-    if state is not None:
-        raise UserError(
-            f"error: the server at {args.url}: model '{args.model}' is {state.state}"
-            + (f": {state.reason}" if state.reason else "")
-        )
-
-
-MAX_TOP_K = 2**31 - 1  # the vision protocol's int32
-FILES_PER_REQUEST = 32
-BYTES_PER_REQUEST = 32 << 20  # well inside the server's default 128 MiB message limit
-
-
-def _chunks(contents: list[bytes]) -> list[range]:
-    """Files per Classify request: at most 32, and at most 32 MiB unless one file is larger."""
-    chunks, start, size = [], 0, 0
-    for i, data in enumerate(contents):
-        if i > start and (i - start >= FILES_PER_REQUEST or size + len(data) > BYTES_PER_REQUEST):
-            chunks.append(range(start, i))
-            start, size = i, 0
-        size += len(data)
-    if contents:
-        chunks.append(range(start, len(contents)))
-    return chunks
-
-
-def _print_labels(client, args: argparse.Namespace, contents: list[bytes]) -> None:
-    for chunk in _chunks(contents):
-        files = [contents[i] for i in chunk]
-        results = client.classify(files, args.model, args.top_k, version=args.version)
-        for i, labels in zip(chunk, results):
-            text = ", ".join(f"{label} ({score:.3f})" for label, _, score in labels)
-            print(f"{args.files[i]}: {text}")
-
-
-def _mask_names(paths: list[Path]) -> list[str]:
-    """`<stem>_mask.png` for each image; stems that repeat (a/x.png, b/x.jpg) are numbered
-    so that no mask overwrites another."""
-    names, used = [], set()
-    for path in paths:
-        name, n = f"{path.stem}_mask.png", 1
-        while name in used:
-            n += 1
-            name = f"{path.stem}_{n}_mask.png"
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def _write_masks(client, args: argparse.Namespace, contents: list[bytes]) -> None:
-    import numpy as np
-
-    from netc.serving.images.decode import decode_encoded
-    from netc.serving.images.masks import mask_png, overlay_png, palette
+def _print_mask(result) -> None:
+    """'scene.png: wrote masks/scene_mask.png (40x20; background 93.8% #000000, ...)'."""
+    from netc.serving.images.masks import palette
 
     colours = palette()
-    for path, data, name in zip(args.files, contents, _mask_names(args.files)):
-        mask, labels, _ = client.segment(data, args.model, version=args.version)
-        target = args.out / name
-        write_atomic(target, mask_png(mask, labels))
-        written = [str(target)]
-        if args.overlay:
-            overlay = args.out / (name.removesuffix("_mask.png") + "_overlay.png")
-            picture = decode_encoded(data, max_pixels=mask.size)
-            write_atomic(overlay, overlay_png(picture, mask))
-            written.append(str(overlay))
-        counts = np.bincount(mask.ravel(), minlength=len(labels))
-        share = ", ".join(
-            f"{labels[i] if i < len(labels) else i} {100 * counts[i] / mask.size:.1f}% "
-            f"#{bytes(colours[i]).hex()}"
-            for i in np.argsort(-counts, kind="stable")
-            if counts[i]
-        )
-        print(f"{path}: wrote {' and '.join(written)} ({mask.shape[1]}x{mask.shape[0]}; {share})")
+    written = " and ".join(str(p) for p in (result.mask_file, result.overlay_file) if p)
+    height, width = result.mask.shape
+    share = ", ".join(
+        f"{name} {100 * pixels / result.mask.size:.1f}% #{bytes(colours[index]).hex()}"
+        for name, index, pixels in result.classes()
+    )
+    print(f"{result.image}: wrote {written} ({width}x{height}; {share})")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

@@ -36,6 +36,8 @@ ImageLike = Union[str, Path, bytes, np.ndarray]
 `np.asarray(PIL.Image)`, or (C, H, W) when the last dimension is not 1, 3 or 4;
 uint8 in 0..255 or floats in 0..1."""
 
+MAX_TOP_K = 2**31 - 1  # the vision protocol's int32 (ClassifyRequest.top_k)
+
 _UNREACHABLE = (
     "failed to connect",
     "connection refused",

@@ -2,13 +2,12 @@
 
 import asyncio
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import open_classifier
 
-from netc.cli import _chunks, _mask_names, main
+from netc.cli import main
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest
 from netc.serving.images import decode
@@ -60,19 +59,6 @@ def test_version_folders_are_numbers(repository, tmp_path):
 
 def test_prometheus_label_values_are_escaped():
     assert _escape('my"model\\x\ny') == 'my\\"model\\\\x\\ny'
-
-
-def test_infer_requests_stay_small_and_masks_never_overwrite_each_other():
-    small, big = b"x" * 1000, b"x" * (20 << 20)
-    assert [len(c) for c in _chunks([small] * 70)] == [32, 32, 6]
-    assert [len(c) for c in _chunks([big, big, small, big])] == [1, 2, 1]
-    assert [len(c) for c in _chunks([b"x" * (40 << 20)])] == [1]  # one file too big alone
-    assert _mask_names([Path("a/x.png"), Path("b/x.png"), Path("b/x.jpg"), Path("y.png")]) == [
-        "x_mask.png",
-        "x_2_mask.png",
-        "x_3_mask.png",
-        "y_mask.png",
-    ]
 
 
 def test_infer_top_k_is_bounded(capsys):

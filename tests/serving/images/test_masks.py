@@ -4,15 +4,12 @@ are classes, names in a text chunk)."""
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
-from netc.cli import main
 from netc.runtime.datasets import load_dataset
-from netc.serving import client as client_module
-from netc.serving.images import decode, masks
+from netc.serving.images import masks
 from netc.serving.images.masks import read_mask
 
 LABELS = ["background", "circle", "square", "triangle"]
@@ -69,43 +66,3 @@ def test_overlay_tints_classes_and_leaves_background():
     assert tinted.shape == (4, 4, 3)
     assert tinted[0, 0].tolist() == [128, 128, 128]
     assert tinted[1, 2].tolist() == [128, 64, 64]  # half grey 128, half dark red (128, 0, 0)
-
-
-class FakeServer:
-    """What netc infer asks of a server, answered locally: a square in the middle."""
-
-    def __init__(self, url):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def models(self):
-        return [SimpleNamespace(name="shapes", version="1", task="segmentation")]
-
-    def segment(self, data, model, version=""):
-        height, width = decode.decode_encoded(data).shape[1:]
-        mask = np.zeros((height, width), np.uint8)
-        mask[height // 4 : height // 2, width // 4 : width // 2] = 2
-        return mask, LABELS, None
-
-
-def test_infer_writes_palette_masks_and_overlays(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(client_module, "VisionClient", FakeServer)
-    picture = tmp_path / "scene.png"
-    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(picture)
-    out = tmp_path / "masks"
-    assert main(["infer", "--model", "shapes", str(picture), "--out", str(out), "--overlay"]) == 0
-    line = capsys.readouterr().out
-    assert line == (
-        f"{picture}: wrote {out / 'scene_mask.png'} and {out / 'scene_overlay.png'} "
-        "(40x20; background 93.8% #000000, square 6.2% #008000)\n"
-    )
-    mask, labels = read_mask(out / "scene_mask.png")
-    assert labels == LABELS and mask[5, 10] == 2 and mask.shape == (20, 40)
-    with Image.open(out / "scene_overlay.png") as overlay:
-        assert overlay.size == (40, 20) and overlay.getpixel((10, 5)) == (100, 164, 100)
-        assert overlay.getpixel((0, 0)) == (200, 200, 200)
