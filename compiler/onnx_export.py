@@ -10,17 +10,17 @@ dropout is the identity at inference and is dropped. ONNX has no adaptive
 pooling: it becomes a plain pool when the size divides evenly, else explicit
 bins (Slice + Reduce*), computed from the runtime shape when H and W are open.
 
-Metadata (`metadata_props`) says what a server needs: `netc.task`,
-`netc.labels` (JSON list), `netc.preprocessing` (JSON: mean, std, layout,
-input size, value range), `netc.description_sha256`, `netc.network`.
+Metadata (`metadata_props`) is the model card a server reads
+(`netc.model_card`): task, labels, preprocessing (mean, std, layout, input
+size, value range), the description's name and hash. Open output sizes are
+written as `Sym` prints them, which the card's `size_rule` reads back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from netc.compiler.ir import Graph, Node
 from netc.errors import InternalError
+from netc.model_card import ModelCard, Preprocessing
 
 OPSET = 17
 IR_VERSION = 9
@@ -253,10 +254,13 @@ def export_onnx(
     graph: Graph,
     weights: Mapping[str, Any],
     *,
-    metadata: Mapping[str, str] | None = None,
+    card: ModelCard | None = None,
     whitening: tuple[Any, Any] | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model of `graph` with `weights` (a state dict: tensors or arrays).
+
+    `card` (`metadata_for`) goes into the metadata, with the network's name, the
+    hash of its description and, when the card has none, the graph's task.
 
     `whitening` = (matrix, mean) bakes a training-time ZCA whitening into the
     graph, so clients send mean/std-normalised images as for any other model.
@@ -298,28 +302,32 @@ def export_onnx(
         ir_version=IR_VERSION,
     )
     model.doc_string = f"{graph.name}: exported by netc from {graph.file or 'a description'}"
-    props = {
-        "netc.network": graph.name,
-        "netc.task": graph.task,
-        "netc.description_sha256": hashlib.sha256(graph.source.encode()).hexdigest(),
-        **(metadata or {}),
-    }
-    helper.set_model_props(model, {k: str(v) for k, v in props.items()})
+    card = card or ModelCard()
+    card = replace(
+        card,
+        task=card.task or graph.task,
+        network=graph.name,
+        description_sha256=hashlib.sha256(graph.source.encode()).hexdigest(),
+    )
+    helper.set_model_props(model, card.to_props())
     return model
 
 
 def metadata_for(
     task: str, labels: list[str] | None, preprocessing: dict | None, input_shape
-) -> dict[str, str]:
-    """The `netc.*` metadata a server reads: labels and how to prepare an image."""
-    pre = dict(preprocessing or {})
-    pre.setdefault("mean", None)
-    pre.setdefault("std", None)
-    pre["layout"] = "NCHW"
-    pre["value_range"] = [0.0, 1.0]
-    pre["input_size"] = [d if isinstance(d, int) else None for d in input_shape[2:]]
-    pre["channels"] = input_shape[1]
-    data = {"netc.task": task, "netc.preprocessing": json.dumps(pre)}
-    if labels is not None:
-        data["netc.labels"] = json.dumps(list(labels))
-    return data
+) -> ModelCard:
+    """The model card a server reads: the task, labels and how to prepare an image, from
+    training's preprocessing (mean, std, resize_to) and the graph's input shape."""
+    pre = preprocessing or {}
+    mean, std, resize_to = (pre.get(key) for key in ("mean", "std", "resize_to"))
+    return ModelCard(
+        task=task,
+        labels=None if labels is None else tuple(labels),
+        preprocessing=Preprocessing(
+            mean=None if mean is None else tuple(mean),
+            std=None if std is None else tuple(std),
+            input_size=tuple(d if isinstance(d, int) else None for d in input_shape[2:]),
+            resize_to=None if resize_to is None else tuple(resize_to),
+            channels=input_shape[1],
+        ),
+    )

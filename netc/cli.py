@@ -294,7 +294,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from netc.runtime.export import export_model, next_version_path, warn, write_model
+    from netc.runtime.export import export_model, warn, write_model
+    from netc.serving.repository import next_version_path
 
     if args.repository is not None and not args.name:
         raise UserError("error: --repository needs --name NAME")

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import json
 import math
-import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ from netc.compiler.analysis import analyze, minimum_input_size
 from netc.compiler.ir import Graph
 from netc.compiler.network import load, load_string
 from netc.compiler.onnx_export import export_onnx, metadata_for
-from netc.compiler.optimizer.calibration import SPLIT_KEY
 from netc.compiler.passes.fc_to_conv import to_fully_convolutional
 from netc.errors import UserError
 from netc.fileio import write_atomic
@@ -280,23 +277,25 @@ def export_model(
         # Training resized every image to this size; serving must too, though the network
         # itself would take any size.
         preprocessing["resize_to"] = [int(d) for d in trained_at]
-    meta = metadata_for(
+    card = metadata_for(
         graph.task if not fully_convolutional else "segmentation",
         labels,
         preprocessing,
         next(iter(graph.inputs.values())).shape,
     )
     if fully_convolutional:
-        meta["netc.fully_convolutional_from"] = graph.task
+        card = replace(card, fully_convolutional_from=graph.task)
     config = state.get("config") or {}
     if "val_fraction" in config and "seed" in config:  # the images it never trained on
-        split = {"val_fraction": config["val_fraction"], "seed": config["seed"]}
-        meta[SPLIT_KEY] = json.dumps(split)
+        card = replace(card, validation_split=(config["val_fraction"], config["seed"]))
     field = next(iter(analyze(graph).outputs.values())).field
     if not field.whole:  # where output pixel (i, j) looks: input (start + i·stride, ...)
-        meta["netc.output_stride"] = json.dumps([float(a.jump) for a in field.axes()])
-        meta["netc.output_offset"] = json.dumps([float(a.start) for a in field.axes()])
-    model = export_onnx(graph, weights, metadata=meta, whitening=whitening)
+        card = replace(
+            card,
+            output_stride=tuple(float(a.jump) for a in field.axes()),
+            output_offset=tuple(float(a.start) for a in field.axes()),
+        )
+    model = export_onnx(graph, weights, card=card, whitening=whitening)
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -312,19 +311,6 @@ def _output_classes(graph: Graph) -> int | None:
         return None
     shape = next(iter(analyze(graph).outputs.values())).shape
     return shape[1] if len(shape) > 1 and sym.is_static(shape[1]) else None
-
-
-def next_version_path(repository: Path, name: str) -> Path:
-    """REPO/NAME/<highest version + 1>/model.onnx"""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
-        raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
-    folder = repository / name
-    versions = (
-        [int(p.name) for p in folder.iterdir() if re.fullmatch(r"[0-9]+", p.name)]
-        if folder.is_dir()
-        else []
-    )
-    return folder / str(max(versions, default=0) + 1) / "model.onnx"
 
 
 def write_model(model: onnx.ModelProto, path: Path) -> int:

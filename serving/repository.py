@@ -1,5 +1,10 @@
 """The model repository: `REPO/<model>/<version>/model.onnx` (+ `REPO/<model>/config.yaml`).
 
+The layout is defined here alone: the server reads it, and `netc export
+--repository` writes into it (`next_version_path`). A version folder is a
+number ("01" serves as version "1"); a model name is letters, digits, '_',
+'-' and '.', starting with a letter or digit.
+
 Every model loads at start and is warmed up before the server reports ready.
 A model that fails to load is UNAVAILABLE with its reason, and the others are
 served regardless. `load(name)` (re)reads a model from disk, swapping in the
@@ -21,6 +26,8 @@ from netc.serving.errors import ModelNotFound, ModelUnavailable, clip
 from netc.serving.model import ServedModel
 
 MODEL_FILE = "model.onnx"
+VERSION = re.compile(r"[0-9]+")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 UNLOADED = "unloaded"
 
 
@@ -38,13 +45,26 @@ def _versions(folder: Path, policy) -> list[tuple[str, str]]:
     found = sorted(
         (int(p.name), p.name)
         for p in folder.iterdir()
-        if p.is_dir() and re.fullmatch(r"[0-9]+", p.name) and (p / MODEL_FILE).is_file()
+        if p.is_dir() and VERSION.fullmatch(p.name) and (p / MODEL_FILE).is_file()
     )
     if policy == "latest":
         found = found[-1:]
     elif policy != "all":
         found = [(number, name) for number, name in found if number in policy]
     return [(str(number), name) for number, name in found]
+
+
+def next_version_path(repository: Path, name: str) -> Path:
+    """REPO/NAME/<highest version + 1>/model.onnx, where a new version of `name` goes."""
+    if not MODEL_NAME.fullmatch(name):
+        raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
+    folder = Path(repository) / name
+    versions = (
+        [int(p.name) for p in folder.iterdir() if VERSION.fullmatch(p.name)]
+        if folder.is_dir()
+        else []
+    )
+    return folder / str(max(versions, default=0) + 1) / MODEL_FILE
 
 
 class ModelRepository:

@@ -87,7 +87,7 @@ def test_dropout_is_gone_and_metadata_is_written():
         {"mean": [0.5], "std": [0.25]},
         net.graph.inputs["image"].shape,
     )
-    model = export_onnx(net.graph, build_module(net.graph).state_dict(), metadata=meta)
+    model = export_onnx(net.graph, build_module(net.graph).state_dict(), card=meta)
     assert "Dropout" not in {n.op_type for n in model.graph.node}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["netc.task"] == "classification"

@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
+from netc.errors import UserError
 from netc.serving.errors import ModelNotFound
-from netc.serving.repository import ModelRepository
+from netc.serving.repository import ModelRepository, next_version_path
 
 
 @pytest.fixture
@@ -72,3 +73,18 @@ def test_an_unexpected_failure_leaves_the_model_unavailable_not_loading(repo, mo
         entry.reason
     )
     assert repository.loading == 0
+
+
+def test_export_writes_the_next_version_where_the_server_reads_it(repo):
+    """`netc export --repository` and the server share one layout: REPO/NAME/N/model.onnx."""
+    (repo / "lenet5" / "07").mkdir()  # a version folder without a model still counts
+    target = next_version_path(repo, "lenet5")
+    assert target == repo / "lenet5" / "8" / "model.onnx"
+    target.parent.mkdir()
+    shutil.copy(repo / "lenet5" / "1" / "model.onnx", target)
+    repository = ModelRepository(repo)
+    asyncio.run(repository.load("lenet5"))
+    assert [e.version for e in repository.index()] == ["8"]  # the latest, by default
+    assert next_version_path(repo, "digits") == repo / "digits" / "1" / "model.onnx"
+    with pytest.raises(UserError, match=r"model name '\.\./x' must be letters"):
+        next_version_path(repo, "../x")
