@@ -12,7 +12,17 @@ Then it counts BatchNormalization nodes left by netc, onnxoptimizer and
 onnxruntime's own optimizer (its saved optimized model), also on plain-PyTorch
 ResNet-18 and MobileNet-style exports, and times optimizing resnet50.
 
+`--int8` instead measures reduced precision: for lenet5, resnet18,
+googlenet and densenet121 (random weights, calibrated on 16 random inputs)
+the int8 model's time as a ratio to the fp32-optimized model's, both at
+ORT_ENABLE_ALL, at 1 and 2 intra-op threads and batch 1 and 8, interleaved;
+then the accuracy of trained runs before and after (lenet5 on digits,
+tinyseg on shapes, each calibration method) on their validation splits.
+`--provider cuda` runs the latency rows on the CUDA provider and adds fp16.
+
     .venv/bin/python bench/optimize.py [--runs 30]
+    .venv/bin/python bench/optimize.py --int8 [--runs 20] [--runs-dir bench/runs]
+        [--provider cpu|cuda] [--models lenet5,resnet18,googlenet,densenet121]
 """
 
 from __future__ import annotations
@@ -99,20 +109,28 @@ def set_threads(count: int) -> None:
     THREADS = count
 
 
-def session(model: onnx.ModelProto, level) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, level, providers=("CPUExecutionProvider",)):
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = THREADS
     options.log_severity_level = 3  # unused-initializer warnings of the unoptimized variants
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
 
 
-def latency(sessions: dict[str, ort.InferenceSession], runs: int) -> dict[str, float]:
+def latency(
+    sessions: dict[str, ort.InferenceSession], runs: int, x: np.ndarray | None = None
+) -> dict[str, float]:
     """Median ms per variant, variants interleaved so machine noise hits all alike."""
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+    if x is None:
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    feeds = {
+        name: {
+            s.get_inputs()[0].name: x.astype(np.float16)
+            if s.get_inputs()[0].type == "tensor(float16)"
+            else x
+        }
+        for name, s in sessions.items()
+    }
     for name, s in sessions.items():
         for _ in range(3):
             s.run(None, feeds[name])
@@ -125,11 +143,93 @@ def latency(sessions: dict[str, ort.InferenceSession], runs: int) -> dict[str, f
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+INT8_MODELS = ("lenet5", "resnet18", "googlenet", "densenet121")
+ACCURACY_RUNS = (("lenet5", "digits"), ("tinyseg", "shapes"))
+
+
+def int8_latency(models: list[str], runs: int, provider: str) -> None:
+    """int8 (and on CUDA fp16) time / fp32 time, ORT_ENABLE_ALL, threads 1 and 2, batch 1
+    and 8; each row's variants interleaved."""
+    from netc.compiler.optimizer.fp16 import to_fp16
+    from netc.compiler.optimizer.quantize import quantize
+
+    cuda = provider == "cuda"
+    providers = (
+        ("CUDAExecutionProvider", "CPUExecutionProvider") if cuda else ("CPUExecutionProvider",)
+    )
+    print(
+        f"onnxruntime {ort.__version__} on {providers[0]}; ORT_ENABLE_ALL; median of {runs} "
+        "interleaved runs (ms); ratio = reduced / fp32 (below 1 is faster)\n"
+    )
+    head = f"{'model':<12} {'threads':>7} {'batch':>5} {'fp32':>9} {'int8':>9} {'int8/fp32':>9}"
+    print(head + (f" {'fp16':>9} {'fp16/fp32':>9}" if cuda else ""))
+    rng = np.random.default_rng(0)
+    for name in models:
+        fp32 = optimize_model(zoo_export(name), name=name, verify=False).model
+        shape = next(iter(netc.load(name).graph.inputs.values())).shape[1:]
+        calibration = rng.standard_normal((16, *shape)).astype(np.float32)
+        variants = {"fp32": fp32, "int8": quantize(fp32, calibration)[0]}
+        if cuda:
+            variants["fp16"] = to_fp16(fp32)[0]
+        for threads in (1, 2):
+            set_threads(threads)
+            for batch in (1, 8):
+                x = rng.standard_normal((batch, *shape)).astype(np.float32)
+                sessions = {k: session(m, LEVELS["ALL"], providers) for k, m in variants.items()}
+                ms = latency(sessions, runs if batch == 1 else max(3, runs // 4), x)
+                row = (
+                    f"{name:<12} {threads:>7} {batch:>5} {ms['fp32']:>9.3f} {ms['int8']:>9.3f} "
+                    f"{ms['int8'] / ms['fp32']:>9.3f}"
+                )
+                if cuda:
+                    row += f" {ms['fp16']:>9.3f} {ms['fp16'] / ms['fp32']:>9.3f}"
+                print(row, flush=True)
+
+
+def int8_accuracy(runs_dir: Path) -> None:
+    """Trained runs (trained into `runs_dir` when missing) quantized with each calibration
+    method, judged on their own validation splits."""
+    from netc.compiler.optimizer.precision import PrecisionOptions, reduce_precision_model
+    from netc.compiler.optimizer.quantize import METHODS
+    from netc.runtime.export import export_model
+    from netc.runtime.train import train
+
+    print(
+        f"\n{'run':<18} {'calibration':<11} {'metric':<9} {'fp32':>8} {'int8':>8} "
+        f"{'drop (pt)':>9} {'top-1 agree':>11}"
+    )
+    for net, data in ACCURACY_RUNS:
+        run = runs_dir / net
+        if not (run / "best.pt").exists():
+            train(net, data, run, quiet=True)
+        model = export_model(str(run)).model
+        for method in METHODS:
+            options = PrecisionOptions("int8", calibrate=data, method=method, measure_speed=False)
+            gate = reduce_precision_model(model, options, name=net).gate
+            print(
+                f"{net + ' / ' + data:<18} {method:<11} {gate.metric:<9} "
+                f"{100 * gate.before:>7.2f}% {100 * gate.after:>7.2f}% {gate.drop:>9.2f} "
+                f"{100 * gate.agreement:>10.2f}%",
+                flush=True,
+            )
+        print(f"  ({gate.held_out})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--int8", action="store_true", help="the reduced-precision rows")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--models", default=",".join(INT8_MODELS))
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "runs")
+    parser.add_argument("--no-accuracy", action="store_true", help="--int8: latency rows only")
     args = parser.parse_args()
+    if args.int8:
+        int8_latency(args.models.split(","), args.runs, args.provider)
+        if not args.no_accuracy:
+            int8_accuracy(args.runs_dir)
+        return
     set_threads(args.threads)
     print(
         f"onnxruntime {ort.__version__}, intra-op threads {THREADS}; batch 1, 3x224x224; "

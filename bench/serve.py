@@ -30,6 +30,14 @@ rounds (drift hits all targets alike) and the table shows the medians.
 
     .venv/bin/python bench/serve.py [--requests 5000] [--resnet-requests 200] [--repeats 3]
                                     [--models digits,resnet18]
+
+`--int8` instead serves resnet18 twice from one `netc serve`: fp32 (the
+export after `netc optimize`) and int8 (the same, quantized by netc's int8
+path, calibrated on 16 random inputs: random weights have no data set), and
+measures netc and in-process onnxruntime (the server's options) for both at
+concurrency 1 and 16, interleaved round by round:
+
+    .venv/bin/python bench/serve.py --int8 [--resnet-requests 200] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -368,7 +376,11 @@ def main() -> None:
     parser.add_argument(
         "--models", default="digits,resnet18", help="which of digits,resnet18 to measure"
     )
+    parser.add_argument("--int8", action="store_true", help="resnet18 int8 beside fp32")
     args = parser.parse_args()
+    if args.int8:
+        int8_main(args.resnet_requests, args.repeats)
+        return
     root = Path(tempfile.mkdtemp(prefix="netc-bench-"))
     repos = {"batch": root / "batch", "nobatch": root / "nobatch"}
     models = {
@@ -433,6 +445,80 @@ def main() -> None:
             process.kill()
             process.wait()
     report(rows)
+
+
+def int8_repository(root: Path) -> Path:
+    """root/repo with resnet18 (fp32, optimized) and resnet18_int8 (that model, quantized)."""
+    import onnx
+
+    from netc.compiler.optimizer.api import optimize_model
+    from netc.compiler.optimizer.quantize import quantize
+
+    repo = root / "repo"
+    export = [PY, "-m", "netc", "export", "resnet18", "--repository", str(repo)]
+    subprocess.run([*export, "--name", "resnet18", "--no-verify"], check=True, capture_output=True)
+    path = repo / "resnet18" / "1" / "model.onnx"
+    fp32 = optimize_model(onnx.load(path), name="resnet18").model
+    onnx.save(fp32, path)
+    calibration = np.random.default_rng(0).random((16, 3, 224, 224), dtype=np.float32)
+    (repo / "resnet18_int8" / "1").mkdir(parents=True)
+    onnx.save(quantize(fp32, calibration)[0], repo / "resnet18_int8" / "1" / "model.onnx")
+    return repo
+
+
+def int8_main(requests: int, repeats: int) -> None:
+    """resnet18 fp32 and int8, served and in process, c=1 and 16, interleaved; medians."""
+    repo = int8_repository(Path(tempfile.mkdtemp(prefix="netc-bench-int8-")))
+    names = ("resnet18", "resnet18_int8")
+    port = free_port()
+    serve = ["serve", "--repository", str(repo), "--host", "127.0.0.1", "--port", str(port)]
+    server = start([PY, "-m", "netc", *serve, "--no-metrics"], port)
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    runs = {(name, c): [] for name in names for c in (1, 16)}
+    ort_runs = {name: [] for name in names}
+    try:
+        netc_ready(port)
+        for _ in range(repeats):
+            for name in names:
+                path = repo / name / "1" / "model.onnx"
+                ort_runs[name].append(ort_numbers(path, (3, 224, 224), requests, serving=True))
+            for c in (1, 16):
+                for name in names:
+                    request = infer_request(name, (3, 224, 224))
+                    runs[(name, c)].append(drive(port, infer, request, c, requests))
+    finally:
+        server.kill()
+        server.wait()
+    print(f"{'model':<14} {'c':>2} {'target':<17} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    stats = {key: median_stats(value) for key, value in runs.items()}
+    ort_stats = {name: median_stats(value) for name, value in ort_runs.items()}
+    for c in (1, 16):
+        for name in names:
+            o, n = ort_stats[name], stats[(name, c)]
+            ort_rps = o["rps_batch1" if c == 1 else "rps_best"]
+            print(
+                f"{name:<14} {c:>2} {'ort (serve opts)':<17} {ort_rps:>8.0f} "
+                f"{o['p50']:>8.2f} {o['p99']:>8.2f}"
+            )
+            print(
+                f"{name:<14} {c:>2} {'netc':<17} {n['rps']:>8.0f} {n['p50']:>8.2f} {n['p99']:>8.2f}"
+            )
+    print()
+    for c in (1, 16):
+        fp32, int8 = stats[("resnet18", c)], stats[("resnet18_int8", c)]
+        each = [
+            i["rps"] / f["rps"] for f, i in zip(runs[("resnet18", c)], runs[("resnet18_int8", c)])
+        ]
+        print(
+            f"resnet18 c={c}: int8/fp32 served throughput {int8['rps'] / fp32['rps']:.2f}, "
+            f"p50 {int8['p50'] / fp32['p50']:.2f} [round by round: "
+            f"{', '.join(f'{r:.2f}' for r in each)}]"
+        )
+    o32, o8 = ort_stats["resnet18"], ort_stats["resnet18_int8"]
+    print(
+        f"in-process (serve opts): int8/fp32 batch-1 p50 {o8['p50'] / o32['p50']:.2f}, "
+        f"best throughput {o8['rps_best'] / o32['rps_best']:.2f}"
+    )
 
 
 def median_stats(runs: list[dict]) -> dict:

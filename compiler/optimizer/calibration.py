@@ -3,11 +3,12 @@
 A quantized model is calibrated and judged on real pictures from a data set
 (`digits`, `shapes`, an image folder, a .npz: whatever `netc train --data`
 takes), passed through the model's own preprocessing from its ONNX metadata
-(`netc.preprocessing`), exactly as serving/images/prepare.py does:
+(its model card's `netc.preprocessing`), exactly as serving/images/prepare.py does:
 
 1. resize (bilinear, no antialiasing) to the model's fixed input size, or to
    `resize_to` for an open-size network trained at one size;
-2. `x = (x - mean) / std` per channel, where the metadata has them. (PCA
+2. scaled from [0, 1] to `value_range` (netc writes [0, 1]);
+3. `x = (x - mean) / std` per channel, where the metadata has them. (PCA
    whitening is part of an exported graph, so it needs nothing here.)
 
 The data set is then split as `netc train` splits it (runtime.datasets.split):
@@ -19,7 +20,6 @@ on. Calibration draws a seeded sample from the training part.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 
 from netc.errors import UserError
+from netc.model_card import ModelCard, Preprocessing
 
 DEFAULT_SPLIT = (0.15, 0)  # training.val_fraction and training.seed defaults (runtime/config.py)
 CALIBRATION_SAMPLES = 256
 HELD_OUT_LIMIT = 2000  # held-out images judged at most (a seeded sample of a larger split)
 BATCH = 32
 TASKS = ("classification", "segmentation")
-SPLIT_KEY = "netc.validation_split"
 
 
 @dataclass
@@ -62,10 +62,6 @@ class Samples:
             yield images[start : start + self.batch]
 
 
-def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def load_samples(
     model: onnx.ModelProto,
     dataset: str,
@@ -81,8 +77,8 @@ def load_samples(
     from netc.runtime.datasets import load_dataset
     from netc.runtime.datasets import split as split_dataset
 
-    meta = model_metadata(model)
-    task = meta.get("netc.task")
+    card = ModelCard.from_model(model)
+    task = card.task
     if task not in TASKS:
         raise UserError(
             f"{name}: int8 needs to know what the model computes to check its accuracy, and "
@@ -94,14 +90,14 @@ def load_samples(
     where = f"{name} with data set '{dataset}'"
     if data.task != task:
         raise UserError(f"{where}: the model is a {task} model, {dataset} a {data.task} data set")
-    _check_classes(model, meta, data.classes, where)
+    _check_classes(card, data.classes, where)
     if data.images.shape[1] != channels:
         raise UserError(
             f"{where}: the model takes {channels}-channel images, {dataset} has "
             f"{data.images.shape[1]}-channel ones"
         )
-    data = _resized(data, size, meta)
-    split = split if split is not None else recorded_split(meta)
+    data = _resized(data, size, card)
+    split = split if split is not None else (card.validation_split or DEFAULT_SPLIT)
     train, held_out = split_dataset(data, split[0], split[1])
     if not len(held_out):
         raise UserError(
@@ -113,7 +109,7 @@ def load_samples(
         held_out = held_out.subset(np.sort(rng.permutation(len(held_out))[:HELD_OUT_LIMIT]))
     pool = train if len(train) else held_out
     pick = np.sort(rng.permutation(len(pool))[: max(1, calibration_samples)])
-    prepare = _normaliser(meta, channels, where)
+    prepare = _normaliser(card, channels, where)
     return Samples(
         input_name=input_name,
         calibration=prepare(pool.images[pick].numpy()),
@@ -125,16 +121,6 @@ def load_samples(
         split=(float(split[0]), int(split[1])),
         batch=1 if _fixed_batch(model, input_name) == 1 else BATCH,
     )
-
-
-def recorded_split(meta: dict[str, str]) -> tuple[float, int]:
-    """The (validation fraction, seed) the model's training run used, as far as known."""
-    try:
-        value = json.loads(meta[SPLIT_KEY])
-        fraction, seed = float(value["val_fraction"]), int(value["seed"])
-    except (KeyError, TypeError, ValueError):
-        return DEFAULT_SPLIT
-    return (fraction, seed) if 0 <= fraction < 1 and seed >= 0 else DEFAULT_SPLIT
 
 
 def _image_input(model: onnx.ModelProto, name: str) -> tuple[str, int, tuple[int | None, ...]]:
@@ -164,12 +150,9 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
     return None
 
 
-def _check_classes(model: onnx.ModelProto, meta: dict[str, str], classes: list[str], where: str):
-    try:
-        labels = json.loads(meta["netc.labels"])
-    except (KeyError, ValueError):
-        labels = None
-    if isinstance(labels, list) and [str(v) for v in labels] != [str(c) for c in classes]:
+def _check_classes(card: ModelCard, classes: list[str], where: str):
+    labels = card.labels
+    if labels is not None and list(labels) != [str(c) for c in classes]:
         shown = ", ".join(map(str, labels[:6])) + (", ..." if len(labels) > 6 else "")
         theirs = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
         raise UserError(
@@ -178,44 +161,33 @@ def _check_classes(model: onnx.ModelProto, meta: dict[str, str], classes: list[s
         )
 
 
-def _resized(data, size: tuple[int | None, ...], meta: dict[str, str]):
+def _resized(data, size: tuple[int | None, ...], card: ModelCard):
     """Images at the size the model runs them: its fixed size, else `resize_to`."""
     from netc.runtime.datasets import resize
 
-    try:
-        resize_to = json.loads(meta.get("netc.preprocessing", "{}")).get("resize_to")
-    except (ValueError, AttributeError):
-        resize_to = None
-    if isinstance(resize_to, list) and len(resize_to) == 2:
-        size = tuple(fixed or int(wanted) for fixed, wanted in zip(size, resize_to))
+    resize_to = card.preprocessing and card.preprocessing.resize_to
+    if resize_to is not None:
+        size = tuple(fixed or wanted for fixed, wanted in zip(size, resize_to))
     if None in size:
         return data  # open size: the data set's own
     return resize(data, (int(size[0]), int(size[1])))
 
 
-def _normaliser(meta: dict[str, str], channels: int, where: str):
-    """(N, C, H, W) in [0, 1] → (x - mean) / std as float32, per the model's metadata."""
+def _normaliser(card: ModelCard, channels: int, where: str):
+    """(N, C, H, W) in [0, 1] → scaled to value_range, then (x - mean) / std as float32, per
+    the model's card."""
+    pre = card.preprocessing or Preprocessing()
     try:
-        pre = json.loads(meta.get("netc.preprocessing", "{}"))
-    except ValueError:
-        pre = {}
-    pre = pre if isinstance(pre, dict) else {}
-    values = []
-    for key in ("mean", "std"):
-        value = pre.get(key)
-        array = None if value is None else np.asarray(value, dtype=np.float32).reshape(-1)
-        if array is not None and (array.size not in (1, channels) or np.any(~np.isfinite(array))):
-            raise UserError(
-                f"{where}: netc.preprocessing {key} {array.tolist()} does not fit "
-                f"{channels} channels"
-            )
-        values.append(None if array is None else array.reshape(1, -1, 1, 1))
-    mean, std = values
-    if std is not None and np.any(std == 0):
-        raise UserError(f"{where}: netc.preprocessing std has a zero")
+        values = pre.normalisation(channels)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    mean, std = (None if v is None else np.float32(v).reshape(1, -1, 1, 1) for v in values)
+    low, high = pre.value_range
 
     def prepare(images: np.ndarray) -> np.ndarray:
         x = images.astype(np.float32)
+        if (low, high) != (0.0, 1.0):
+            x = np.float32(low) + x * np.float32(high - low)
         if mean is not None:
             x = x - mean
         if std is not None:

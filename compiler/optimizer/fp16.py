@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from netc.compiler.optimizer import verify
-from netc.compiler.optimizer.quantize import PRECISION_KEY, _quiet, _set_metadata
+from netc.compiler.optimizer.quantize import PRECISION_KEY, quiet, set_metadata
 from netc.errors import UserError
 
 UNSAFE_IN_FP16 = (
@@ -56,7 +56,7 @@ def to_fp16(
 
     blocked = sorted({*DEFAULT_OP_BLOCK_LIST, *UNSAFE_IN_FP16})
     try:
-        with _quiet():
+        with quiet():
             half = convert_float_to_float16(
                 model, keep_io_types=keep_io_types, op_block_list=blocked
             )
@@ -64,7 +64,7 @@ def to_fp16(
         text = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
         raise UserError(f"{name}: onnxruntime's float16 converter fails on it: {text}") from None
     kept = [node.name or node.op_type for node in model.graph.node if node.op_type in blocked]
-    _set_metadata(half, {PRECISION_KEY: "fp16"})
+    set_metadata(half, {PRECISION_KEY: "fp16"})
     return half, kept
 
 

@@ -122,6 +122,11 @@ class PrecisionResult:
                 f"onnxruntime on this machine's CPU (ORT_ENABLE_ALL, {s.threads} threads, "
                 f"batch {s.batch}, median of {s.rounds} interleaved runs)"
             )
+            if s.ratio > 1 and self.precision == "int8":
+                lines.append(
+                    "  on this CPU the fp32 model is faster: quantizing and dequantizing "
+                    "cost more than its small layers save"
+                )
         if self.precision == "fp16":
             lines.append(
                 "  fp16 is fast only on a GPU (CUDA or TensorRT provider); this CPU runs it "
@@ -239,12 +244,13 @@ def _int8(fp32: OptimizeResult, options: PrecisionOptions, name: str, size: int)
         method=options.method,
         keep_float=options.keep_float,
         input_name=samples.input_name,
+        batch=min(samples.batch, 16),
         name=name,
     )
     data = quantized.SerializeToString()
     gate = accuracy.gate(fp32.data, data, samples, max_drop=options.max_drop)
     if not gate.ok:
-        feed = {samples.input_name: samples.calibration[:SAMPLES]}
+        feed = {samples.input_name: samples.calibration[: min(SAMPLES, samples.batch)]}
         worst = layer_errors(float_model, quantized, feed)[:WORST_SHOWN]
         raise VerificationError(_gate_message(name, gate, worst, options.keep_float))
     calibrated_on = (

@@ -77,13 +77,14 @@ def quantize(
     method: str = "minmax",
     keep_float: Iterable[str] = (),
     input_name: str | None = None,
+    batch: int = CALIBRATION_BATCH,
     name: str = "the model",
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, list[str]]:
     """(int8 QDQ model, the pre-processed fp32 model it was made from, nodes kept in float
     in graph order).
 
     `calibration` is a list of feeds, or one array of images for the only input
-    (`input_name`), run in batches of CALIBRATION_BATCH. `keep_float` names
+    (`input_name`), run `batch` images at a time. `keep_float` names
     layers (node names, or the tensors they compute) to keep in float with
     their outputs.
     """
@@ -97,11 +98,11 @@ def quantize(
 
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r} (known: {', '.join(METHODS)})")
-    feeds = _feeds(model, calibration, input_name)
+    feeds = _feeds(model, calibration, input_name, batch)
     with tempfile.TemporaryDirectory(prefix="netc-int8-") as tmp:
         source, prepared, target = (Path(tmp) / f for f in ("in.onnx", "pre.onnx", "q.onnx"))
         onnx.save(_named(model), source)
-        with _quiet(), _failure(name, "prepare"):
+        with quiet(), _failure(name, "prepare"):
             quant_pre_process(str(source), str(prepared))
         float_model = onnx.load(prepared)
         region = float_region(float_model, keep_float, name)
@@ -111,7 +112,7 @@ def quantize(
             "percentile": CalibrationMethod.Percentile,
             "entropy": CalibrationMethod.Entropy,
         }[method]
-        with _quiet(), _failure(name, "quantize"):
+        with quiet(), _failure(name, "quantize"):
             quantize_static(
                 str(prepared),
                 str(target),
@@ -130,7 +131,7 @@ def quantize(
     record.update(calibration=method, samples=sum(len(next(iter(f.values()))) for f in feeds))
     if excluded:
         record["float"] = excluded
-    _set_metadata(quantized, {PRECISION_KEY: "int8", QUANTIZATION_KEY: json.dumps(record)})
+    set_metadata(quantized, {PRECISION_KEY: "int8", QUANTIZATION_KEY: json.dumps(record)})
     return quantized, float_model, excluded
 
 
@@ -210,16 +211,13 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return named
 
 
-def _feeds(model, calibration, input_name) -> list[dict[str, np.ndarray]]:
+def _feeds(model, calibration, input_name, batch: int) -> list[dict[str, np.ndarray]]:
     if not isinstance(calibration, np.ndarray):
         return list(calibration)
     if input_name is None:
         stored = {t.name for t in model.graph.initializer}
         input_name = next(i.name for i in model.graph.input if i.name not in stored)
-    return [
-        {input_name: calibration[i : i + CALIBRATION_BATCH]}
-        for i in range(0, len(calibration), CALIBRATION_BATCH)
-    ]
+    return [{input_name: calibration[i : i + batch]} for i in range(0, len(calibration), batch)]
 
 
 class _Reader(CalibrationDataReader):
@@ -242,7 +240,8 @@ class _Reader(CalibrationDataReader):
         return next(self._next, None)
 
 
-def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set `values` in the model's metadata_props, replacing entries of the same key."""
     keep = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
     del model.metadata_props[:]
     for key, value in [*keep, *values.items()]:
@@ -250,7 +249,7 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """onnxruntime's quantizer logs advice and prints progress; the report says what matters."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
