@@ -109,7 +109,7 @@ def main(run_dir: Path, out: Path) -> None:
     export(run_dir, dense, "--fully-convolutional")
     picture, truth = canvas(run_dir)
     pre = load(dense).preprocessing
-    x = ((picture - pre["mean"][0]) / pre["std"][0])[None, None].astype(np.float32)
+    x = ((picture - pre.mean[0]) / pre.std[0])[None, None].astype(np.float32)
 
     fcn = session(dense)
     (scores,) = fcn.run(None, {fcn.get_inputs()[0].name: x})

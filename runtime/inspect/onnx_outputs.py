@@ -4,17 +4,15 @@ Any node output becomes readable by listing it among the graph's outputs;
 onnxruntime then returns it beside the model's own. netc's export names each
 node and its output after the description's layer, so `--layer conv2` means
 the same layer as on the run. Pictures get the model's own preprocessing from
-its `netc.preprocessing` metadata (resize, mean/std). Receptive fields,
+its model card (`netc.model_card`: resize, mean/std). Receptive fields,
 gradients and history are not in an ONNX file: those flags need the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from netc.errors import UserError, did_you_mean
+from netc.model_card import ModelCard, Preprocessing
 from netc.runtime.inspect import feature_maps, filters, tiles
 from netc.runtime.inspect.source import read_picture
 
@@ -33,7 +32,7 @@ NEEDS_RUN = ("receptive_field", "top_activations", "class_map", "curves", "repor
 class OnnxModel:
     path: Path
     proto: onnx.ModelProto
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
 
     @property
     def name(self) -> str:
@@ -49,7 +48,7 @@ class OnnxModel:
         dims = self.input.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[1].HasField("dim_value"):
             return int(dims[1].dim_value)
-        return int(self.preprocessing.get("channels") or 3)
+        return self.preprocessing.channels or 3
 
     def outputs(self) -> list[tuple[str, str, str]]:
         """(output name, node name, op type) of every node's first output."""
@@ -63,12 +62,7 @@ def load(path: Path) -> OnnxModel:
         proto = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
         raise UserError(f"error: {path} is not a readable ONNX model ({exc})") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    try:
-        pre = json.loads(meta.get("netc.preprocessing", "{}")) or {}
-    except json.JSONDecodeError:
-        pre = {}
-    return OnnxModel(path, proto, pre if isinstance(pre, dict) else {})
+    return OnnxModel(path, proto, ModelCard.from_model(proto).preprocessing or Preprocessing())
 
 
 def _resolve(model: OnnxModel, layer: str) -> str:
@@ -111,15 +105,19 @@ def prepare(model: OnnxModel, picture: torch.Tensor) -> tuple[torch.Tensor, np.n
     pre = model.preprocessing
     dims = model.input.type.tensor_type.shape.dim
     fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
-    size = pre.get("resize_to") if None in fixed else fixed
+    size = pre.resize_to if None in fixed else fixed
     shown = picture[None]
     if size and all(isinstance(d, int) and d > 0 for d in size):
         if tuple(shown.shape[2:]) != tuple(size):
             shown = F.interpolate(shown, size=tuple(size), mode="bilinear", align_corners=False)
     x = shown.clone()
-    for key, apply in (("mean", torch.sub), ("std", torch.div)):
-        if pre.get(key) is not None:
-            x = apply(x, torch.tensor(pre[key], dtype=torch.float32).view(1, -1, 1, 1))
+    try:
+        normalisation = pre.normalisation(shown.shape[1])
+    except ValueError as exc:
+        raise UserError(f"error: {model.path}: {exc}") from None
+    for values, apply in zip(normalisation, (torch.sub, torch.div)):
+        if values is not None:
+            x = apply(x, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
     return shown[0].clamp(0, 1), x.numpy().astype(np.float32)
 
 
