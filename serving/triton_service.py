@@ -27,7 +27,7 @@ from netc.errors import UserError
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
-from netc.serving.batcher import AUTO_MAX_DELAY_S
+from netc.serving.batching_policy import AUTO_MAX_DELAY_S
 from netc.serving.errors import (
     InvalidRequest,
     ServingError,

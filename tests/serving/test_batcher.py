@@ -1,4 +1,5 @@
-"""The batcher on its own: a request whose caller went away is never run."""
+"""The batcher's queue on its own (its policies: test_batching_policy.py): a request whose
+caller went away is never run, and nobody is left waiting."""
 
 import asyncio
 import threading
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from netc.serving.batcher import Batcher
+from netc.serving.batching_policy import FixedDelay
 from netc.serving.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 from netc.serving.stats import ModelStats
 
@@ -91,7 +93,7 @@ def test_auto_never_makes_a_lone_client_wait():
             await batcher.close()
 
     batcher = asyncio.run(scenario())
-    assert not batcher.concurrent
+    assert not batcher.patience.concurrent
     assert set(batcher.stats.batch_sizes) == {1}
     assert batcher.stats.queue.ns / batcher.stats.queue.count < 500_000  # no 1 ms waits
 
@@ -107,7 +109,7 @@ def test_auto_batches_staggered_concurrent_clients():
 
     batcher, results = asyncio.run(scenario())
     assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(32)]
-    assert batcher.concurrent
+    assert batcher.patience.concurrent
     # arrivals 0.2 ms apart: without waiting nearly every run would hold one request
     assert batcher.stats.execution_count < 16, dict(batcher.stats.batch_sizes)
 
@@ -117,14 +119,55 @@ def test_auto_stops_waiting_when_the_concurrent_clients_go():
         batcher = _batcher(_double, delay_s=None)
         try:
             await _staggered(batcher, 16, 0.0002)
-            assert batcher.concurrent
+            assert batcher.patience.concurrent
             for i in range(4):  # one client now: its first waits find nobody
                 await batcher.submit(_request(float(i)), 1, ("x",), None)
             return batcher
         finally:
             await batcher.close()
 
-    assert not asyncio.run(scenario()).concurrent
+    assert not asyncio.run(scenario()).patience.concurrent
+
+
+class _RecordingPatience(FixedDelay):
+    """Waits 1 ms for company in batches of 2, and records what the batcher tells it."""
+
+    __slots__ = ("found", "idle")
+
+    def __init__(self) -> None:
+        super().__init__(2, (), 0.001)
+        self.idle: list[bool] = []
+        self.found: list[bool] = []
+
+    def arrived(self, now: float, idle: bool) -> None:
+        self.idle.append(idle)
+
+    def gathered(self, found_company: bool) -> None:
+        self.found.append(found_company)
+
+
+def test_the_batcher_tells_its_patience_what_happened():
+    """Each arrival says whether anything else was queued, gathering or running; each
+    wait for company says whether it found any."""
+    patience = _RecordingPatience()
+
+    async def scenario():
+        batcher = _batcher(_double, delay_s=0.0)
+        batcher.patience = patience
+        try:
+            # three at once: a full batch of 2, then one that waits and finds nobody
+            await asyncio.gather(*(batcher.submit(_request(i), 1, ("x",), None) for i in range(3)))
+            lone = batcher.submit(_request(3.0), 1, ("x",), None)  # nothing else in flight
+            while not batcher.gatherings:  # until the worker holds it, waiting for company
+                await asyncio.sleep(0)
+            company = batcher.submit(_request(4.0), 1, ("x",), None)
+            await asyncio.gather(lone, company)
+        finally:
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert patience.idle == [True, False, False, True, False]
+    assert patience.found == [False, True]
 
 
 def test_zero_delay_never_waits_for_company():
@@ -204,7 +247,7 @@ def _slow(inputs):
 
 def _on_worker_thread(run, **kwargs):
     batcher = _batcher(run, **kwargs)
-    batcher.ns_per_element = 10_000_000  # as after a slow first run: batches go to the thread
+    batcher.cost.ns_per_element = 10_000_000  # as after a slow first run: batches go to the thread
     return batcher
 
 
@@ -270,7 +313,7 @@ def test_a_large_input_after_small_ones_runs_off_the_event_loop():
         batcher = _batcher(run, delay_s=0.0)
         for _ in range(5):
             await batcher.submit({"x": np.ones((1, 3, 4, 4), np.float32)}, 1, ("4",), None)
-        batcher.ns_per_element = 100.0  # 4.8 µs for a 3x4x4 picture
+        batcher.cost.ns_per_element = 100.0  # 4.8 µs for a 3x4x4 picture
         await batcher.submit({"x": np.ones((1, 3, 4, 4), np.float32)}, 1, ("4",), None)
         await batcher.submit({"x": np.ones((1, 3, 200, 200), np.float32)}, 1, ("200",), None)
         await batcher.close()

@@ -1,0 +1,158 @@
+"""The batcher's decisions, apart from its queue: how long a short batch waits for
+company (a `Patience`: `FixedDelay` or `AutoDelay`) and where a batch runs (`RunCost`).
+
+Each object is told what happened (an arrival, a wait's outcome, a run's time) with
+explicit times, and answers from that alone: no clock, no event loop, so it is tested
+with made-up timings. What these rules buy on real load is measured by bench/serve.py
+and written up in bench/README.md ("bench/serve.py").
+"""
+
+from __future__ import annotations
+
+AUTO_MAX_DELAY_S = 0.001  # the longest `auto` makes a request wait for company
+IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not load
+FRUITLESS_WAITS = 2  # waits that brought nobody before `auto` stops waiting
+INLINE_NS = 1_000_000  # batches expected to run faster than this skip the worker thread
+
+
+class Patience:
+    """When a short batch dispatches: at once on reaching `max_batch` or a preferred
+    size, else after `wait_s(size)`. The batcher tells it of each arrival and of each
+    wait's outcome; this base learns nothing from them."""
+
+    __slots__ = ("max_batch", "preferred")
+
+    def __init__(self, max_batch: int, preferred: tuple[int, ...]) -> None:
+        self.max_batch, self.preferred = max_batch, frozenset(preferred)
+
+    def complete(self, size: int) -> bool:
+        """Whether a batch of `size` samples dispatches without waiting."""
+        return size >= self.max_batch or size in self.preferred
+
+    def wait_s(self, size: int) -> float:
+        """How long a batch of `size` samples may wait for company."""
+        raise NotImplementedError
+
+    def arrived(self, now: float, idle: bool) -> None:
+        """A request arrived at `now` (seconds); `idle`: nothing else was queued,
+        gathering or running."""
+
+    def gathered(self, found_company: bool) -> None:
+        """A wait for company ended; `found_company`: the batch grew during it."""
+
+
+class FixedDelay(Patience):
+    """A short batch waits `delay_s` (the model's `max_queue_delay_us`); 0 never waits,
+    and batches only what queued while the model was busy."""
+
+    __slots__ = ("delay_s",)
+
+    def __init__(self, max_batch: int, preferred: tuple[int, ...], delay_s: float) -> None:
+        super().__init__(max_batch, preferred)
+        self.delay_s = delay_s
+
+    def wait_s(self, size: int) -> float:
+        return 0.0 if self.complete(size) else self.delay_s
+
+
+class AutoDelay(Patience):
+    """`auto`: wait only while clients are sending concurrently, as long as the recent
+    arrival rate needs to fill the batch, at most `max_delay_s`.
+
+    1. Clients are concurrent once a request arrives while others are queued, gathering
+       or running (`arrived(idle=False)`); they stop being so after `FRUITLESS_WAITS`
+       waits that brought nobody, counted since that last arrival. A lone client never
+       waits, so batching costs it no latency; the gain under concurrent load is in
+       bench/README.md ("bench/serve.py").
+    2. The arrival gap is a moving average (weight 0.2 on the newest) of the gaps
+       between arrivals, each capped at `idle_gap_s`, so a pause reads as idleness
+       rather than as a slow rate.
+    3. A batch of `size` waits `(max_batch - size) * gap`: the time the remaining
+       places take to arrive at the recent rate, capped at `max_delay_s`.
+    """
+
+    __slots__ = ("fruitless_waits", "gap_s", "idle_gap_s", "last_arrival", "max_delay_s")
+
+    def __init__(
+        self,
+        max_batch: int,
+        preferred: tuple[int, ...],
+        *,
+        max_delay_s: float = AUTO_MAX_DELAY_S,
+        idle_gap_s: float = IDLE_GAP_S,
+    ) -> None:
+        super().__init__(max_batch, preferred)
+        self.max_delay_s, self.idle_gap_s = max_delay_s, idle_gap_s
+        self.gap_s = idle_gap_s
+        self.last_arrival: float | None = None
+        # Waits that brought nobody since the last arrival that found company; it starts
+        # at the limit: not concurrent until one does.
+        self.fruitless_waits = FRUITLESS_WAITS
+
+    @property
+    def concurrent(self) -> bool:
+        """Case 1: are clients sending concurrently?"""
+        return self.fruitless_waits < FRUITLESS_WAITS
+
+    def wait_s(self, size: int) -> float:
+        # not concurrent (the property inlined: a lone client asks before every batch)
+        if self.fruitless_waits >= FRUITLESS_WAITS or self.complete(size):
+            return 0.0
+        return min(self.max_delay_s, (self.max_batch - size) * self.gap_s)  # Case 3
+
+    def arrived(self, now: float, idle: bool) -> None:
+        if not idle:  # Case 1: others queued, gathering or running
+            self.fruitless_waits = 0
+        if self.last_arrival is not None:  # Case 2
+            gap = min(now - self.last_arrival, self.idle_gap_s)
+            self.gap_s = 0.8 * self.gap_s + 0.2 * gap
+        self.last_arrival = now
+
+    def gathered(self, found_company: bool) -> None:
+        if not found_company:  # Case 1: the concurrent clients may have gone
+            self.fruitless_waits += 1
+
+
+def patience_for(
+    batching: bool, max_batch: int, preferred: tuple[int, ...], max_delay_s: float | None
+) -> Patience:
+    """The wait policy of a model's configuration: `max_delay_s` None is `auto`; with
+    batching off nothing waits."""
+    if not batching:
+        return FixedDelay(max_batch, preferred, 0.0)
+    if max_delay_s is None:
+        return AutoDelay(max_batch, preferred)
+    return FixedDelay(max_batch, preferred, max_delay_s)
+
+
+class RunCost:
+    """Where a batch runs: on the event loop when it is expected to take under
+    `inline_ns`, else on a worker thread, so the loop keeps accepting requests.
+
+    For short runs the thread hand-off (and the GIL traffic it brings) costs more than
+    the run; bench/README.md ("bench/serve.py") has the measurements. The expectation
+    is `ns_per_element` times the batch's input elements, not its sample count: for a
+    fully convolutional model a huge picture after many tiny ones must not run on the
+    loop, where it would hold every other call. `ns_per_element` is a moving average
+    (weight 0.1 on the newest run); until a run has been timed every batch goes to the
+    thread.
+    """
+
+    __slots__ = ("inline_ns", "ns_per_element")
+
+    def __init__(self, inline_ns: int = INLINE_NS) -> None:
+        self.inline_ns = inline_ns
+        self.ns_per_element: float | None = None
+
+    def inline(self, elements: int) -> bool:
+        """Whether a batch of `elements` input values should run on the event loop."""
+        return (self.ns_per_element or self.inline_ns) * elements < self.inline_ns
+
+    def observe(self, elements: int, ns: int) -> None:
+        """A batch of `elements` input values ran in `ns` nanoseconds."""
+        per_element = ns / max(1, elements)
+        self.ns_per_element = (
+            per_element
+            if self.ns_per_element is None
+            else 0.9 * self.ns_per_element + 0.1 * per_element
+        )
