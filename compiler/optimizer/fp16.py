@@ -29,8 +29,9 @@ import numpy as np
 import onnx
 
 from netc.compiler.optimizer import verify
-from netc.compiler.optimizer.quantize import PRECISION_KEY, quiet, set_metadata
+from netc.compiler.optimizer.quantize import quiet, set_metadata
 from netc.errors import UserError
+from netc.model_card import precision_props
 
 UNSAFE_IN_FP16 = (
     "LRN",
@@ -64,7 +65,7 @@ def to_fp16(
         text = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
         raise UserError(f"{name}: onnxruntime's float16 converter fails on it: {text}") from None
     kept = [node.name or node.op_type for node in model.graph.node if node.op_type in blocked]
-    set_metadata(half, {PRECISION_KEY: "fp16"})
+    set_metadata(half, precision_props("fp16"))
     return half, kept
 
 

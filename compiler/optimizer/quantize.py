@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -38,10 +37,9 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from netc.errors import UserError, did_you_mean
+from netc.model_card import precision_props
 
 METHODS = ("minmax", "percentile", "entropy")
-PRECISION_KEY = "netc.precision"
-QUANTIZATION_KEY = "netc.quantization"
 CALIBRATION_BATCH = 16
 # Ops whose output holds their input's values (selected, reordered, clipped or copied):
 # onnxruntime quantizes them with their input's scale, so an outlier flows through them.
@@ -131,7 +129,7 @@ def quantize(
     record.update(calibration=method, samples=sum(len(next(iter(f.values()))) for f in feeds))
     if excluded:
         record["float"] = excluded
-    set_metadata(quantized, {PRECISION_KEY: "int8", QUANTIZATION_KEY: json.dumps(record)})
+    set_metadata(quantized, precision_props("int8", record))
     return quantized, float_model, excluded
 
 
