@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 # torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test lint clean bench protos
+.PHONY: demo test lint typecheck clean bench protos
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,17 @@ demo: $(VENV)/.installed
 		--image examples/images/three.png
 	@echo "demo done: open runs/demo/report/index.html"
 
+# Lint first: it takes seconds, the suite minutes.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# mypy over the netc package ([tool.mypy] in pyproject.toml).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) bench/compile.py
