@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -270,6 +271,9 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
         self.routes = Routes()  # ModelInfer headers already checked (serving/wire.py)
+        # NETC_WIRE_LANE=0 sends every request down the general path: bench/serve.py's
+        # netc-nolane target, which measures what the bytes lane is worth.
+        self.lane = os.environ.get("NETC_WIRE_LANE", "1") != "0"
 
     # Health and metadata.
 
@@ -357,7 +361,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         """Registered without (de)serializers: a request on a known route is answered from
         bytes to bytes, any other is parsed and takes the general path."""
         try:
-            header = Routes.header(data)
+            header = Routes.header(data) if self.lane else None
             hit = self.routes.match(data, header, self.repository.get)
             if hit is not None:
                 route = hit.route

@@ -254,3 +254,23 @@ def test_the_server_takes_the_lane_and_answers_alike(server, lenet, monkeypatch)
         server.call(server.running.repository.load("lenet5"))
         reply = pb.ModelInferResponse.FromString(call(_request(2, id="back").SerializeToString()))
         assert reply.id == "back" and reply.outputs[0].shape == [2, 10]
+
+
+def test_netc_wire_lane_0_sends_every_request_down_the_general_path(repository, monkeypatch):
+    """The switch bench/serve.py's netc-nolane target uses: no route is learned or taken,
+    and the answers are the general path's."""
+    monkeypatch.setenv("NETC_WIRE_LANE", "0")
+    headers = []
+    monkeypatch.setattr(wire.Routes, "learn", lambda self, header, *a: headers.append(header))
+    options = ServerOptions(host="127.0.0.1", port=0, metrics_port=None)
+    running = BackgroundServer(repository, options)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            call = channel.unary_unary(INFER)
+            for n in range(3):
+                request = _request(2, id=f"r{n}", seed=n)
+                reply = pb.ModelInferResponse.FromString(call(request.SerializeToString()))
+                assert reply.id == request.id and len(reply.raw_output_contents) == 1
+    finally:
+        running.stop()
+    assert headers == [None] * 3  # a request without a header is never a route
