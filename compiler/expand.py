@@ -24,10 +24,9 @@ from typing import Any
 
 from netc.compiler import layer_fields
 from netc.compiler.layer_fields import MAX_LAYERS, RESERVED_KEYS
-from netc.compiler.ops.attrs import describe
 from netc.compiler.spec import BlockSpec, NetworkSpec, check_name
-from netc.compiler.yaml_loader import LocList, LocMap
-from netc.errors import SourceLoc, SpecError, did_you_mean
+from netc.errors import SourceLoc, SpecError, describe, did_you_mean
+from netc.yaml_loader import LocList, LocMap
 
 _WHOLE_PARAM = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 _INLINE_PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from netc.compiler.ops import OPS
-from netc.compiler.ops.attrs import describe
 from netc.compiler.spec import BlockSpec
-from netc.compiler.yaml_loader import LocMap
-from netc.errors import SpecError, did_you_mean
+from netc.errors import SpecError, describe, did_you_mean
+from netc.yaml_loader import LocMap
 
 MAX_LAYERS = 100_000  # densenet121, the largest zoo net, has 427
 MAX_BLOCK_DEPTH = 64  # blocks inside blocks; torchvision's deepest nets nest 3

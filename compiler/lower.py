@@ -17,12 +17,12 @@ from netc.compiler import receptive_field as rfield
 from netc.compiler.expand import Expansion, FlatLayer
 from netc.compiler.ir import BATCH, Graph, GraphInput, InitSpec, Node, Shape
 from netc.compiler.ops import OPS, ShapeError
-from netc.compiler.ops.attrs import AttrTypeError, describe
+from netc.compiler.ops.attrs import AttrTypeError
 from netc.compiler.ops.base import format_shape
 from netc.compiler.spec import InputSpec, NetworkSpec
 from netc.compiler.symbolic import Sym
-from netc.compiler.yaml_loader import LocMap
-from netc.errors import SpecError, did_you_mean
+from netc.errors import SpecError, describe, did_you_mean
+from netc.yaml_loader import LocMap
 
 INIT_KINDS = ("default", "gaussian", "gaussian_sqrt_n", "xavier", "he", "bilinear")
 INIT_KEYS = ("type", "std", "mode", "bias")

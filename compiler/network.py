@@ -12,8 +12,8 @@ from netc.compiler.expand import expand
 from netc.compiler.ir import Graph
 from netc.compiler.lower import lower
 from netc.compiler.spec import InputSpec, NetworkSpec, parse_network
-from netc.compiler.yaml_loader import load_located
 from netc.errors import SpecError, UserError, did_you_mean
+from netc.yaml_loader import load_located
 
 
 @dataclass(frozen=True)

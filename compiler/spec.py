@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from netc.compiler.ops.attrs import describe
-from netc.compiler.yaml_loader import LocList, LocMap
-from netc.errors import SourceLoc, SpecError, did_you_mean
+from netc.errors import SourceLoc, SpecError, describe, did_you_mean
+from netc.yaml_loader import LocList, LocMap
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # used with fullmatch: no trailing newline
 TASKS = ("classification", "segmentation", "embedding")

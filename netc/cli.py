@@ -14,11 +14,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from netc.console import final_message, say
 from netc.errors import UserError
 from netc.fileio import check_output, output_path, write_atomic
-from netc.runtime.launch import final_message
-
-MAX_DIM = 2**31 - 1  # onnx and torch keep sizes in signed 64-bit; images are far smaller
+from netc.limits import MAX_DIM
 
 
 def _input_shape(text: str) -> tuple:
@@ -41,27 +40,18 @@ def _input_shape(text: str) -> tuple:
 
 
 def _param(text: str) -> tuple[str, object]:
-    from netc.compiler.yaml_loader import load_located
+    from netc.yaml_loader import load_located, plain
 
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE")
     try:  # the description's own reader: its alias cap, tag and nesting checks
-        return key.strip(), _plain(load_located(value, f"--set {key.strip()}", allow_empty=True))
+        return key.strip(), plain(load_located(value, f"--set {key.strip()}", allow_empty=True))
     except UserError as exc:
         reason = str(exc).split("error: ", 1)[-1].splitlines()[0]
         raise argparse.ArgumentTypeError(
             f"'{text[:100]}': the value is not valid YAML ({reason}); quote a string, close a list"
         ) from None
-
-
-def _plain(value: object) -> object:
-    """Plain lists and dicts (the reader's carry source locations of a one-line text)."""
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
 
 
 def _add_set(p: argparse.ArgumentParser, text: str) -> None:
@@ -294,7 +284,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from netc.runtime.export import export_model, warn, write_model
+    from netc.runtime.export import export_model, write_model
     from netc.serving.repository import next_version_path
 
     if args.repository is not None and not args.name:
@@ -314,7 +304,7 @@ def _run_export(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
     )
     if not result.trained:
-        warn(
+        say(
             f"warning: exporting untrained, randomly initialised weights for '{args.source}'; "
             "pass a run folder to export trained weights"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,40 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def describe(value: Any) -> str:
+    """How a raw YAML value reads in an error message (cut short: a value repeated
+    through aliases could otherwise make a message of gigabytes)."""
+    if isinstance(value, bool):
+        text = f"boolean {str(value).lower()}"
+    elif isinstance(value, int):
+        digits = len(str(value)) if abs(value) < 10**4000 else None
+        text = f"integer {value}" if digits and digits <= 40 else "an integer of many digits"
+    elif isinstance(value, float):
+        text = f"number {value}"
+    elif isinstance(value, str):
+        text = f"string '{value[:200]}'" + ("…" if len(value) > 200 else "")
+    elif value is None:
+        text = "nothing (null)"
+    elif isinstance(value, list):
+        shown = ", ".join(_short(item) for item in value[:20])
+        text = f"list [{shown}{', …' if len(value) > 20 else ''}]"
+    elif isinstance(value, dict):
+        keys = [str(key) for key in list(value)[:20]]
+        text = f"mapping {{{', '.join(keys)}{', …' if len(value) > 20 else ''}}}"
+    else:
+        text = repr(value)[:200]
+    return text if len(text) <= MAX_DESCRIBED else text[:MAX_DESCRIBED] + "…"
+
+
+MAX_DESCRIBED = 300
+
+
+def _short(item: Any) -> str:
+    if isinstance(item, (list, dict)):
+        return "[…]" if isinstance(item, list) else "{…}"
+    return repr(item) if not isinstance(item, str) else f"'{item[:40]}'"
 
 
 class ConfigError(UserError):

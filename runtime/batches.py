@@ -13,9 +13,10 @@ import math
 import torch
 from torch import nn
 
+from netc.console import say
 from netc.errors import ConfigError
 from netc.runtime import distributed as distrib
-from netc.runtime.prepare import PreparedRun, say
+from netc.runtime.prepare import PreparedRun
 from netc.runtime.preprocess import balanced_sampler
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netc.compiler.ops.attrs import describe
-from netc.errors import did_you_mean
+from netc.errors import describe, did_you_mean
 from netc.runtime.options import Options, config_error
+from netc.yaml_loader import plain
 
 TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embedding": "loss"}
 # `training.metric`: a task's figure or the loss, by its short name or its metrics.jsonl one;
@@ -45,19 +45,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_size"] = list(self.input_size) if self.input_size else None
-        return _plain(data)
+        return plain(data)
 
 
 KEYS = tuple(TrainConfig.__dataclass_fields__)
-
-
-def _plain(value: Any) -> Any:
-    """LocMap/LocList → dict/list, so settings can be stored in checkpoints."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -106,9 +97,9 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         val_fraction=read.number("val_fraction", 0.15, low=0, high=1, high_open=True),
         seed=read.number("seed", 0, low=0, high=2**31 - 1, integer=True),
         input_size=_input_size(values.get("input_size")),
-        loss=_plain(values.get("loss")),
-        optimizer=_plain(values.get("optimizer")),
-        schedule=_plain(values.get("schedule")),
+        loss=plain(values.get("loss")),
+        optimizer=plain(values.get("optimizer")),
+        schedule=plain(values.get("schedule")),
         clip_grad_norm=read.number("clip_grad_norm", None, low=0, low_open=True),
         normalize=read.boolean("normalize", True),
         pca_whitening=read.boolean("pca_whitening", False),
@@ -129,7 +120,7 @@ def _with_lr(optimizer: Any, lr: float) -> dict[str, Any]:
         return {"lr": lr}
     if isinstance(optimizer, str):
         return {"type": optimizer, "lr": lr}
-    return {**_plain(optimizer), "lr": lr}
+    return {**plain(optimizer), "lr": lr}
 
 
 def _input_size(value: Any) -> tuple[int, int] | None:

@@ -20,21 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-RANK_ERRORS_ENV = "NETC_RANK_ERRORS"  # set for the ranks: where their final messages go
-
-
-def final_message(text: str, code: int) -> None:
-    """How a command's last words leave: to stderr, or, in a rank started by
-    `run_local`, to its launcher."""
-    folder = os.environ.get(RANK_ERRORS_ENV)
-    if not folder:
-        print(text, file=sys.stderr)
-        return
-    rank = os.environ.get("RANK", "0")
-    try:
-        Path(folder, f"rank{rank}.json").write_text(json.dumps({"code": code, "text": text}))
-    except OSError:  # the launcher is gone; say it here rather than not at all
-        print(text, file=sys.stderr)
+from netc.console import RANK_ERRORS_ENV
 
 
 @contextlib.contextmanager

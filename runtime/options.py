@@ -14,8 +14,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from netc.compiler.ops.attrs import describe
-from netc.errors import ConfigError, SourceLoc, did_you_mean
+from netc.errors import ConfigError, SourceLoc, describe, did_you_mean
 
 
 def config_error(

@@ -5,11 +5,11 @@ Nothing is written here: a mistake found while preparing leaves no RUN_DIR.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
 from netc.compiler.network import Network, load, load_string
+from netc.console import say
 from netc.errors import ConfigError, DataError
 from netc.runtime.config import TrainConfig, parse_training
 from netc.runtime.datasets import ArrayDataset, load_dataset, resize, split
@@ -25,11 +25,6 @@ class PreparedRun:
     preprocessing: Preprocessing
     classes: list[str]
     params: dict[str, Any]
-
-
-def say(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _compile(source: str, params: dict[str, Any], stored: dict[str, Any] | None) -> Network:

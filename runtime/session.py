@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netc.console import say
 from netc.errors import ConfigError, UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint, metrics
@@ -27,7 +28,7 @@ from netc.runtime.finetune import load_by_name
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
-from netc.runtime.prepare import PreparedRun, say
+from netc.runtime.prepare import PreparedRun
 from netc.runtime.preprocess import Augment
 from netc.runtime.progress import Progress
 from netc.runtime.resume import replan, resume_note, schedule_state

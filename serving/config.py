@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netc.compiler.yaml_loader import LocMap, load_located
 from netc.errors import UserError, did_you_mean
+from netc.yaml_loader import LocMap, load_located
 
 KEYS = (
     "max_batch_size",

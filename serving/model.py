@@ -23,7 +23,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from netc.errors import InternalError, UserError
 from netc.model_card import ModelCard
-from netc.serving.batcher import Batcher, Tensors
+from netc.serving.batcher import Batcher
+from netc.serving.batching_tensors import Tensors
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest, ModelFailed, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec

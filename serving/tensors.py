@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from netc.limits import MAX_DIM
 from netc.protos.generated import grpc_service_pb2 as pb
+from netc.serving.batching_tensors import Tensors
 from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.model_info import DATATYPES
 
-Tensors = dict[str, np.ndarray]
 MAX_RANK = 32  # numpy holds 64; no vision model takes more than a handful
-MAX_DIM = 2**31 - 1
 MAX_CLASSIFICATION = 4096  # top-k entries one output item may return as text
 
 # Which InferTensorContents field carries each datatype (FP16 and BF16 only travel raw).

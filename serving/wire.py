@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from netc.protos.generated import grpc_service_pb2 as pb
+from netc.serving.batching_tensors import Tensors
 from netc.serving.model import ServedModel
-from netc.serving.tensors import WIRE_DTYPES, Tensors, datatype_of
+from netc.serving.tensors import WIRE_DTYPES, datatype_of
 
 MAX_ROUTES = 1024  # distinct headers remembered; past this the table starts over
 MAX_HEADER = 4096  # bytes; a longer header (say, a shape of thousands of dims) is never a route

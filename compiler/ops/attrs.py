@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from netc.errors import describe
+
 REQUIRED = object()
 
 
@@ -20,40 +22,6 @@ class AttrTypeError(ValueError):
         self.found = describe(found)
         self.hint = hint
         super().__init__(f"expected {expected}, found {self.found}")
-
-
-def describe(value: Any) -> str:
-    """How a raw YAML value reads in an error message (cut short: a value repeated
-    through aliases could otherwise make a message of gigabytes)."""
-    if isinstance(value, bool):
-        text = f"boolean {str(value).lower()}"
-    elif isinstance(value, int):
-        digits = len(str(value)) if abs(value) < 10**4000 else None
-        text = f"integer {value}" if digits and digits <= 40 else "an integer of many digits"
-    elif isinstance(value, float):
-        text = f"number {value}"
-    elif isinstance(value, str):
-        text = f"string '{value[:200]}'" + ("…" if len(value) > 200 else "")
-    elif value is None:
-        text = "nothing (null)"
-    elif isinstance(value, list):
-        shown = ", ".join(_short(item) for item in value[:20])
-        text = f"list [{shown}{', …' if len(value) > 20 else ''}]"
-    elif isinstance(value, dict):
-        keys = [str(key) for key in list(value)[:20]]
-        text = f"mapping {{{', '.join(keys)}{', …' if len(value) > 20 else ''}}}"
-    else:
-        text = repr(value)[:200]
-    return text if len(text) <= MAX_DESCRIBED else text[:MAX_DESCRIBED] + "…"
-
-
-MAX_DESCRIBED = 300
-
-
-def _short(item: Any) -> str:
-    if isinstance(item, (list, dict)):
-        return "[…]" if isinstance(item, list) else "{…}"
-    return repr(item) if not isinstance(item, str) else f"'{item[:40]}'"
 
 
 @dataclass(frozen=True)

@@ -37,18 +37,6 @@ def test_a_user_error_in_every_rank_is_said_once_with_exit_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_rank_writes_its_last_words_for_the_launcher(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(launch.RANK_ERRORS_ENV, str(tmp_path))
-    monkeypatch.setenv("RANK", "3")
-    launch.final_message("error: no such file", 2)
-    assert capsys.readouterr().err == ""
-    said = json.loads((tmp_path / "rank3.json").read_text())
-    assert said == {"code": 2, "text": "error: no such file"}
-    monkeypatch.delenv(launch.RANK_ERRORS_ENV)
-    launch.final_message("error: plain", 2)
-    assert capsys.readouterr().err == "error: plain\n"
-
-
 def _failed(*exitcodes):
     failures = {
         rank: SimpleNamespace(exitcode=code, local_rank=rank) for rank, code in enumerate(exitcodes)

@@ -540,7 +540,7 @@ def test_bad_settings(config, task, key, words):
 
 
 def test_setting_errors_carry_the_file_location():
-    from netc.compiler.yaml_loader import load_located
+    from netc.yaml_loader import load_located
 
     config = load_located("type: cross_entropy\nlabel_smoothing: 2.0\n", "net.yaml")
     with pytest.raises(ConfigError, match=r"^net\.yaml:2:18: error: training\.loss\."):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from netc.compiler import yaml_loader
-from netc.compiler.yaml_loader import load_located
+from netc import yaml_loader
 from netc.errors import SpecError
+from netc.yaml_loader import load_located
 
 
 def test_values_carry_their_line_and_column():

@@ -45,6 +45,16 @@ class LocList(list):
         return self.item_locs[index] if index < len(self.item_locs) else self.loc
 
 
+def plain(value: Any) -> Any:
+    """LocMap/LocList (and tuples) → dict/list, so a value can be stored in JSON or a
+    checkpoint."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # Aliases can make a few lines expand to billions of values ("billion laughs"). A
 # value reached again through an alias counts against this cap; a document without
