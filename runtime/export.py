@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ from netc.compiler import symbolic as sym
 from netc.compiler import zoo
 from netc.compiler.analysis import analyze, minimum_input_size
 from netc.compiler.ir import Graph
+from netc.compiler.ir_passes.fc_to_conv import to_fully_convolutional
 from netc.compiler.network import load, load_string
 from netc.compiler.onnx_export import export_onnx, metadata_for
-from netc.compiler.passes.fc_to_conv import to_fully_convolutional
 from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint
@@ -317,7 +316,3 @@ def write_model(model: onnx.ModelProto, path: Path) -> int:
     data = model.SerializeToString()
     write_atomic(path, data)
     return len(data)
-
-
-def warn(message: str) -> None:
-    print(message, file=sys.stderr)

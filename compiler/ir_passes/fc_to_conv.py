@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from netc.compiler.ir import Graph, GraphInput, Node
-from netc.compiler.passes.reinfer import reinfer
+from netc.compiler.ir_passes.reinfer import reinfer
 from netc.compiler.symbolic import Sym
 from netc.errors import UserError
 

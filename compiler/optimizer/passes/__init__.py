@@ -1,1 +1,2 @@
-"""One module per optimizer pass."""
+"""One module per ONNX optimizer pass (ONNX → ONNX); the passes over netc's IR are in
+compiler/ir_passes/."""

@@ -7,7 +7,7 @@ from helpers import assert_fp32_close
 
 import netc
 from netc.compiler.analysis import analyze
-from netc.compiler.passes.fc_to_conv import to_fully_convolutional
+from netc.compiler.ir_passes.fc_to_conv import to_fully_convolutional
 from netc.errors import UserError
 from netc.runtime.module import build_module
 
