@@ -121,16 +121,20 @@ def analyze(graph: Graph) -> Analysis:
             )
         )
     by_name = {layer.name: layer for layer in layers}
-    macs = [layer.macs for layer in layers]
-    memory = [layer.activation_bytes for layer in layers]
     return Analysis(
         layers=layers,
         params=sum(layer.params for layer in layers),
         trainable_params=sum(layer.trainable_params for layer in layers),
-        macs=None if None in macs else sum(macs),
-        activation_bytes=None if None in memory else sum(memory),
+        macs=_total([layer.macs for layer in layers]),
+        activation_bytes=_total([layer.activation_bytes for layer in layers]),
         outputs={out: by_name[source] for out, source in graph.outputs.items()},
     )
+
+
+def _total(counts: list[int | None]) -> int | None:
+    """The sum, or None when any count is unknown."""
+    known = [count for count in counts if count is not None]
+    return sum(known) if len(known) == len(counts) else None
 
 
 def minimum_input_size(graph: Graph, limit: int = 4096) -> tuple[int, int] | None:

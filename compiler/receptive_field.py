@@ -68,19 +68,23 @@ def for_node(node, inputs: list[Field], in_shapes: list[Shape]) -> Field:
         return Field(inputs[0].height, inputs[0].width, whole=True)
     if kind == "window":
         a = node.attrs
-        return Field(
-            *(
-                inputs[0]
-                .axes()[i]
-                .window(a["kernel"][i], a["stride"][i], a["dilation"][i], a["padding"][i])
-                for i in range(2)
-            )
+        height, width = (
+            inputs[0]
+            .axes()[i]
+            .window(a["kernel"][i], a["stride"][i], a["dilation"][i], a["padding"][i])
+            for i in range(2)
         )
+        return Field(height, width)
     if kind == "flatten":
         x = in_shapes[0]
         if len(x) != 4:
             return inputs[0]
-        return Field(*(inputs[0].axes()[i].window(x[2 + i], x[2 + i], 1, 0) for i in range(2)))
+        # flatten's shape rule has checked the size static
+        height, width = (
+            inputs[0].axes()[i].window(size, size, 1, 0)
+            for i, size in enumerate(sym.static(d) for d in x[2:])
+        )
+        return Field(height, width)
     if kind == "merge":
         return _union(inputs)
     if kind == "crop":
@@ -106,7 +110,8 @@ def _union(inputs: list[Field]) -> Field:
         low = min(f.start - (f.size - 1) / 2 for f in fields)
         high = max(f.start + (f.size - 1) / 2 for f in fields)
         axes.append(AxisField(high - low + 1, max(f.jump for f in fields), (low + high) / 2))
-    return Field(*axes)
+    height, width = axes
+    return Field(height, width)
 
 
 def _upsample(node, field: Field, shape: Shape) -> Field:
@@ -115,7 +120,7 @@ def _upsample(node, field: Field, shape: Shape) -> Field:
     if a["scale"] is not None:
         scales = [Fraction(s) for s in a["scale"]]
     elif all(sym.is_static(d) for d in shape[2:]):
-        scales = [Fraction(a["size"][i], shape[2 + i]) for i in range(2)]
+        scales = [Fraction(a["size"][i], sym.static(shape[2 + i])) for i in range(2)]
     else:
         return Field(field.height, field.width, whole=True)
     axes = []
@@ -128,7 +133,8 @@ def _upsample(node, field: Field, shape: Shape) -> Field:
                 f.start + (Fraction(1, 2) / scale - Fraction(1, 2)) * f.jump,
             )
         )
-    return Field(*axes)
+    height, width = axes
+    return Field(height, width)
 
 
 def _transpose(node, field: Field) -> Field:
@@ -145,7 +151,8 @@ def _transpose(node, field: Field) -> Field:
                 f.start + (Fraction(p) - Fraction(d * (k - 1), 2)) / s * f.jump,
             )
         )
-    return Field(*axes)
+    height, width = axes
+    return Field(height, width)
 
 
 def crop_offset(x: Field, reference: Field) -> tuple[int, int]:

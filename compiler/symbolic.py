@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeGuard, Union
+
+from netc.errors import InternalError
 
 Dim = Union[int, "Sym"]
 
@@ -115,8 +117,17 @@ def variables(x: Dim) -> set[str]:
     return set() if isinstance(x, int) else x.variables()
 
 
-def is_static(x: Dim) -> bool:
+def is_static(x: Dim) -> TypeGuard[int]:
     return isinstance(x, int)
+
+
+def static(x: Dim) -> int:
+    """x where the caller knows it is fixed: a channel or feature count (the description
+    fixes an input's, every op computes its own from attributes), or a size of a shape
+    already checked static."""
+    if not isinstance(x, int):
+        raise InternalError(f"size {x} is open where a fixed size is needed")
+    return x
 
 
 def probably_equal(x: Dim, y: Dim) -> bool:

@@ -31,7 +31,7 @@ def _normalize_conv(attrs: Attrs) -> Attrs:
 def _infer_conv(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
     require_rank(x, 4, "conv")
-    _check_groups(attrs, x[1], "conv")
+    _check_groups(attrs, sym.static(x[1]), "conv")
     top, left, bottom, right = attrs["padding"]
     pads = ((top, bottom), (left, right))
     spatial = tuple(
@@ -59,7 +59,9 @@ def _conv_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]
 
 def _conv_macs(attrs: Attrs, inputs: list[Shape], out: Shape) -> int:
     kh, kw = attrs["kernel"]
-    return out[1] * out[2] * out[3] * (inputs[0][1] // attrs["groups"]) * kh * kw
+    channels, height, width = (sym.static(d) for d in out[1:])
+    in_channels = sym.static(inputs[0][1])
+    return channels * height * width * (in_channels // attrs["groups"]) * kh * kw
 
 
 CONV = OpDef(
@@ -91,7 +93,7 @@ def _normalize_transpose(attrs: Attrs) -> Attrs:
 def _infer_transpose(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
     require_rank(x, 4, "conv_transpose")
-    _check_groups(attrs, x[1], "conv_transpose")
+    _check_groups(attrs, sym.static(x[1]), "conv_transpose")
     spatial = []
     for i in range(2):
         k, s, d = attrs["kernel"][i], attrs["stride"][i], attrs["dilation"][i]
@@ -119,9 +121,9 @@ def _transpose_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int,
 
 
 def _transpose_macs(attrs: Attrs, inputs: list[Shape], out: Shape) -> int:
-    x = inputs[0]
+    in_channels, height, width = (sym.static(d) for d in inputs[0][1:])
     kh, kw = attrs["kernel"]
-    return x[1] * x[2] * x[3] * (attrs["channels"] // attrs["groups"]) * kh * kw
+    return in_channels * height * width * (attrs["channels"] // attrs["groups"]) * kh * kw
 
 
 CONV_TRANSPOSE = OpDef(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from netc.compiler import symbolic as sym
 from netc.compiler.ops import attrs as a
 from netc.compiler.ops.base import Attrs, OpDef, Shape, ShapeError, require_rank
 
@@ -24,12 +25,12 @@ def _bn_shape(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 def _bn_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]]:
-    channels = inputs[0][1]
+    channels = sym.static(inputs[0][1])
     return {"weight": (channels,), "bias": (channels,)} if attrs["affine"] else {}
 
 
 def _bn_buffers(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]]:
-    channels = inputs[0][1]
+    channels = sym.static(inputs[0][1])
     return {"running_mean": (channels,), "running_var": (channels,)}
 
 

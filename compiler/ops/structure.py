@@ -20,7 +20,7 @@ def _infer_flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
         )
     features = 1
     for d in x[1:]:
-        features *= d
+        features *= sym.static(d)
     return (x[0], features)
 
 
@@ -40,7 +40,7 @@ def _infer_fc(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 def _fc_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, tuple[int, ...]]:
-    params = {"weight": (attrs["units"], inputs[0][1])}
+    params: dict[str, tuple[int, ...]] = {"weight": (attrs["units"], sym.static(inputs[0][1]))}
     if attrs["bias"]:
         params["bias"] = (attrs["units"],)
     return params
