@@ -41,7 +41,8 @@ class OptimizerPass(ir.passes.InPlacePass):
 
         The shared step of every pass that drops a node computing x → x.
         """
-        problem = bypass(graph, node, node.inputs[0])
+        source = node.inputs[0]
+        problem = "it has no input" if source is None else bypass(graph, node, source)
         if problem is None:
             self.note(f"{label(node)} removed" + (f": {why}" if why else ""))
             return True

@@ -120,6 +120,7 @@ class DuplicateInitializerRemoval(OptimizerPass):
             result = DeduplicateInitializersPass(size_limit=2**62)(model)
         for name, use in first_use.items():
             if name not in initializers:
-                kept = use.node.inputs[use.idx].name if use is not None else "another"
+                value = use.node.inputs[use.idx] if use is not None else None
+                kept = value.name if value is not None else "another"
                 self.note(f"{name!r} merged into {kept!r}")
         return ir.passes.PassResult(model, result.modified)

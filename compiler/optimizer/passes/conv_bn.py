@@ -82,10 +82,9 @@ class ConvBatchNormFusion(OptimizerPass):
         modified = False
         for bn in [n for n in graph if n.op_type == "BatchNormalization" and n.domain == ""]:
             affine = read_batch_norm(bn, bn.version or opset)
-            layer = bn.inputs[0].producer() if bn.inputs and bn.inputs[0] is not None else None
-            problem = affine if isinstance(affine, str) else _fold(graph, bn, affine, names)
-            if problem is not None:
-                self.refuse(f"{label(bn, with_op=True)} not fused: {problem}")
+            layer = affine if isinstance(affine, str) else _fold(graph, bn, affine, names)
+            if isinstance(layer, str):
+                self.refuse(f"{label(bn, with_op=True)} not fused: {layer}")
                 continue
             modified = True
             self.macs_saved += shapes.numel(bn.outputs[0]) or 0
@@ -128,9 +127,10 @@ def read_batch_norm(bn: ir.Node, version: int) -> Affine | str:
     return Affine(scale=scale, shift=beta - mean * scale)
 
 
-def _fold(graph: ir.Graph, bn: ir.Node, affine: Affine, names: NameScope) -> str | None:
-    """Fold `bn` into its producer; None when done, else why not (nothing changed then)."""
+def _fold(graph: ir.Graph, bn: ir.Node, affine: Affine, names: NameScope) -> ir.Node | str:
+    """Fold `bn` into its producer; the layer it went into, else why not (nothing changed then)."""
     source = bn.inputs[0]
+    assert source is not None  # read_batch_norm has checked all five inputs
     layer = source.producer()
     if layer is None:
         return f"its input {source.name!r} is not computed by a layer"
@@ -141,11 +141,13 @@ def _fold(graph: ir.Graph, bn: ir.Node, affine: Affine, names: NameScope) -> str
     if problem is not None:
         return problem
     problem = fold(graph, layer, bn, affine, names)
-    if problem is not None or layer.op_type == "MatMul":  # case 5 replaced the BN itself
+    if problem is not None:
         return problem
+    if layer.op_type == "MatMul":  # case 5 replaced the BN itself
+        return layer
     if bypass(graph, bn, source) is not None:  # checked above: source is no graph output
         raise InternalError(f"{label(bn, with_op=True)}: weights folded but BN not removable")
-    return None
+    return layer
 
 
 def _fold_conv(graph, conv, bn, affine, names) -> str | None:
@@ -219,10 +221,10 @@ def _fold_matmul_add(graph, add, bn, affine, names) -> str | None:
     problem = sole_reader_problem(matmul.outputs[0], add)
     if problem is not None:
         return problem
-    weight = _matmul_weight(matmul, affine)
-    if isinstance(weight, str):
-        return weight
-    weight, dtype = weight
+    read = _matmul_weight(matmul, affine)
+    if isinstance(read, str):
+        return read
+    weight, dtype = read
     bias = constant(add.inputs[1 - index])
     if isinstance(bias, str):
         return f"the Add's other input is not a constant: {bias}"
@@ -238,10 +240,10 @@ def _fold_matmul_add(graph, add, bn, affine, names) -> str | None:
 
 def _fold_matmul(graph, matmul, bn, affine, names) -> str | None:
     # Case 5: MatMul(A, W) → BN becomes MatMul(A, W·scale) → Add(shift).
-    weight = _matmul_weight(matmul, affine)
-    if isinstance(weight, str):
-        return weight
-    weight, dtype = weight
+    read = _matmul_weight(matmul, affine)
+    if isinstance(read, str):
+        return read
+    weight, dtype = read
     set_constant_input(graph, matmul, 1, weight.astype(dtype), names, _hint(matmul, "weight"))
     add = ir.Node("", "Add", [matmul.outputs[0], None], name=bn.name)
     set_constant_input(graph, add, 1, affine.shift.astype(dtype), names, _hint(matmul, "bias"))

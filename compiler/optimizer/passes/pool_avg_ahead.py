@@ -56,19 +56,18 @@ class AvgPoolAhead(OptimizerPass):
         names = NameScope(model.graph)
         modified = False
         for pool in [n for n in model.graph if n.op_type == "AveragePool" and n.domain == ""]:
-            op = pool.inputs[0].producer()
+            source = pool.inputs[0]
+            op = source.producer() if source is not None else None
             if op is None or op.domain != "" or op.op_type not in ("Conv", "BatchNormalization"):
                 continue
-            affine = _read_affine(op, op.version or opset)
-            window = pc.read_window(pool)
-            problem = next((p for p in (affine, window) if isinstance(p, str)), None)
-            problem = problem or _unsound(op, pool, window, affine[1])
-            if problem is not None:
-                self.refuse(f"{label(pool, with_op=True)} kept after {label(op)}: {problem}")
+            movable = _movable(op, pool, op.version or opset)
+            if isinstance(movable, str):
+                self.refuse(f"{label(pool, with_op=True)} kept after {label(op)}: {movable}")
                 continue
+            window, macs_per_position = movable
             dims = pc.counted_dims(op.inputs[0])
             pc.move_pool_ahead(model.graph, op, pool, names)
-            self._report(op, pool, window, dims, affine[0])
+            self._report(op, pool, window, dims, macs_per_position)
             modified = True
         return ir.passes.PassResult(model, modified)
 
@@ -123,6 +122,18 @@ def _has_bias(op: ir.Node) -> bool:
         return False
     data = constant(bias)
     return isinstance(data, str) or bool(np.any(data != 0))
+
+
+def _movable(op: ir.Node, pool: ir.Node, version: int) -> tuple[pc.PoolWindow, int | None] | str:
+    """The pool's window and `op`'s MACs per position, or why the pool stays after `op`."""
+    affine = _read_affine(op, version)
+    window = pc.read_window(pool)
+    if isinstance(affine, str):
+        return affine
+    if isinstance(window, str):
+        return window
+    macs_per_position, has_bias = affine
+    return _unsound(op, pool, window, has_bias) or (window, macs_per_position)
 
 
 def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow, has_bias: bool) -> str | None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from netc.compiler.optimizer import shapes
-from netc.compiler.optimizer.rewrite import NameScope
+from netc.compiler.optimizer.rewrite import NameScope, label
+from netc.errors import InternalError
 
 POOL_OPS = ("AveragePool", "MaxPool")
 
@@ -174,6 +175,8 @@ def move_pool_ahead(graph: ir.Graph, op: ir.Node, pool: ir.Node, names: NameScop
     output name now names op's output, so graph outputs keep their names.
     """
     source, result = op.inputs[0], pool.outputs[0]
+    if source is None:  # onnx's checker refuses such a model before any pass runs
+        raise InternalError(f"{label(op, with_op=True)} has no data input to pool")
     new_pool = ir.Node(
         "",
         pool.op_type,

@@ -42,10 +42,12 @@ class GapGemmToConv(OptimizerPass):
         names = NameScope(model.graph)
         modified = False
         for gemm in [n for n in model.graph if n.op_type == "Gemm" and n.domain == ""]:
-            flatten = gemm.inputs[0].producer()
+            flattened = gemm.inputs[0]
+            flatten = flattened.producer() if flattened is not None else None
             if flatten is None or flatten.op_type != "Flatten" or flatten.domain != "":
                 continue
-            gap = flatten.inputs[0].producer()
+            pooled = flatten.inputs[0]
+            gap = pooled.producer() if pooled is not None else None
             if gap is None or gap.op_type != "GlobalAveragePool" or gap.domain != "":
                 continue
             params = _conv_params(gap, flatten, gemm)
@@ -108,7 +110,9 @@ def _rewrite(
     """Replace GAP → Flatten → Gemm (`head`) by Conv → GAP → Flatten."""
     gap, flatten, gemm = head
     source, result = gap.inputs[0], gemm.outputs[0]
-    spatial = shapes.rank(source) - 2
+    rank = shapes.rank(source)
+    assert source is not None and rank is not None  # _conv_params has checked its rank
+    spatial = rank - 2
     weight = np.ascontiguousarray(weight.reshape(*weight.shape, *[1] * spatial))
     inputs = [source, _initializer(graph, names, f"{label(gemm)}.conv_weight", weight)]
     if bias is not None:
@@ -120,17 +124,21 @@ def _rewrite(
     )
     conv.outputs[0].name = names.fresh(f"{result.name}_map")
     new_gap.outputs[0].name = names.fresh(f"{result.name}_pooled")
-    _annotate(source, len(weight), conv.outputs[0], new_gap.outputs[0], result.type)
+    _annotate(source, spatial, len(weight), conv.outputs[0], new_gap.outputs[0], result.type)
     pc.replace(
         graph, [gap, flatten, gemm], [conv, new_gap, new_flatten], result, new_flatten.outputs[0]
     )
 
 
 def _annotate(
-    source: ir.Value, classes: int, scores: ir.Value, pooled: ir.Value, type_: ir.TypeProtocol
+    source: ir.Value,
+    spatial: int,
+    classes: int,
+    scores: ir.Value,
+    pooled: ir.Value,
+    type_: ir.TypeProtocol | None,
 ) -> None:
     """Types and shapes for the new score map and its pooled form."""
-    spatial = shapes.rank(source) - 2
     scores.type = pooled.type = type_
     if source.shape is not None:
         scores.shape = ir.Shape([source.shape[0], classes, *source.shape.dims[2:]])

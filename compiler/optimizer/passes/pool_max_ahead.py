@@ -50,15 +50,13 @@ class MaxPoolAhead(OptimizerPass):
         pending = [n for n in model.graph if n.op_type == "MaxPool" and n.domain == ""]
         while pending:
             pool = pending.pop()
-            op = pool.inputs[0].producer()
+            source = pool.inputs[0]
+            op = source.producer() if source is not None else None
             if op is None or op.domain != "" or op.op_type not in _MONOTONE:
                 continue
-            window = pc.read_window(pool)
-            problem = window if isinstance(window, str) else None
-            problem = problem or _MONOTONE[op.op_type](op, op.version or opset)
-            problem = problem or _unsound(op, pool, window)
-            if problem is not None:
-                self.refuse(f"{label(pool, with_op=True)} kept after {label(op)}: {problem}")
+            window = _movable(op, pool, op.version or opset)
+            if isinstance(window, str):
+                self.refuse(f"{label(pool, with_op=True)} kept after {label(op)}: {window}")
                 continue
             dims = pc.counted_dims(op.inputs[0])
             channels = _channels(op.inputs[0])
@@ -88,7 +86,7 @@ class MaxPoolAhead(OptimizerPass):
         self.note(text)
 
 
-def _channels(value: ir.Value) -> int | None:
+def _channels(value: ir.Value | None) -> int | None:
     shape = shapes.static_shape(value)
     return None if shape is None or len(shape) < 2 else shape[1]
 
@@ -117,6 +115,14 @@ _MONOTONE = {
     "Clip": _always,
     "BatchNormalization": _batch_norm,
 }
+
+
+def _movable(op: ir.Node, pool: ir.Node, version: int) -> pc.PoolWindow | str:
+    """The pool's window, or why the pool stays after `op`."""
+    window = pc.read_window(pool)
+    if isinstance(window, str):
+        return window
+    return _MONOTONE[op.op_type](op, version) or _unsound(op, pool, window) or window
 
 
 def _unsound(op: ir.Node, pool: ir.Node, window: pc.PoolWindow) -> str | None:

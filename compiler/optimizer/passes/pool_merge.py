@@ -67,7 +67,7 @@ class PoolMerge(OptimizerPass):
             self.refuse(f"{pair_label(first, second)} kept apart: {merged}")
             return False
         kernel, strides = merged
-        attributes = {
+        attributes: dict[str, int | list[int]] = {
             "kernel_shape": list(kernel),
             "strides": list(strides),
             "pads": [0] * 2 * len(kernel),
@@ -98,9 +98,10 @@ def _merged_window(
     if pc.uses_indices(first) or pc.uses_indices(second):
         return "MaxPool Indices are used"
     w1, w2 = pc.read_window(first), pc.read_window(second)
-    for w in (w1, w2):
-        if isinstance(w, str):
-            return w
+    if isinstance(w1, str):
+        return w1
+    if isinstance(w2, str):
+        return w2
     if w1.rank != w2.rank:
         return "pools of different rank"
     if w1.padded or w2.padded:
