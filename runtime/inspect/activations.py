@@ -54,7 +54,7 @@ def check_layer(model: Model, name: str, flag: str) -> str:
         return name
     hint = did_you_mean(name, names)
     raise UserError(
-        f"error: {flag} {name}: {model.graph.name} has no layer '{name}'"
+        f"{flag} {name}: {model.graph.name} has no layer '{name}'"
         + (f"\n  hint: {hint}" if hint else f"\n  hint: its layers are {', '.join(names)}")
     )
 
@@ -66,3 +66,11 @@ def spatial_layers(model: Model) -> list[str]:
 
 def conv_layers(model: Model) -> list[str]:
     return [node.name for node in model.graph.nodes if node.op in ("conv", "conv_transpose")]
+
+
+MAP_OPS = ("conv", "conv_transpose", "max_pool", "avg_pool")
+
+
+def map_layers(model: Model) -> list[str]:
+    """Conv and pooling layers: the feature maps `--image` draws by default."""
+    return [node.name for node in model.graph.nodes if node.op in MAP_OPS]

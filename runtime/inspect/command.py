@@ -60,9 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-channels",
         type=int,
-        default=32,
+        default=64,
         metavar="N",
-        help="channels per feature-map picture (default 32)",
+        help="channels per feature-map picture: a layer with more shows its N most active "
+        "(default 64)",
     )
     p.add_argument(
         "--filters",
@@ -130,7 +131,7 @@ def _positive(args: argparse.Namespace) -> None:
     for flag in ("limit", "max_channels", "channels", "top"):
         value = getattr(args, flag)
         if value < 1:
-            raise UserError(f"error: --{flag.replace('_', '-')} must be at least 1, found {value}")
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, found {value}")
 
 
 def _actions(args: argparse.Namespace) -> bool:
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not source.exists():
         raise UserError(
-            f"error: no run folder, checkpoint or ONNX file '{source}'\n"
+            f"no run folder, checkpoint or ONNX file '{source}'\n"
             "  hint: netc inspect takes what netc train --out wrote, or netc export's .onnx"
         )
     model = load_run(source)
@@ -190,7 +191,7 @@ def _pictures(model, args: argparse.Namespace, *, needed: bool, many: bool = Fal
         return source.pictures_from_files(model, args.image)
     if needed:
         raise UserError(
-            "error: this needs pictures to show the network: give --image FILE or "
+            "this needs pictures to show the network: give --image FILE or "
             "--data DATASET (e.g. --data digits)"
         )
     return None
@@ -206,14 +207,14 @@ def _draw(model, args: argparse.Namespace, folder: Path):
         gradcam,
         top_activations,
     )
-    from netc.runtime.inspect.activations import conv_layers
+    from netc.runtime.inspect.activations import map_layers
 
     if args.curves:
         yield curves.save(model.history, folder / "curves.png", model.graph.name), "curves"
     if args.filters is not None:
         grid = filters.save(model, args.filters or None, folder)
         yield grid.path, f"{grid.tiles} tiles"
-    layers = args.layer or (conv_layers(model) if args.image else [])
+    layers = args.layer or (map_layers(model) if args.image else [])
     for layer in layers:
         grid = feature_maps.save(
             model,
@@ -222,7 +223,16 @@ def _draw(model, args: argparse.Namespace, folder: Path):
             folder,
             max_channels=args.max_channels,
         )
-        yield grid.path, f"{grid.tiles - 1} channels"
+        total = next(item.shape[1] for item in model.analysis.layers if item.name == layer)
+        shown = grid.tiles - 1
+        yield (
+            grid.path,
+            (
+                f"{shown} channels"
+                if shown == total
+                else f"the {shown} most active of {total} channels"
+            ),
+        )
     if args.receptive_field:
         pictures = _pictures(model, args, needed=True)
         grid = fields.save(model, pictures, args.receptive_field, folder, args.position)

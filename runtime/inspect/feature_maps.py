@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netc.compiler.analysis import field_json
 from netc.errors import UserError
 from netc.runtime.inspect import tiles
 from netc.runtime.inspect.activations import check_layer, record, spatial_layers
 from netc.runtime.inspect.source import Batch, Model
 
-MAX_CHANNELS = 32
+MAX_CHANNELS = 64  # past this a grid's tiles get too small to read
 
 
 def file_name(kind: str, layer: str) -> str:
@@ -45,14 +46,40 @@ def save(
     if layer not in spatial_layers(model):
         shape = next(s.shape for s in model.analysis.layers if s.name == layer)
         raise UserError(
-            f"error: {flag} {layer}: its output {list(shape[1:])} is not a feature map "
+            f"{flag} {layer}: its output {list(shape[1:])} is not a feature map "
             f"(C, H, W)\n  hint: layers with maps: {', '.join(spatial_layers(model))}"
         )
     with torch.no_grad():
         output = record(model, pictures.inputs[:1], [layer])[layer][0].float().numpy()
+    analysed = next(item for item in model.analysis.layers if item.name == layer)
     return draw(
-        model.graph.name, layer, output, pictures.shown[0], pictures.names[0], folder, max_channels
+        model.graph.name,
+        layer,
+        output,
+        pictures.shown[0],
+        pictures.names[0],
+        folder,
+        max_channels,
+        field=field_text(field_json(analysed.field)),
     )
+
+
+def field_text(field: dict) -> str:
+    """A layer's receptive field as its title says it: "field 14x14, stride 4"."""
+    if field["whole_input"]:
+        return "field: the whole input"
+    size = "x".join("?" if v is None else f"{v:g}" for v in field["size"])
+    stride = "x".join("?" if v is None else f"{v:g}" for v in field["stride"])
+    return f"field {size}, stride {stride}"
+
+
+def most_active(output: np.ndarray, count: int) -> list[int]:
+    """The `count` channels of a (C, h, w) map with the largest mean response, in
+    channel order (all of them when there are no more than `count`)."""
+    if output.shape[0] <= count:
+        return list(range(output.shape[0]))
+    means = output.reshape(output.shape[0], -1).mean(axis=1)
+    return sorted(np.argsort(-means, kind="stable")[:count].tolist())
 
 
 def draw(
@@ -63,17 +90,19 @@ def draw(
     name: str,
     folder: Path,
     max_channels: int = MAX_CHANNELS,
+    field: str = "",
 ) -> tiles.Grid:
-    """features_<layer>.png from a layer's (C, h, w) output and the picture it came from."""
-    count = min(output.shape[0], max_channels)
+    """features_<layer>.png from a layer's (C, h, w) output and the picture it came from:
+    every channel, or the `max_channels` most active ones (largest mean), saying so."""
+    channels = most_active(output, max_channels)
     grid = [picture_tile(shown, name)]
-    for channel in range(count):
+    for channel in channels:
         values = output[channel]
         grid.append(tiles.Tile(values, f"#{channel}  {values.min():.2g}..{values.max():.2g}"))
-    more = "" if count == output.shape[0] else f", first {count} shown"
+    more = "" if len(channels) == output.shape[0] else f", the {len(channels)} most active shown"
     title = (
         f"{network} · {layer}: {output.shape[0]} channels of "
-        f"{output.shape[1]}x{output.shape[2]}{more} · {name}"
+        f"{output.shape[1]}x{output.shape[2]}{more}{' · ' + field if field else ''} · {name}"
     )
     columns = tiles.balanced_columns(len(grid))
     return tiles.save_grid(folder / file_name("features", layer), grid, title, columns)

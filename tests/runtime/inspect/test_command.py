@@ -32,6 +32,8 @@ def test_every_picture_of_a_run(tmp_path, capsys):
         "curves.png",
         "features_conv1.png",
         "features_conv2.png",
+        "features_pool1.png",
+        "features_pool2.png",
         "filters_conv1.png",
         "receptive_field_conv2.png",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from nets import build, raw_batch
@@ -35,11 +36,23 @@ def test_feature_maps_one_tile_per_channel_after_the_picture(tmp_path, lenet):
     assert (grid.tiles, grid.rows, grid.columns) == (17, 2, 9)  # rows of 9 and 8
     assert size_of(grid.path) == grid.pixels == tiles.grid_pixels(2, 9)
     capped = feature_maps.save(lenet, pictures, "relu2", tmp_path, max_channels=5)
-    assert capped.tiles == 6 and size_of(capped.path) == tiles.grid_pixels(1, 6)
+    # one row of 6; its longer title ("the 5 most active shown") may wrap
+    assert capped.tiles == 6 and size_of(capped.path) == capped.pixels
+    assert capped.pixels[0] == tiles.grid_pixels(1, 6)[0]
     assert grid.pixels == (
         9 * tiles.TILE + 8 * tiles.GAP + 2 * tiles.MARGIN,
         tiles._title_height(1) + 2 * (tiles.TILE + tiles.LABEL) + tiles.GAP + tiles.MARGIN,
     )
+
+
+def test_a_wide_layer_shows_its_most_active_channels_and_says_so(tmp_path):
+    means = np.random.default_rng(0).permutation(100).astype(np.float32)
+    output = np.broadcast_to(means[:, None, None], (100, 4, 4)).copy()
+    assert feature_maps.most_active(output, 64) == sorted(np.argsort(-means)[:64].tolist())
+    assert feature_maps.most_active(output[:10], 64) == list(range(10))
+    shown = torch.zeros(1, 8, 8)
+    grid = feature_maps.draw("net", "wide", output, shown, "p.png", tmp_path, 64, field="f")
+    assert grid.tiles == 65 and size_of(grid.path) == grid.pixels
 
 
 def test_feature_maps_of_a_vector_is_a_user_error(tmp_path, lenet):
