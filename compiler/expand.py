@@ -24,6 +24,7 @@ from typing import Any
 
 from netc.compiler import layer_fields
 from netc.compiler.layer_fields import MAX_LAYERS, RESERVED_KEYS
+from netc.compiler.reserved_names import MODULE_ATTRIBUTES
 from netc.compiler.spec import BlockSpec, NetworkSpec, check_name
 from netc.errors import SourceLoc, SpecError, describe, did_you_mean
 from netc.yaml_loader import LocList, LocMap
@@ -213,6 +214,7 @@ class _State:
         label = scope.prefix + raw["name"] if isinstance(raw["name"], str) else None
         entry = substitute(raw, env, loc, label, scope.block)
         name = check_name(entry["name"], entry.value_loc("name"), "layer name")
+        _check_not_reserved(name, entry.value_loc("name"))
         if name in seen or name in scope.inputs:
             where = f"block '{scope.block}'" if scope.block else "the network"
             hint = (
@@ -453,3 +455,15 @@ def _flat_layer(full: str, entry: LocMap, inputs: list[Ref], trainable: bool) ->
         trainable=trainable,
         loc=entry.value_loc("name"),
     )
+
+
+def _check_not_reserved(name: str, loc: SourceLoc) -> None:
+    """A layer name PyTorch can register: no dotted part is an nn.Module attribute."""
+    taken = [part for part in name.split(".") if part in MODULE_ATTRIBUTES]
+    if taken:
+        raise SpecError(
+            f"layer name '{name}' cannot be used: '{taken[0]}' is an attribute of PyTorch's "
+            "nn.Module, under which netc registers the layer",
+            loc=loc,
+            hint=f"rename it, e.g. '{name.replace(taken[0], taken[0] + '_', 1)}'",
+        )
