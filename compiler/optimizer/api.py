@@ -28,6 +28,8 @@ from netc.errors import UserError
 from netc.fileio import write_atomic
 
 MAC_SIZE = 224  # open spatial dims when counting MACs saved, as torchvision's tables do
+# --input-shape's shapes: input name (None: the model's only input) → full shape
+InputShapes = Mapping[str | None, Sequence[int]]
 
 
 @dataclass
@@ -83,7 +85,7 @@ def optimize_file(
     verify: bool = True,
     enable: Collection[str] = (),
     verbose: bool = False,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> OptimizeResult:
     """Optimize the ONNX file `src` into `dst`; `dst` is written only when all went well.
 
@@ -113,27 +115,27 @@ def optimize_model(
     *,
     verify: bool = True,
     enable: Collection[str] = (),
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: InputShapes | None = None,
     name: str = "the model",
     original_bytes: bytes | None = None,
     passes: Sequence[type[OptimizerPass]] | None = None,
 ) -> OptimizeResult:
     """Optimize a loaded model; `proto` is left unchanged.
 
-    `input_shapes` (input name → full shape) fixes the sizes used for the
-    verification run and the MAC counts. `passes` replaces the pipeline
-    (tests). Raises UserError for a model netc cannot take and
+    `input_shapes` (input name, None for the only one → full shape) fixes
+    the sizes used for the verification run and the MAC counts. `passes`
+    replaces the pipeline (tests). Raises UserError for a model netc cannot take and
     VerificationError when the optimized model computes something else.
     """
     start = time.perf_counter()
     check_model(proto, name)
-    input_shapes = resolve_input_shapes(proto, input_shapes, name)
+    resolved = resolve_input_shapes(proto, input_shapes, name)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
         raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
     ops_before = Counter(node.op_type for node in model.graph)
-    mac_shapes = _mac_shapes(model, input_shapes)
+    mac_shapes = _mac_shapes(model, resolved)
     reports = run_pipeline(model, enable=enable, passes=passes, static_input_shapes=mac_shapes)
     optimized = ir.to_proto(model)
     data = _serialize(optimized, name)
@@ -149,9 +151,9 @@ def optimize_model(
     if verify:
         check_deterministic(proto, name)
         original = original_bytes if original_bytes is not None else proto.SerializeToString()
-        result.verification = verify_model(original, data, input_shapes=input_shapes, name=name)
+        result.verification = verify_model(original, data, input_shapes=resolved, name=name)
         if not result.verification.ok:
-            culprit = find_faulty_pass(proto, original, enable, passes, input_shapes, name)
+            culprit = find_faulty_pass(proto, original, enable, passes, resolved, name)
             raise VerificationError(
                 f"{name}: the optimized model computes something else, so nothing was "
                 f"written: {result.verification.summary()}; first wrong after pass {culprit}. "
@@ -257,7 +259,7 @@ def _check_with_onnx(proto: onnx.ModelProto, name: str) -> None:
 
 
 def resolve_input_shapes(
-    proto: onnx.ModelProto, given: Mapping[str | None, Sequence[int]] | None, name: str
+    proto: onnx.ModelProto, given: InputShapes | None, name: str
 ) -> dict[str, tuple[int, ...]] | None:
     """Check user-given input shapes against the model; a None key means its only input."""
     if not given:
@@ -328,7 +330,7 @@ def _mac_shapes(
     """Concrete input shapes for MAC counts: `given`, else batch 1 and open sizes MAC_SIZE."""
     shapes = {}
     for value in model.graph.inputs:
-        if value.is_initializer():
+        if value.is_initializer() or value.name is None:  # onnx's checker names every input
             continue
         if given and value.name in given:
             shapes[value.name] = tuple(given[value.name])

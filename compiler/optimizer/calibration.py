@@ -165,12 +165,13 @@ def _resized(data, size: tuple[int | None, ...], card: ModelCard):
     """Images at the size the model runs them: its fixed size, else `resize_to`."""
     from netc.runtime.datasets import resize
 
-    resize_to = card.preprocessing and card.preprocessing.resize_to
+    resize_to = card.preprocessing.resize_to if card.preprocessing is not None else None
     if resize_to is not None:
         size = tuple(fixed or wanted for fixed, wanted in zip(size, resize_to))
-    if None in size:
+    height, width = size
+    if height is None or width is None:
         return data  # open size: the data set's own
-    return resize(data, (int(size[0]), int(size[1])))
+    return resize(data, (height, width))
 
 
 def _normaliser(card: ModelCard, channels: int, where: str):
@@ -181,7 +182,9 @@ def _normaliser(card: ModelCard, channels: int, where: str):
         values = pre.normalisation(channels)
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
-    mean, std = (None if v is None else np.float32(v).reshape(1, -1, 1, 1) for v in values)
+    mean, std = (
+        None if v is None else np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in values
+    )
     low, high = pre.value_range
 
     def prepare(images: np.ndarray) -> np.ndarray:

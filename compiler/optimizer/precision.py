@@ -23,16 +23,27 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from netc.compiler.optimizer import accuracy, calibration
-from netc.compiler.optimizer.api import OptimizeResult, _read, optimize_model, parse_model
+from netc.compiler.optimizer.api import (
+    InputShapes,
+    OptimizeResult,
+    _read,
+    optimize_model,
+    parse_model,
+    resolve_input_shapes,
+)
 from netc.compiler.optimizer.verify import VerificationError
 from netc.errors import UserError
 from netc.fileio import write_atomic
+
+if TYPE_CHECKING:  # fp16 is imported when a model is reduced to fp16
+    from netc.compiler.optimizer.fp16 import Fp16Check
 
 PRECISIONS = ("fp32", "int8", "fp16")
 SPEED_SECONDS = 2.0  # interleaved timing stops after this long (at least SPEED_MIN_ROUNDS)
@@ -74,7 +85,7 @@ class PrecisionResult:
     data: bytes
     size_before: int
     gate: accuracy.GateResult | None = None
-    fp16_check: object | None = None  # fp16.Fp16Check
+    fp16_check: Fp16Check | None = None
     kept_float: list[str] = field(default_factory=list)
     asked_float: list[str] = field(default_factory=list)
     speed: Speed | None = None
@@ -145,7 +156,7 @@ def reduce_precision_file(
     options: PrecisionOptions,
     *,
     enable: Collection[str] = (),
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> PrecisionResult:
     """Optimize `src` and reduce its precision into `dst`, written only when every check
     passed."""
@@ -170,7 +181,7 @@ def reduce_precision_model(
     options: PrecisionOptions,
     *,
     enable: Collection[str] = (),
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: InputShapes | None = None,
     name: str = "the model",
     original_bytes: bytes | None = None,
 ) -> PrecisionResult:
@@ -184,7 +195,7 @@ def reduce_precision_model(
     if options.precision == "int8":
         result = _int8(fp32, options, name, size)
     else:
-        result = _fp16(fp32, options, name, size, input_shapes)
+        result = _fp16(fp32, options, name, size, resolve_input_shapes(proto, input_shapes, name))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -231,6 +242,7 @@ def _int8(fp32: OptimizeResult, options: PrecisionOptions, name: str, size: int)
     from netc.compiler.optimizer.layer_errors import SAMPLES, layer_errors
     from netc.compiler.optimizer.quantize import quantize
 
+    assert options.calibrate is not None  # check_options refuses int8 without it
     samples = calibration.load_samples(
         fp32.model,
         options.calibrate,
@@ -289,7 +301,13 @@ def _gate_message(name: str, gate: accuracy.GateResult, worst, keep_float) -> st
     return "\n".join(lines)
 
 
-def _fp16(fp32: OptimizeResult, options: PrecisionOptions, name: str, size: int, input_shapes):
+def _fp16(
+    fp32: OptimizeResult,
+    options: PrecisionOptions,
+    name: str,
+    size: int,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+):
     from netc.compiler.optimizer.fp16 import check_fp16, to_fp16
 
     half, kept = to_fp16(fp32.model, keep_io_types=not options.fp16_io, name=name)

@@ -31,6 +31,7 @@ import logging
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -125,7 +126,11 @@ def quantize(
                 extra_options={"CalibStridedMinMax": 1},
             )
         quantized = onnx.load(target)
-    record = {"format": "QDQ", "weights": "int8 per channel, 7 bit", "activations": "uint8"}
+    record: dict[str, Any] = {
+        "format": "QDQ",
+        "weights": "int8 per channel, 7 bit",
+        "activations": "uint8",
+    }
     record.update(calibration=method, samples=sum(len(next(iter(f.values()))) for f in feeds))
     if excluded:
         record["float"] = excluded

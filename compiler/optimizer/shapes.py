@@ -31,14 +31,15 @@ def annotate_static_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[
     saved = {id(v): (v, v.shape, v.type) for v in values}
     try:
         for value in graph.inputs:
-            if value.name in input_shapes and not value.is_initializer():
-                value.shape = ir.Shape(list(input_shapes[value.name]))
+            name = value.name
+            if name is not None and name in input_shapes and not value.is_initializer():
+                value.shape = ir.Shape(list(input_shapes[name]))
         with quiet_onnx_ir():
             ShapeInferencePass(strict_mode=False)(model)
         for value in values:
-            shape = static_dims(value.shape)
-            if shape is not None:
-                value.meta[STATIC_SHAPE] = shape
+            dims = static_dims(value.shape)
+            if dims is not None:
+                value.meta[STATIC_SHAPE] = dims
     finally:
         for value, shape, type_ in saved.values():
             value.shape, value.type = shape, type_
@@ -69,9 +70,10 @@ def numel(value: ir.Value | None) -> int | None:
 
 
 def static_dims(shape: ir.Shape | None) -> tuple[int, ...] | None:
-    if shape is None or not all(isinstance(d, int) for d in shape.dims):
+    if shape is None:
         return None
-    return tuple(shape.dims)
+    dims = tuple(d for d in shape.dims if isinstance(d, int))
+    return dims if len(dims) == len(shape.dims) else None
 
 
 def _all_values(graph: ir.Graph) -> list[ir.Value]:

@@ -55,6 +55,14 @@ def test_fp16_converts_and_verifies_on_cpu(model_file, tmp_path, capsys):
     assert_close(got, want, rtol=verify.FP16_RTOL, atol=bound, what="fp16 output")
 
 
+def test_fp16_checks_at_an_unnamed_input_shape(model_file, tmp_path, capsys):
+    # an --input-shape without NAME= is the only input's, for the fp16 check as for fp32's
+    out = tmp_path / "net.fp16.onnx"
+    argv = ["optimize", str(model_file), "-o", str(out), "--precision", "fp16"]
+    assert main([*argv, "--input-shape", "2,3,16,16"]) == 0
+    assert "within fp16's tolerance" in capsys.readouterr().out
+
+
 def test_fp16_io_makes_inputs_and_outputs_half(model_file, tmp_path, capsys):
     out = tmp_path / "net.fp16.onnx"
     argv = ["optimize", str(model_file), "-o", str(out), "--precision", "fp16", "--fp16-io"]
