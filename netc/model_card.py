@@ -122,7 +122,7 @@ class Preprocessing:
         ValueError, saying which entry, when one does not fit `channels` (neither one
         value nor one per channel), is not finite, or std holds a zero; callers
         report it as their kind of error."""
-        fitted = []
+        fitted: list[tuple[float, ...] | None] = []
         for key, values in (("mean", self.mean), ("std", self.std)):
             if values is None:
                 fitted.append(None)
@@ -160,16 +160,15 @@ class ModelCard:
         InternalError when a field holds what no reader would accept (a writer's bug)."""
         self._check()
         split = self.validation_split
-        if split is not None:
-            split = {"val_fraction": split[0], "seed": split[1]}
-        props = {
+        split_json = None if split is None else {"val_fraction": split[0], "seed": split[1]}
+        props: dict[str, Any] = {
             NETWORK: self.network,
             TASK: self.task,
             DESCRIPTION_SHA256: self.description_sha256,
             PREPROCESSING: None if self.preprocessing is None else self.preprocessing.to_json(),
             LABELS: None if self.labels is None else list(self.labels),
             FULLY_CONVOLUTIONAL_FROM: self.fully_convolutional_from,
-            VALIDATION_SPLIT: split,
+            VALIDATION_SPLIT: split_json,
             OUTPUT_STRIDE: _floats(self.output_stride),
             OUTPUT_OFFSET: _floats(self.output_offset),
         }
@@ -279,7 +278,9 @@ def size_rule(expression: Any, variable: Any) -> Callable[[int], int] | None:
             return _OPS[type(node.op)](evaluate(node.left, size), evaluate(node.right, size))
         if isinstance(node, ast.UnaryOp):
             return -evaluate(node.operand, size)
-        return node.value if isinstance(node, ast.Constant) else size
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):  # check() took ints only
+            return node.value
+        return size
 
     return lambda size: evaluate(tree, size)
 
