@@ -25,7 +25,7 @@ model needs ~200 bytes a pixel while it runs (tinyseg: 2.7 GiB at 4000x4000)."""
 FORMATS = ("PNG", "JPEG")
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
-_TENSOR_TYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+_TENSOR_TYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
 
 def pixel_limit(max_pixels: int | None) -> int:
@@ -64,7 +64,7 @@ def decode_encoded(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data), formats=FORMATS)
+            picture: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             kind = f"{picture.format} image"
             _check_pixels(picture.height, picture.width, max_pixels)
             picture.load()

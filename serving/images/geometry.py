@@ -9,7 +9,7 @@ every pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def _axis(n_in: int, n_out: int, a: float, b: float):
 
 
 def resample(
-    x: np.ndarray, size: tuple[int, int], scale: tuple[float, float], shift: tuple[float, float]
+    x: np.ndarray, size: tuple[int, int], scale: Sequence[float], shift: Sequence[float]
 ) -> np.ndarray:
     """Bilinear sampling of x (..., h, w) at src = scale·dst + shift, per axis → (..., H, W).
 

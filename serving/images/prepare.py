@@ -68,9 +68,9 @@ def image_input(info: ModelInfo) -> ImageInput:
     if pre.layout != LAYOUT:
         raise Unsupported(f"{what}: preprocessing layout {pre.layout}; expected {LAYOUT}")
     channels = dims[0] if dims[0] > 0 else pre.channels or 3
-    size = tuple(d if d > 0 else None for d in dims[1:])
+    height, width = (d if d > 0 else None for d in dims[1:])
     if pre.resize_to is not None:  # an open-size network trained at one size
-        size = tuple(fixed or wanted for fixed, wanted in zip(size, pre.resize_to))
+        height, width = height or pre.resize_to[0], width or pre.resize_to[1]
     try:
         mean, std = (_per_channel(v, channels) for v in pre.normalisation(channels))
     except ValueError as exc:
@@ -79,7 +79,7 @@ def image_input(info: ModelInfo) -> ImageInput:
         spec.name,
         np.dtype(np.float16 if spec.datatype == "FP16" else np.float32),
         channels,
-        size,
+        (height, width),
         mean,
         std,
         pre.value_range,
@@ -114,11 +114,13 @@ def prepare(
     x = to_channels(image, spec.channels)
     original = (x.shape[1], x.shape[2])
     # fixed axes: resized to the model's size; open axes: the picture's size, padded
-    content = tuple(fixed or n for fixed, n in zip(spec.size, original))
+    (fixed_h, fixed_w), (rule_h, rule_w) = spec.size, rules
+    content = (fixed_h or original[0], fixed_w or original[1])
     if content != original:
         x = resize(x, content)
-    target = tuple(
-        n if fixed else fitted_size(n, rule) for fixed, n, rule in zip(spec.size, content, rules)
+    target = (
+        content[0] if fixed_h else fitted_size(content[0], rule_h),
+        content[1] if fixed_w else fitted_size(content[1], rule_w),
     )
     limit = pixel_limit(max_pixels)
     if target != content and target[0] * target[1] > limit and None in spec.size:
