@@ -226,7 +226,7 @@ class Batcher:
             self._dequeue(first)
             group.append(first)
             return first.batch
-        taken = []
+        taken: list[_Pending] = []
         nbytes = sum(p.nbytes for p in group)
         max_batch = self.patience.max_batch
         for pending in self.queue:

@@ -92,7 +92,8 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor) -> tuple[str, t
 
 def decode_bytes(data: bytes, count: int, what: str) -> list[bytes]:
     """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
-    items, offset = [], 0
+    items: list[bytes] = []
+    offset = 0
     while offset < len(data):
         if offset + 4 > len(data):
             raise InvalidRequest(
