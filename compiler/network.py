@@ -44,7 +44,7 @@ def load(
     try:
         exists, is_file, is_dir = path.exists(), path.is_file(), path.is_dir()
     except OSError as exc:  # a name longer than the file system allows, ...
-        raise UserError(f"error: {str(source)[:200]}: {exc.strerror or exc}") from None
+        raise UserError(f"{str(source)[:200]}: {exc.strerror or exc}") from None
     # a description's suffix or a folder in the name make it a path; only a bare name may
     # be a zoo name (a zoo hint for runs/lenet would be a wrong answer)
     if path.suffix in (".yaml", ".yml") or exists or path.name != str(source):
@@ -56,18 +56,18 @@ def load(
                 if exists
                 else "no such file"
             )
-            raise UserError(f"error: {source}: {problem}")
+            raise UserError(f"{source}: {problem}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"error: cannot read network file {source}: {exc}") from None
+            raise UserError(f"cannot read network file {source}: {exc}") from None
         return load_string(text, file=str(source), input_shape=input_shape, params=params)
     try:
         text = zoo.read(str(source))
     except KeyError:
         hint = did_you_mean(str(source), zoo.names())
         raise UserError(
-            f"error: '{source}' is neither a network file nor a zoo network"
+            f"'{source}' is neither a network file nor a zoo network"
             + (f"\n  hint: {hint}" if hint else "\n  hint: `netc zoo` lists the built-in networks")
         ) from None
     return load_string(text, file=f"zoo:{source}", input_shape=input_shape, params=params)

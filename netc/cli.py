@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from netc.console import final_message, say
-from netc.errors import UserError
+from netc.errors import UserError, render
 from netc.fileio import check_output, output_path, write_atomic
 from netc.limits import MAX_DIM
 
@@ -48,7 +48,7 @@ def _param(text: str) -> tuple[str, object]:
     try:  # the description's own reader: its alias cap, tag and nesting checks
         return key.strip(), plain(load_located(value, f"--set {key.strip()}", allow_empty=True))
     except UserError as exc:
-        reason = str(exc).split("error: ", 1)[-1].splitlines()[0]
+        reason = exc.detail.splitlines()[0]
         raise argparse.ArgumentTypeError(
             f"'{text[:100]}': the value is not valid YAML ({reason}); quote a string, close a list"
         ) from None
@@ -288,7 +288,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from netc.serving.repository import next_version_path
 
     if args.repository is not None and not args.name:
-        raise UserError("error: --repository needs --name NAME")
+        raise UserError("--repository needs --name NAME")
     if args.output is not None:
         check_output(args.output)  # before the export and its check, which take a while
     options = _precision_options(args, verify=True)
@@ -447,13 +447,13 @@ def _precision_options(args: argparse.Namespace, verify: bool):
         given = [flag for flag, on in flags if on]
         if given:
             raise UserError(
-                f"error: {' and '.join(given)} need --precision int8"
+                f"{' and '.join(given)} need --precision int8"
                 + (" or fp16" if given == ["--fp16-io"] else "")
             )
         return None
     if not verify:
         raise UserError(
-            f"error: --precision {args.precision} is always checked (an accuracy gate for "
+            f"--precision {args.precision} is always checked (an accuracy gate for "
             "int8, fp16's tolerance for fp16); drop --no-verify (--max-drop 100 accepts any "
             "int8 accuracy)"
         )
@@ -557,13 +557,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
     )
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
-        raise UserError(
-            f"error: --max-image-pixels must be at least 1, found {args.max_image_pixels}"
-        )
+        raise UserError(f"--max-image-pixels must be at least 1, found {args.max_image_pixels}")
     try:
         return serve_forever(args.repository, options)
     except OSError as exc:
-        raise UserError(f"error: cannot start the server: {exc}") from None
+        raise UserError(f"cannot start the server: {exc}") from None
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -601,9 +599,9 @@ def _check_url(url: str) -> None:
         return  # a socket path, no port
     host, sep, port = url.rpartition(":")
     if not url or not sep or not host:
-        raise UserError(f"error: --url '{url}': expected HOST:PORT, e.g. localhost:8001")
+        raise UserError(f"--url '{url}': expected HOST:PORT, e.g. localhost:8001")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UserError(f"error: --url '{url}': the port must be a number from 1 to 65535")
+        raise UserError(f"--url '{url}': the port must be a number from 1 to 65535")
 
 
 def _run_infer(args: argparse.Namespace) -> int:
@@ -611,7 +609,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     from netc.serving.infer import classify_files, find_model, read_files, segment_files
 
     if not 1 <= args.top_k <= MAX_TOP_K:
-        raise UserError(f"error: --top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
+        raise UserError(f"--top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
     _check_url(args.url)
     files = read_files(args.files)  # before the server: a missing file is said first
     with VisionClient(args.url) as client:
@@ -630,7 +628,7 @@ def _run_infer(args: argparse.Namespace) -> int:
                 _print_mask(result)
         else:
             raise UserError(
-                f"error: model '{args.model}' is a {entry.task} model; netc infer "
+                f"model '{args.model}' is a {entry.task} model; netc infer "
                 "classifies and segments images"
             )
     return 0
@@ -681,15 +679,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserError as exc:
-        final_message(str(exc), 2)
+        final_message(render(exc), 2)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except RecursionError:  # a description nested past Python's limit (blocks, sizes)
         final_message(
-            "error: the input nests too deeply for netc to follow (deeper than Python's "
-            "recursion limit); flatten the nesting",
+            render(
+                "the input nests too deeply for netc to follow (deeper than Python's "
+                "recursion limit); flatten the nesting"
+            ),
             2,
         )
         return 2

@@ -4,6 +4,10 @@ User mistakes (a bad network file, a bad request, bad data) are `UserError`s:
 the CLI prints their message and exits with status 2, the server maps them to
 gRPC status codes. Anything else escaping netc is our own bug (`InternalError`
 or an unexpected exception) and exits with status 1.
+
+Messages are written without an "error: " label. `render` adds it, in this one
+place, where a person reads them on a terminal (`netc.cli`); a gRPC client
+receives the message as it is (`serving.errors.failure`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ class NetcError(Exception):
 
 
 class UserError(NetcError):
-    """Something the user gave us is wrong; the message says what and where."""
+    """Something the user gave us is wrong; the message says what and where.
+
+    A mistake with a place in a file keeps it apart, in `loc`: `str(error)` is
+    `file:line:col: message`, and `render` puts its label between the two.
+    """
+
+    def __init__(self, message: str, *, loc: SourceLoc | None = None) -> None:
+        self.loc = loc
+        self.detail = message  # the message without its place
+        super().__init__(f"{loc}: {message}" if loc is not None else message)
 
 
 class InternalError(NetcError):
@@ -41,7 +54,7 @@ class InternalError(NetcError):
 class SpecError(UserError):
     """A mistake in a network description.
 
-    Rendered as `file:line:col: layer 'x': message (expected E, found F); hint`.
+    Reads `file:line:col: layer 'x': message (expected E, found F)` and a hint line.
     """
 
     def __init__(
@@ -55,31 +68,31 @@ class SpecError(UserError):
         hint: str | None = None,
     ) -> None:
         self.message = message
-        self.loc = loc
         self.layer = layer
         self.expected = expected
         self.found = found
         self.hint = hint
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        parts = []
-        if self.loc is not None:
-            parts.append(f"{self.loc}: ")
-        parts.append("error: ")
-        if self.layer:
-            parts.append(f"layer '{self.layer}': ")
-        parts.append(self.message)
-        if self.expected is not None or self.found is not None:
+        parts = [f"layer '{layer}': " if layer else "", message]
+        if expected is not None or found is not None:
             details = []
-            if self.expected is not None:
-                details.append(f"expected {self.expected}")
-            if self.found is not None:
-                details.append(f"found {self.found}")
+            if expected is not None:
+                details.append(f"expected {expected}")
+            if found is not None:
+                details.append(f"found {found}")
             parts.append(f" ({', '.join(details)})")
-        if self.hint:
-            parts.append(f"\n  hint: {self.hint}")
-        return "".join(parts)
+        if hint:
+            parts.append(f"\n  hint: {hint}")
+        super().__init__("".join(parts), loc=loc)
+
+
+def render(error: UserError | str) -> str:
+    """A user's mistake as the terminal shows it: `error: message`, or
+    `file:line:col: error: message` when it has a place. A str is a message without one."""
+    if isinstance(error, str):
+        return f"error: {error}"
+    if error.loc is None:
+        return f"error: {error.detail}"
+    return f"{error.loc}: error: {error.detail}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -132,16 +145,18 @@ class ConfigError(UserError):
         *,
         expected: str | None = None,
         found: str | None = None,
+        hint: str | None = None,
         loc: SourceLoc | None = None,
     ) -> None:
-        self.key, self.loc = key, loc
-        text = f"{loc}: " if loc else ""
-        text += f"error: {key}: {message}"
+        self.key, self.hint = key, hint
+        text = f"{key}: {message}"
         details = [f"expected {expected}" if expected else "", f"found {found}" if found else ""]
         details = [d for d in details if d]
         if details:
             text += f" ({', '.join(details)})"
-        super().__init__(text)
+        if hint:
+            text += f"\n  hint: {hint}"
+        super().__init__(text, loc=loc)
 
 
 class DataError(UserError):

@@ -24,12 +24,12 @@ def output_path(text: str) -> Path:
 def check_output(path: str | Path) -> Path:
     """The path a write may replace, or a UserError saying why not (before any work)."""
     if not str(path):
-        raise UserError(f"error: {EMPTY}: {GIVE_A_NAME}")
+        raise UserError(f"{EMPTY}: {GIVE_A_NAME}")
     if str(path) == ".":  # what Path('') reads as: -o '' arrives here as '.'
-        raise UserError(f"error: {EMPTY} (or '.', the current folder): {GIVE_A_NAME}")
+        raise UserError(f"{EMPTY} (or '.', the current folder): {GIVE_A_NAME}")
     path = Path(path)
     if path.exists() and not path.is_file():  # a folder, a device, a pipe: never replaced
-        raise UserError(f"error: cannot write {path}: it exists and is not a regular file")
+        raise UserError(f"cannot write {path}: it exists and is not a regular file")
     return path
 
 
@@ -53,7 +53,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _clean_up(tmp, path.parent, created)
-        raise UserError(f"error: cannot write {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         _clean_up(tmp, path.parent, created)
         raise

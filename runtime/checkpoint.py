@@ -39,23 +39,23 @@ def load(path: Path) -> dict[str, Any]:
                 path = path / name
                 break
         else:
-            raise UserError(f"error: {path} holds no checkpoint (best.pt or last.pt)")
+            raise UserError(f"{path} holds no checkpoint (best.pt or last.pt)")
     if not path.is_file():
-        raise UserError(f"error: no such checkpoint or run directory: {path}")
+        raise UserError(f"no such checkpoint or run directory: {path}")
     try:
         # weights_only: tensors, numbers, strings, lists and dicts, never code (a .pt from
         # elsewhere is a pickle that could run anything on load)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"error: {path} is not a readable netc checkpoint ({first})") from None
+        raise UserError(f"{path} is not a readable netc checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"error: {path} is not a netc checkpoint (format {FORMAT})")
+        raise UserError(f"{path} is not a netc checkpoint (format {FORMAT})")
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
             found = "missing" if key not in state else f"a {type(state[key]).__name__}"
             raise UserError(
-                f"error: {path} is not a complete netc checkpoint: '{key}' is {found}, "
+                f"{path} is not a complete netc checkpoint: '{key}' is {found}, "
                 f"expected a {kind.__name__}"
             )
     if isinstance(state.get("history"), list):  # a run from before the val_ names

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from netc.errors import describe, did_you_mean
-from netc.runtime.options import Options, config_error
+from netc.errors import ConfigError, describe, did_you_mean
+from netc.runtime.options import Options
 from netc.yaml_loader import plain
 
 TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embedding": "loss"}
@@ -56,7 +56,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
     section = section or {}
     for key in section:
         if key not in KEYS:
-            raise config_error(
+            raise ConfigError(
                 f"training.{key}",
                 "unknown training setting",
                 expected="one of " + ", ".join(KEYS),
@@ -75,7 +75,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
     read = Options(values, "training")
     augment = values.get("augment") or {}
     if not isinstance(augment, dict):
-        raise config_error(
+        raise ConfigError(
             "training.augment",
             "must be a mapping",
             expected="{crop_padding: N, hflip: true}",
@@ -84,7 +84,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
     aug = Options(augment, "training.augment")
     for key in augment:
         if key not in ("crop_padding", "hflip"):
-            raise config_error(
+            raise ConfigError(
                 f"training.augment.{key}",
                 "unknown augmentation",
                 expected="crop_padding or hflip",
@@ -134,7 +134,7 @@ def _input_size(value: Any) -> tuple[int, int] | None:
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
         return (value[0], value[1])
-    raise config_error(
+    raise ConfigError(
         "training.input_size",
         "must be a size",
         expected="an integer or [H, W]",
@@ -145,7 +145,7 @@ def _input_size(value: Any) -> tuple[int, int] | None:
 def _choice(values: dict, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
     value = values.get(key, default)
     if value is not None and value not in choices:
-        raise config_error(
+        raise ConfigError(
             f"training.{key}",
             "unknown value",
             expected=" or ".join(choices),
@@ -159,7 +159,7 @@ def _device(value: Any) -> str:
     if not isinstance(value, str) or not (
         value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
     ):
-        raise config_error(
+        raise ConfigError(
             "training.device",
             "unknown device",
             expected="auto, cpu, cuda or cuda:N",

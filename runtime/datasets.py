@@ -87,11 +87,11 @@ def load_dataset(spec: str | os.PathLike[str]) -> ArrayDataset:
         if path.suffix.lower() == ".npz":
             return _load_npz(path)
         raise DataError(
-            f"error: data set '{text}': unsupported file type '{path.suffix}' "
+            f"data set '{text}': unsupported file type '{path.suffix}' "
             "(expected a .npz file or a directory)"
         )
     raise DataError(
-        f"error: no data set '{text}': not a built-in ({', '.join(BUILTINS)}), file or directory"
+        f"no data set '{text}': not a built-in ({', '.join(BUILTINS)}), file or directory"
     )
 
 
@@ -181,7 +181,7 @@ def _decode_all(
     arrays = []
     for name, (array, reason) in zip(names, results):
         if array is None:
-            raise DataError(f"error: cannot read image '{name}': {reason}")
+            raise DataError(f"cannot read image '{name}': {reason}")
         arrays.append(array)
     return arrays
 
@@ -226,7 +226,7 @@ def _load_image_folder(root: Path) -> ArrayDataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(
-            f"error: directory '{root}' has no class sub-folders "
+            f"directory '{root}' has no class sub-folders "
             "(expected one sub-folder of images per class, or images/ and masks/)"
         )
     paths: list[Path] = []
@@ -234,7 +234,7 @@ def _load_image_folder(root: Path) -> ArrayDataset:
     for label, name in enumerate(classes):
         files = _image_files(root / name)
         if not files:
-            raise DataError(f"error: class folder '{root / name}' holds no PNG/JPEG images")
+            raise DataError(f"class folder '{root / name}' holds no PNG/JPEG images")
         paths += files
         labels += [label] * len(files)
     arrays = _decode_all(_decode_image, paths)
@@ -253,13 +253,13 @@ def _load_segmentation_folder(root: Path) -> ArrayDataset:
     images_dir, masks_dir = root / "images", root / "masks"
     image_paths = _image_files(images_dir)
     if not image_paths:
-        raise DataError(f"error: segmentation folder '{images_dir}' holds no PNG/JPEG images")
+        raise DataError(f"segmentation folder '{images_dir}' holds no PNG/JPEG images")
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
     mask_paths = []
     for image in image_paths:
         if image.stem not in masks:
             raise DataError(
-                f"error: image '{image}' has no mask (expected '{masks_dir / image.stem}.png')"
+                f"image '{image}' has no mask (expected '{masks_dir / image.stem}.png')"
             )
         mask_paths.append(masks[image.stem])
     images = _decode_all(_decode_image, image_paths)
@@ -267,7 +267,7 @@ def _load_segmentation_folder(root: Path) -> ArrayDataset:
     for image, mask, ipath, mpath in zip(images, labels, image_paths, mask_paths):
         if image.shape[:2] != mask.shape:
             raise DataError(
-                f"error: mask '{mpath}' is {_hw(mask.shape)} but its image '{ipath}' is "
+                f"mask '{mpath}' is {_hw(mask.shape)} but its image '{ipath}' is "
                 f"{_hw(image.shape)} (H x W); a mask must match its image's size"
             )
     size = _common_size(images)
@@ -298,7 +298,7 @@ def _read_classes_file(path: Path) -> list[str] | None:
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     names = [name for name in names if name]
     if not names:
-        raise DataError(f"error: '{path}' lists no class names (expected one name per line)")
+        raise DataError(f"'{path}' lists no class names (expected one name per line)")
     return names
 
 
@@ -311,22 +311,20 @@ def _load_npz(path: Path) -> ArrayDataset:
     uint8 `x` is scaled by 1/255; float `x` is taken as is.
     """
     if not zipfile.is_zipfile(path):
-        raise DataError(f"error: '{path}' is not a .npz archive (expected a zip of .npy arrays)")
+        raise DataError(f"'{path}' is not a .npz archive (expected a zip of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"error: cannot read '{path}': {exc}") from None
+        raise DataError(f"cannot read '{path}': {exc}") from None
     for name in ("x", "y"):
         if name not in arrays:
             found = ", ".join(sorted(arrays)) or "none"
-            raise DataError(
-                f"error: '{path}' has no array '{name}' (expected x and y, found: {found})"
-            )
+            raise DataError(f"'{path}' has no array '{name}' (expected x and y, found: {found})")
     images = _npz_images(path, arrays["x"])
     targets, task = _npz_targets(path, arrays["y"], images.shape)
     if len(images) == 0:
-        raise DataError(f"error: '{path}' holds no samples (x has length 0)")
+        raise DataError(f"'{path}' holds no samples (x has length 0)")
     if "classes" in arrays:
         classes = [str(c) for c in np.asarray(arrays["classes"]).reshape(-1)]
     else:
@@ -339,38 +337,34 @@ def _npz_images(path: Path, x: np.ndarray) -> torch.Tensor:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
-        raise DataError(
-            f"error: '{path}': x must be (N, C, H, W) or (N, H, W), found shape {x.shape}"
-        )
+        raise DataError(f"'{path}': x must be (N, C, H, W) or (N, H, W), found shape {x.shape}")
     if x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3):
         raise DataError(
-            f"error: '{path}': x has shape {x.shape}, which looks like (N, H, W, C); "
+            f"'{path}': x has shape {x.shape}, which looks like (N, H, W, C); "
             "expected (N, C, H, W) — store x.transpose(0, 3, 1, 2)"
         )
     if x.dtype == np.uint8:
         return torch.from_numpy(x.astype(np.float32) / 255.0)
     if x.dtype.kind != "f":
-        raise DataError(f"error: '{path}': x must be uint8 or float, found {x.dtype}")
+        raise DataError(f"'{path}': x must be uint8 or float, found {x.dtype}")
     images = torch.from_numpy(x.astype(np.float32))
     if not torch.isfinite(images).all():
-        raise DataError(f"error: '{path}': x holds NaN or infinite values")
+        raise DataError(f"'{path}': x holds NaN or infinite values")
     return images
 
 
 def _npz_targets(path: Path, y: np.ndarray, image_shape: torch.Size) -> tuple[torch.Tensor, str]:
     if y.ndim not in (1, 3):
-        raise DataError(
-            f"error: '{path}': y must be (N,) labels or (N, H, W) masks, found {y.shape}"
-        )
+        raise DataError(f"'{path}': y must be (N,) labels or (N, H, W) masks, found {y.shape}")
     if y.shape[0] != image_shape[0]:
-        raise DataError(f"error: '{path}': x has {image_shape[0]} samples but y has {y.shape[0]}")
+        raise DataError(f"'{path}': x has {image_shape[0]} samples but y has {y.shape[0]}")
     if y.ndim == 3 and tuple(y.shape[1:]) != tuple(image_shape[2:]):
         raise DataError(
-            f"error: '{path}': masks y are {_hw(y.shape[1:])} but images x are "
+            f"'{path}': masks y are {_hw(y.shape[1:])} but images x are "
             f"{_hw(tuple(image_shape[2:]))} (H x W)"
         )
     if y.dtype.kind not in "iu":
-        raise DataError(f"error: '{path}': y must hold integer class labels, found {y.dtype}")
+        raise DataError(f"'{path}': y must hold integer class labels, found {y.dtype}")
     task = "classification" if y.ndim == 1 else "segmentation"
     return torch.from_numpy(y.astype(np.int64)), task
 
@@ -382,9 +376,7 @@ def _numbered_classes(targets: torch.Tensor, task: str, source: Path) -> list[st
     """Classes "0".."K-1", K = largest label + 1 (the ignore label 255 of masks excluded)."""
     values = targets[targets != IGNORE_LABEL] if task == "segmentation" else targets
     if values.numel() == 0:
-        raise DataError(
-            f"error: '{source}': no class labels (every mask pixel is the ignore label 255)"
-        )
+        raise DataError(f"'{source}': no class labels (every mask pixel is the ignore label 255)")
     return [str(i) for i in range(max(int(values.max()), 0) + 1)]
 
 
@@ -403,7 +395,7 @@ def _check_labels(
     valid = f"0..{num_classes - 1}" + (" or 255 (ignored)" if task == "segmentation" else "")
     kind = "negative label" if value < 0 else "label"
     raise DataError(
-        f"error: {where(sample)}: {kind} {value} is outside the {num_classes} classes "
+        f"{where(sample)}: {kind} {value} is outside the {num_classes} classes "
         f"(expected {valid}, found {value})"
     )
 

@@ -81,7 +81,7 @@ def _missing_run(source: str) -> UserError:
         hint = f"{parent} holds no run folder (a folder with {' or '.join(CHECKPOINTS)})"
     else:
         hint = f"{parent} does not exist either"
-    return UserError(f"error: no run folder '{source}'\n  hint: {hint}")
+    return UserError(f"no run folder '{source}'\n  hint: {hint}")
 
 
 def _unknown_name(source: str) -> UserError:
@@ -98,8 +98,7 @@ def _unknown_name(source: str) -> UserError:
         else "give a run folder (trained weights), a network file or a zoo name (`netc zoo`)"
     )
     return UserError(
-        f"error: '{source}' is neither a run folder, a network file nor a zoo network"
-        f"\n  hint: {hint}"
+        f"'{source}' is neither a run folder, a network file nor a zoo network\n  hint: {hint}"
     )
 
 
@@ -125,7 +124,7 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
     if _is_checkpoint(source):
         if params:
             raise UserError(
-                f"error: --set changes a description's parameters; {source} holds a trained "
+                f"--set changes a description's parameters; {source} holds a trained "
                 f"network whose weights fix them (it was trained with {state_params(source)})"
             )
         state = checkpoint.load(Path(source))
@@ -166,7 +165,7 @@ def _check_weights_fit(graph: Graph, state: dict, source: str, input_shape) -> N
             dims = next(iter(trained.inputs.values())).shape[1:]
             at = ",".join(str(d) if sym.is_static(d) else "?" for d in dims)
             raise UserError(
-                f"error: --input-shape {shape} does not fit the weights trained in {source}: "
+                f"--input-shape {shape} does not fit the weights trained in {source}: "
                 f"'{key}' is {list(stored.shape)} there, and the network at this input size "
                 f"needs {list(tensor.shape)}\n  hint: the trained network takes {at}; drop "
                 "--input-shape, or keep its channels and a size its layers accept"
@@ -208,7 +207,7 @@ def check_against_torch(
     for shape in _sample_shapes(graph, size):
         if math.prod(shape) > MAX_CHECK_VALUES:
             raise UserError(
-                f"error: checking the export against PyTorch would run it on an input of "
+                f"checking the export against PyTorch would run it on an input of "
                 f"{list(shape)}, too large for this machine's memory\n  hint: add --no-verify, "
                 "or export at a smaller --input-shape"
             )
@@ -223,7 +222,7 @@ def check_against_torch(
             worst = max(worst, float(error.max()))
             if not np.all(error <= ATOL + RTOL * np.abs(want)):
                 raise UserError(
-                    f"error: exported model disagrees with PyTorch on output "
+                    f"exported model disagrees with PyTorch on output "
                     f"'{name}' at input {list(shape)}: max error "
                     f"{float(error.max()):.3g} (rtol {RTOL}, atol {ATOL}); "
                     "nothing was written"
@@ -256,7 +255,7 @@ def export_model(
     classes = _output_classes(graph)
     if labels is not None and classes is not None and len(labels) != classes:
         raise UserError(
-            f"error: {source} names {len(labels)} classes, but the network's output has "
+            f"{source} names {len(labels)} classes, but the network's output has "
             f"{classes}: the checkpoint does not belong to this network"
         )
     preprocessing = dict(state.get("preprocessing") or {})
@@ -298,7 +297,7 @@ def export_model(
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise UserError(f"error: the exported model does not pass onnx.checker: {exc}") from None
+        raise UserError(f"the exported model does not pass onnx.checker: {exc}") from None
     size = preprocessing.get("resize_to") if whitening is not None else None
     worst = check_against_torch(model, graph, weights, whitening, size) if verify else None
     return ExportResult(model, graph, bool(state), worst)

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from netc.console import RANK_ERRORS_ENV
+from netc.errors import render
 
 
 @contextlib.contextmanager
@@ -99,7 +100,7 @@ def _report(failed, folder: Path) -> int:
                 if failure.exitcode < 0
                 else f"exit status {failure.exitcode}"
             )
-            said.append({"code": 1, "text": f"error: training process {rank} ended with {how}"})
+            said.append({"code": 1, "text": render(f"training process {rank} ended with {how}")})
     texts = list(dict.fromkeys(entry["text"] for entry in said))
     print("\n".join(texts), file=sys.stderr)
     return 2 if all(entry["code"] == 2 for entry in said) else 1

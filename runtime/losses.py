@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from netc.errors import InternalError, UserError
-from netc.runtime.options import Options, config_error, parse_typed
+from netc.errors import ConfigError, InternalError, UserError
+from netc.runtime.options import Options, parse_typed
 
 # Added under square roots of squared distances: d/dx sqrt(x) is infinite at 0,
 # and a batch may hold identical embeddings.
@@ -56,7 +56,7 @@ class Loss:
         return f"{type(self).__name__}({options})"
 
     def _error(self, message: str, expected: str, found: str) -> UserError:
-        return UserError(f"error: loss {self.name}: {message} (expected {expected}, found {found})")
+        return UserError(f"loss {self.name}: {message} (expected {expected}, found {found})")
 
     def _outputs(
         self,
@@ -362,7 +362,7 @@ def build_loss(
     if task not in tasks:
         hint = "pixel_cross_entropy is cross-entropy per pixel" if name == "cross_entropy" else None
         type_key = f"{key}.type" if isinstance(config, dict) else key
-        raise config_error(
+        raise ConfigError(
             type_key,
             f"loss '{name}' does not fit a {task} network",
             expected=" or ".join(n for n, (t, _) in LOSSES.items() if task in t),

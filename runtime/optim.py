@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from netc.errors import InternalError, UserError
-from netc.runtime.options import Options, config_error, parse_typed
+from netc.errors import ConfigError, InternalError, UserError
+from netc.runtime.options import Options, parse_typed
 
 _COMMON = ("lr", "weight_decay", "decay_norm_and_bias")
 OPTIMIZERS: dict[str, tuple[str, ...]] = {
@@ -46,7 +46,7 @@ def _param_groups(
         exempt = param.ndim <= 1 or name.endswith(".bias")
         (no_decay if exempt and not decay_all else decay).append(param)
     if not decay and not no_decay:
-        raise UserError("error: nothing to train: every parameter of the network is frozen")
+        raise UserError("nothing to train: every parameter of the network is frozen")
     if weight_decay == 0:
         return [{"params": decay + no_decay, "weight_decay": 0.0}]
     groups = [
@@ -81,7 +81,7 @@ def build_optimizer(
         momentum = options.number("momentum", 0.9, low=0, high=1, high_open=True)
         nesterov = options.boolean("nesterov", False)
         if nesterov and momentum == 0:
-            raise config_error(
+            raise ConfigError(
                 f"{key}.nesterov",
                 "Nesterov momentum needs momentum > 0",
                 expected="momentum > 0",
@@ -183,7 +183,7 @@ class Schedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a saved run: the lrs that follow are the ones it would have used."""
         if state.get("type") != self.kind:
-            raise config_error(
+            raise ConfigError(
                 self.key,
                 "the checkpoint was trained with another schedule",
                 expected=f"'{state.get('type')}' (the checkpoint's)",
@@ -192,7 +192,7 @@ class Schedule:
             )
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
             raise UserError(
-                f"error: the checkpoint's schedule has {len(state['base_lrs'])} "
+                f"the checkpoint's schedule has {len(state['base_lrs'])} "
                 f"parameter groups, this optimizer "
                 f"{len(self.optimizer.param_groups)}: was weight_decay changed?"
             )
@@ -297,7 +297,7 @@ class PlateauSchedule(Schedule):
 
     def _end_epoch(self, metric: float | None) -> None:
         if metric is None:
-            raise config_error(
+            raise ConfigError(
                 self.key,
                 "the plateau schedule needs a validation loss every epoch, and this run has none",
                 hint="set training.val_fraction above 0, or use another schedule",
@@ -353,7 +353,7 @@ def build_scheduler(
         min_lr = options.number("min_lr", 0.0, low=0)
         lowest = min(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
         if min_lr > lowest:
-            raise config_error(
+            raise ConfigError(
                 f"{key}.min_lr",
                 "must not exceed the optimizer's lr",
                 expected=f"<= {lowest:g}",

@@ -17,23 +17,6 @@ from typing import Any
 from netc.errors import ConfigError, SourceLoc, describe, did_you_mean
 
 
-def config_error(
-    key: str,
-    message: str,
-    *,
-    expected: str | None = None,
-    found: str | None = None,
-    hint: str | None = None,
-    loc: SourceLoc | None = None,
-) -> ConfigError:
-    """A ConfigError whose text ends with `hint: ...` on its own line, like SpecError's."""
-    error = ConfigError(key, message, expected=expected, found=found, loc=loc)
-    error.hint = hint
-    if hint:
-        error.args = (f"{error.args[0]}\n  hint: {hint}",)
-    return error
-
-
 def _loc(mapping: Any, name: str | None = None) -> SourceLoc | None:
     """Where a description file put `mapping` (or its value `name`), when it says."""
     if name is not None and hasattr(mapping, "value_loc"):
@@ -73,7 +56,7 @@ class Options:
         self.values, self.key = values, key
 
     def _error(self, name: str, message: str, **details: Any) -> ConfigError:
-        return config_error(f"{self.key}.{name}", message, loc=_loc(self.values, name), **details)
+        return ConfigError(f"{self.key}.{name}", message, loc=_loc(self.values, name), **details)
 
     def number(
         self,
@@ -173,7 +156,7 @@ def parse_typed(
     elif isinstance(config, Mapping):
         kind, values, type_key = config.get("type", default), config, f"{key}.type"
     else:
-        raise config_error(
+        raise ConfigError(
             key,
             f"must be a {what} name or a mapping",
             expected="a name or {type: name, ...}",
@@ -182,7 +165,7 @@ def parse_typed(
         )
     if not isinstance(kind, str) or kind not in types:
         hint = did_you_mean(str(kind), types) or did_you_mean(str(kind).lower(), types)
-        raise config_error(
+        raise ConfigError(
             type_key,
             f"unknown {what}",
             expected=" or ".join(types),
@@ -194,7 +177,7 @@ def parse_typed(
     for name in values:
         if name != "type" and name not in allowed:
             expected = f"one of {', '.join(sorted(allowed))}" if allowed else "no options"
-            raise config_error(
+            raise ConfigError(
                 f"{key}.{name}",
                 f"unknown option for {what} '{kind}'",
                 expected=expected,

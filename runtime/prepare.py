@@ -52,7 +52,7 @@ def _fit_to_data(
         params = {**params, "num_classes": classes}
         return load_string(network.graph.source, file=network.graph.file, params=params), params
     raise DataError(
-        f"error: the network's output has {_network_classes(network)} classes but the data "
+        f"the network's output has {_network_classes(network)} classes but the data "
         f"set {data.source} has {classes}\n  hint: set the head's size, e.g. "
         f"--set num_classes={classes}"
     )
@@ -64,7 +64,7 @@ def _check_classes(network: Network, data: ArrayDataset) -> None:
     if task != "embedding" and len(data.classes) < 2:
         found = f"only the class '{data.classes[0]}'" if data.classes else "no classes"
         raise DataError(
-            f"error: {data.source} has {found}; a {task} network needs at least two to tell apart"
+            f"{data.source} has {found}; a {task} network needs at least two to tell apart"
         )
 
 
@@ -73,13 +73,13 @@ def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> Ar
     task = graph.task
     if task != "embedding" and data.task != task:
         raise DataError(
-            f"error: {graph.name} is a {task} network but {data.source} is a {data.task} data set"
+            f"{graph.name} is a {task} network but {data.source} is a {data.task} data set"
         )
     shape = next(iter(graph.inputs.values())).shape
     channels = data.images.shape[1]
     if shape[1] != channels:
         raise DataError(
-            f"error: {graph.name} takes {shape[1]}-channel input but {data.source} "
+            f"{graph.name} takes {shape[1]}-channel input but {data.source} "
             f"has {channels}-channel images"
         )
     size = config.input_size
@@ -135,7 +135,7 @@ def prepare(
     train_set, val_set = split(data, config.val_fraction, config.seed)
     if len(train_set) < config.batch_size:
         raise DataError(
-            f"error: batch size {config.batch_size} is larger than the training "
+            f"batch size {config.batch_size} is larger than the training "
             f"split ({len(train_set)} samples of {data.source})\n"
             f"  hint: --batch-size {max(1, len(train_set) // 4)}"
         )

@@ -52,8 +52,7 @@ class Preprocessing:
         x = images.unsqueeze(0) if single else images
         if x.dim() != 4 or x.shape[1] != len(self.mean):
             raise DataError(
-                f"error: input images must be (N, {len(self.mean)}, H, W), "
-                f"found {tuple(images.shape)}"
+                f"input images must be (N, {len(self.mean)}, H, W), found {tuple(images.shape)}"
             )
         x = x.float()
         if self.input_size is not None and tuple(x.shape[2:]) != tuple(self.input_size):
@@ -82,12 +81,11 @@ class Preprocessing:
         for key in ("mean", "std"):
             if not isinstance(data.get(key), list) or not data[key]:
                 raise DataError(
-                    f"error: preprocessing: '{key}' must be a non-empty list, "
-                    f"found {data.get(key)!r}"
+                    f"preprocessing: '{key}' must be a non-empty list, found {data.get(key)!r}"
                 )
         if len(data["mean"]) != len(data["std"]):
             raise DataError(
-                f"error: preprocessing: mean has {len(data['mean'])} channels but std has "
+                f"preprocessing: mean has {len(data['mean'])} channels but std has "
                 f"{len(data['std'])}"
             )
         size = data.get("input_size")
@@ -106,7 +104,7 @@ def whiten(x: torch.Tensor, pca: torch.Tensor, pca_mean: torch.Tensor | None) ->
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != pca.shape[0]:
         raise DataError(
-            f"error: whitening expects {pca.shape[0]} values per image (C·H·W), "
+            f"whitening expects {pca.shape[0]} values per image (C·H·W), "
             f"found {flat.shape[1]} from images of shape {tuple(x.shape[1:])}"
         )
     if pca_mean is not None:
@@ -131,7 +129,7 @@ def fit_preprocessing(
     """
     if train_images.dim() != 4 or train_images.shape[0] == 0:
         raise DataError(
-            f"error: cannot fit preprocessing: expected a non-empty (N, C, H, W) training split, "
+            f"cannot fit preprocessing: expected a non-empty (N, C, H, W) training split, "
             f"found shape {tuple(train_images.shape)}"
         )
     x = train_images.float()
@@ -245,7 +243,7 @@ def balanced_sampler(labels: torch.Tensor, num_samples: int, seed: int) -> Sampl
             found=f"targets of shape {tuple(labels.shape)}",
         )
     if labels.numel() == 0:
-        raise DataError("error: cannot balance an empty training split")
+        raise DataError("cannot balance an empty training split")
     labels = labels.long().cpu()
     counts = torch.bincount(labels)
     weights = 1.0 / counts[labels].double()

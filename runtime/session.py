@@ -46,7 +46,7 @@ def _device(config: TrainConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"error: device '{config.device}' requested but no CUDA GPU is present")
+        raise UserError(f"device '{config.device}' requested but no CUDA GPU is present")
     return torch.device(config.device)
 
 
@@ -160,15 +160,14 @@ class Session:
         world = distrib.init_world(device)
         if world.distributed and config.batch_size % world.size:
             raise UserError(
-                f"error: batch size {config.batch_size} does not split evenly "
-                f"over {world.size} processes"
+                f"batch size {config.batch_size} does not split evenly over {world.size} processes"
             )
         module = build_module(run.network.graph, seed=config.seed)
         if init_from and stored is None:
             report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
             if not report.loaded:
                 raise UserError(
-                    f"error: --init-from {init_from}: no layer of {run.network.graph.name} "
+                    f"--init-from {init_from}: no layer of {run.network.graph.name} "
                     "matches the checkpoint by name and shape; nothing would be loaded\n"
                     + "\n".join(f"  {line}" for line in report.lines())
                 )
@@ -213,7 +212,7 @@ class Session:
                 run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UserError(
-                    f"error: cannot make the run directory {run_dir}: {exc.strerror or exc}"
+                    f"cannot make the run directory {run_dir}: {exc.strerror or exc}"
                 ) from None
             write_atomic(run_dir / "network.yaml", run.network.graph.source.encode())
             session.writer = _tensorboard(run_dir)
@@ -344,7 +343,7 @@ class Session:
     def _stopped(self, what: str, also: str) -> TrainingDiverged:
         last = self.run_dir / "last.pt"
         return TrainingDiverged(
-            f"error: {what}; training stopped\n"
+            f"{what}; training stopped\n"
             f"  hint: lower the learning rate (now {self.schedule.lr():.3g}){also}; the last "
             "good checkpoint is " + (str(last) if last.exists() else "(none yet)")
         )

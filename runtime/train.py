@@ -59,7 +59,7 @@ def train(
     stored = checkpoint.load(run_dir / "last.pt") if resume else None
     if stored is None and (run_dir / "last.pt").exists():
         raise UserError(
-            f"error: {run_dir} already holds a run\n"
+            f"{run_dir} already holds a run\n"
             "  hint: add --resume to continue it, or choose another --out"
         )
     overrides = overrides or {}

@@ -80,13 +80,13 @@ def image_message(image: ImageLike) -> vision_pb2.Image:
         try:
             return vision_pb2.Image(encoded=Path(image).read_bytes())
         except OSError as exc:
-            raise UserError(f"error: cannot read {image}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot read {image}: {exc.strerror or exc}") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         return vision_pb2.Image(encoded=bytes(image))
     if isinstance(image, np.ndarray):
         return vision_pb2.Image(tensor=_tensor(image))
     raise UserError(
-        f"error: cannot send a {type(image).__name__} as an image: expected a "
+        f"cannot send a {type(image).__name__} as an image: expected a "
         "path, PNG/JPEG bytes or a numpy array"
     )
 
@@ -98,17 +98,14 @@ def _tensor(array: np.ndarray) -> vision_pb2.Tensor:
         layout = "CHW"
     else:
         raise UserError(
-            f"error: an image array must be (H, W), (H, W, C) or (C, H, W), "
-            f"found shape {array.shape}"
+            f"an image array must be (H, W), (H, W, C) or (C, H, W), found shape {array.shape}"
         )
     if array.dtype == np.uint8:
         datatype, data = "UINT8", array
     elif np.issubdtype(array.dtype, np.floating):
         datatype, data = "FP32", array.astype("<f4")
     else:
-        raise UserError(
-            f"error: image arrays must be uint8 (0..255) or float (0..1), found {array.dtype}"
-        )
+        raise UserError(f"image arrays must be uint8 (0..255) or float (0..1), found {array.dtype}")
     return vision_pb2.Tensor(
         shape=list(array.shape),
         layout=layout,
@@ -159,16 +156,14 @@ class VisionClient:
         if code == grpc.StatusCode.UNAVAILABLE and any(
             text in details.lower() for text in _UNREACHABLE
         ):
-            return RequestFailed(
-                f"error: cannot reach a netc server at {self.url} ({details})", code
-            )
+            return RequestFailed(f"cannot reach a netc server at {self.url} ({details})", code)
         if code == grpc.StatusCode.UNIMPLEMENTED and "method not found" in details.lower():
             return RequestFailed(
-                f"error: the server at {self.url} does not offer netc's vision service ({details})",
+                f"the server at {self.url} does not offer netc's vision service ({details})",
                 code,
             )
         name = code.name if code is not None else "UNKNOWN"
-        return RequestFailed(f"error: server at {self.url}: {name}: {details}", code)
+        return RequestFailed(f"server at {self.url}: {name}: {details}", code)
 
     def classify(
         self, images: list[ImageLike], model: str, top_k: int = 5, *, version: str = ""

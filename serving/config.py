@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netc.errors import UserError, did_you_mean
+from netc.errors import SourceLoc, UserError, did_you_mean
 from netc.yaml_loader import LocMap, load_located
 
 KEYS = (
@@ -50,6 +50,7 @@ class ModelConfig:
     source: str = field(default="defaults", compare=False)
 
 
+DEFAULTS = ModelConfig()  # what a setting left out (or a folder without config.yaml) gets
 MAX_DELAY_US = 60_000_000  # a minute: beyond it a "delay" is a mistake
 
 
@@ -58,53 +59,54 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _int(data: dict, key: str, default: int, low: int, where: str) -> int:
-    value = data.get(key, default)
+def _int(data: LocMap, key: str, low: int) -> int:
+    value = data.get(key, getattr(DEFAULTS, key))
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise UserError(f"error: {where}: '{key}' must be an integer >= {low}, found {value!r}")
-    return value
-
-
-def _delay(batching: dict, where: str) -> int | None:
-    """`max_queue_delay_us`: None for auto (serving.batcher), else microseconds."""
-    value = batching.get("max_queue_delay_us", "auto")
-    if value == "auto":
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DELAY_US:
         raise UserError(
-            f"error: {where}: 'max_queue_delay_us' must be auto or an integer from 0 to "
-            f"{MAX_DELAY_US:,} (microseconds), found {value!r}"
+            f"'{key}' must be an integer >= {low}, found {value!r}", loc=data.value_loc(key)
         )
     return value
 
 
-def _at(mapping: dict, key: Any, where: str) -> str:
-    """file:line:column of a key, so a misspelt setting is found at once (the located
-    loader's mappings know it; `where`, the file, otherwise)."""
-    return str(mapping.key_loc(key)) if isinstance(mapping, LocMap) else where
+def _delay(batching: LocMap) -> int | None:
+    """`max_queue_delay_us`: None for auto (serving.batcher), else microseconds."""
+    if "max_queue_delay_us" not in batching:
+        return DEFAULTS.max_queue_delay_us
+    value = batching["max_queue_delay_us"]
+    if value == "auto":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DELAY_US:
+        raise UserError(
+            f"'max_queue_delay_us' must be auto or an integer from 0 to {MAX_DELAY_US:,} "
+            f"(microseconds), found {value!r}",
+            loc=batching.value_loc("max_queue_delay_us"),
+        )
+    return value
 
 
-def _policy(value: Any, where: str) -> Any:
+def _policy(data: LocMap) -> Any:
+    value = data.get("version_policy", DEFAULTS.version_policy)
     if value in ("latest", "all"):
         return value
     if isinstance(value, list) and value and all(_positive(v) for v in value):
         return tuple(value)
     raise UserError(
-        f"error: {where}: version_policy must be 'latest', 'all' or a list of "
-        f"versions, found {value!r}"
+        f"version_policy must be 'latest', 'all' or a list of versions, found {value!r}",
+        loc=data.value_loc("version_policy"),
     )
 
 
-def _labels(data: dict, folder: Path, where: str) -> tuple[str, ...] | None:
+def _labels(data: LocMap, folder: Path) -> tuple[str, ...] | None:
     if "labels" in data:
         labels = data["labels"]
         if not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels):
-            raise UserError(f"error: {where}: labels must be a list of names")
+            raise UserError("labels must be a list of names", loc=data.value_loc("labels"))
         flags = [i for i, x in enumerate(labels) if isinstance(x, bool)]
         if flags:
             raise UserError(
-                f"error: {where}: label {flags[0]} reads as {labels[flags[0]]} in YAML "
-                "(yes/no/on/off are booleans); quote it, as in 'no'"
+                f"label {flags[0]} reads as {labels[flags[0]]} in YAML "
+                "(yes/no/on/off are booleans); quote it, as in 'no'",
+                loc=labels.item_loc(flags[0]),
             )
         return tuple(str(x) for x in labels)
     if "labels_file" in data:
@@ -112,58 +114,77 @@ def _labels(data: dict, folder: Path, where: str) -> tuple[str, ...] | None:
         try:
             return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
         except OSError as exc:
-            raise UserError(f"error: {where}: cannot read labels_file {path}: {exc}") from None
-    return None
+            raise UserError(
+                f"cannot read labels_file {path}: {exc}", loc=data.value_loc("labels_file")
+            ) from None
+    return DEFAULTS.labels
+
+
+def _batching(data: LocMap) -> tuple[bool, LocMap]:
+    """Whether dynamic batching is on, and its settings (none given: an empty mapping)."""
+    if "dynamic_batching" not in data:
+        return DEFAULTS.dynamic_batching, LocMap()
+    batching = data["dynamic_batching"]
+    if batching is False:
+        return False, LocMap()
+    if not isinstance(batching, dict):
+        raise UserError(
+            "dynamic_batching must be a mapping or false", loc=data.value_loc("dynamic_batching")
+        )
+    for key in batching:
+        if key not in BATCHING_KEYS:
+            raise UserError(f"unknown dynamic_batching setting '{key}'", loc=batching.key_loc(key))
+    return True, batching
+
+
+def _preferred(batching: LocMap) -> tuple[int, ...]:
+    if "preferred_batch_sizes" not in batching:
+        return DEFAULTS.preferred_batch_sizes
+    sizes = batching["preferred_batch_sizes"]
+    if not isinstance(sizes, list) or not all(_positive(v) for v in sizes):
+        raise UserError(
+            "preferred_batch_sizes must be positive integers",
+            loc=batching.value_loc("preferred_batch_sizes"),
+        )
+    return tuple(sorted(sizes))
 
 
 def load_config(folder: Path) -> ModelConfig:
-    """The model's settings from `folder/config.yaml`, or the defaults."""
+    """The model's settings from `folder/config.yaml`, or the defaults. A mistake names
+    the file, line and column of the setting, as the compiler's do."""
     path = folder / "config.yaml"
     if not path.exists():
-        return ModelConfig()
+        return DEFAULTS
     where = str(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"error: {where}: cannot read: {exc}") from None
+        raise UserError(f"{where}: cannot read: {exc}") from None
     # The located loader: YAML mistakes name their line and column, duplicate keys are
     # refused, and aliases cannot expand without bound.
     data = load_located(text, where, allow_empty=True)
     if data is None:  # empty, only comments, or `~`: every setting at its default
-        return ModelConfig()
-    if not isinstance(data, dict):
-        raise UserError(f"error: {where}: expected a mapping of settings")
+        return DEFAULTS
+    if not isinstance(data, LocMap):
+        at = getattr(data, "loc", None) or SourceLoc(where, 1, 1)
+        raise UserError("expected a mapping of settings", loc=at)
     for key in data:
         if key not in KEYS:
             hint = did_you_mean(str(key), KEYS)
             raise UserError(
-                f"error: {_at(data, key, where)}: unknown setting '{key}'"
-                + (f"\n  hint: {hint}" if hint else "")
+                f"unknown setting '{key}'" + (f"\n  hint: {hint}" if hint else ""),
+                loc=data.key_loc(key),
             )
-    batching = data.get("dynamic_batching", {})
-    if batching is False:
-        batching, enabled = {}, False
-    elif isinstance(batching, dict):
-        enabled = True
-    else:
-        raise UserError(f"error: {where}: dynamic_batching must be a mapping or false")
-    for key in batching:
-        if key not in BATCHING_KEYS:
-            raise UserError(
-                f"error: {_at(batching, key, where)}: unknown dynamic_batching setting '{key}'"
-            )
-    preferred = batching.get("preferred_batch_sizes", [])
-    if not isinstance(preferred, list) or not all(_positive(v) for v in preferred):
-        raise UserError(f"error: {where}: preferred_batch_sizes must be positive integers")
+    enabled, batching = _batching(data)
     return ModelConfig(
-        max_batch_size=_int(data, "max_batch_size", 16, 0, where),
+        max_batch_size=_int(data, "max_batch_size", 0),
         dynamic_batching=enabled,
-        max_queue_delay_us=_delay(batching, where),
-        preferred_batch_sizes=tuple(sorted(preferred)),
-        max_queue_size=_int(batching, "max_queue_size", 256, 1, where),
-        instances=_int(data, "instances", 1, 1, where),
-        intra_op_threads=_int(data, "intra_op_threads", 0, 0, where),
-        labels=_labels(data, folder, where),
-        version_policy=_policy(data.get("version_policy", "latest"), where),
+        max_queue_delay_us=_delay(batching),
+        preferred_batch_sizes=_preferred(batching),
+        max_queue_size=_int(batching, "max_queue_size", 1),
+        instances=_int(data, "instances", 1),
+        intra_op_threads=_int(data, "intra_op_threads", 0),
+        labels=_labels(data, folder),
+        version_policy=_policy(data),
         source=where,
     )

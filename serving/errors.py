@@ -1,16 +1,21 @@
 """Serving errors and the one place that maps them to gRPC status codes.
 
 Every request-level mistake raises a `ServingError` whose message names the
-model, tensor and what was expected; servicers catch it and abort the call
-with `status_code(error)`. Anything else is our bug: INTERNAL, and the
-server keeps serving.
+model, tensor and what was expected. Every servicer answers whatever its call
+raised through `abort` (or `failure`, where the answer is a message rather than
+an aborted call): a user error's status code and message as written, anything
+else INTERNAL and logged as our bug, and the server keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from netc.errors import UserError
+
+log = logging.getLogger("netc.serving")
 
 
 class ServingError(UserError):
@@ -52,15 +57,6 @@ class ModelFailed(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
-def status_code(error: BaseException) -> grpc.StatusCode:
-    """The gRPC status for an error raised while serving a request."""
-    if isinstance(error, ServingError):
-        return error.code
-    if isinstance(error, UserError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
-
-
 def clip(text: str, most: int = 200) -> str:
     """A client's string inside an error message, cut short: a status message must fit
     gRPC's 8 KiB trailer, and a name of megabytes would make the client see nothing."""
@@ -74,3 +70,19 @@ def status_message(text: str) -> str:
     """A status message as sent: whole when it fits, else cut, so the client still sees
     what was wrong."""
     return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}… (message cut)"
+
+
+def failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client receives for `error`, raised while serving `call`
+    (an RPC's name). Anything but a user error is logged with its traceback."""
+    if isinstance(error, UserError):
+        code = error.code if isinstance(error, ServingError) else grpc.StatusCode.INVALID_ARGUMENT
+        return code, status_message(str(error))
+    log.error("internal error in %s", call, exc_info=error)
+    text = f"internal error in {call}: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, status_message(text)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: BaseException, call: str) -> None:
+    """End the call with `failure(error, call)` (gRPC's abort raises, so this never returns)."""
+    await context.abort(*failure(error, call))

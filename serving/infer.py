@@ -58,7 +58,7 @@ def read_files(paths: Iterable[str | Path | ImageFile]) -> list[ImageFile]:
         try:
             files.append(ImageFile(Path(path), Path(path).read_bytes()))
         except OSError as exc:
-            raise UserError(f"error: cannot read {path}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     return files
 
 
@@ -78,14 +78,14 @@ def find_model(client: VisionClient, name: str, version: str = "") -> ModelEntry
     versions = sorted((m.version for m in served if m.name == name), key=int)
     if versions:  # the model is there, the version is not
         raise UserError(
-            f"error: the server at {client.url} has no version {version} of "
+            f"the server at {client.url} has no version {version} of "
             f"'{name}'; it serves version{'s' * (len(versions) > 1)} " + ", ".join(versions)
         )
     _not_ready(client, name)
     names = sorted({m.name for m in served})
     hint = did_you_mean(name, names)
     raise UserError(
-        f"error: the server at {client.url} has no model '{name}'"
+        f"the server at {client.url} has no model '{name}'"
         + (f" version {version}" if version else "")
         + f"; it serves {', '.join(names) or 'none'}"
         + (f" ({hint})" if hint else "")
@@ -103,7 +103,7 @@ def _not_ready(client: VisionClient, name: str) -> None:
     state = next((s for s in states if s.name == name and s.state != "READY"), None)
     if state is not None:
         raise UserError(
-            f"error: the server at {client.url}: model '{name}' is {state.state}"
+            f"the server at {client.url}: model '{name}' is {state.state}"
             + (f": {state.reason}" if state.reason else "")
         )
 

@@ -89,7 +89,7 @@ def describe(
     for tensor in (*ins, *outs):
         if tensor.type not in ONNX_TYPES:
             raise UserError(
-                f"error: model '{name}': tensor '{tensor.name}' has type "
+                f"model '{name}': tensor '{tensor.name}' has type "
                 f"{tensor.type}, which the server cannot carry"
             )
     batched = config.max_batch_size > 0 and all(
@@ -140,7 +140,7 @@ class ServedModel:
             )
         except Exception as exc:  # onnxruntime raises many kinds
             raise UserError(
-                f"error: model '{name}' version {version}: onnxruntime cannot load {path}: {exc}"
+                f"model '{name}' version {version}: onnxruntime cannot load {path}: {exc}"
             ) from None
         if wanted[0] not in self.session.get_providers():
             _fell_back(wanted[0])

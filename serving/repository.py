@@ -57,7 +57,7 @@ def _versions(folder: Path, policy) -> list[tuple[str, str]]:
 def next_version_path(repository: Path, name: str) -> Path:
     """REPO/NAME/<highest version + 1>/model.onnx, where a new version of `name` goes."""
     if not MODEL_NAME.fullmatch(name):
-        raise UserError(f"error: model name '{name}' must be letters, digits, '_', '-', '.'")
+        raise UserError(f"model name '{name}' must be letters, digits, '_', '-', '.'")
     folder = Path(repository) / name
     versions = (
         [int(p.name) for p in folder.iterdir() if VERSION.fullmatch(p.name)]
@@ -71,7 +71,7 @@ class ModelRepository:
     def __init__(self, root: Path) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise UserError(f"error: model repository {root} is not a directory")
+            raise UserError(f"model repository {root} is not a directory")
         self.root = root
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.latest: dict[str, ServedModel] = {}  # each model's newest version, per request
@@ -136,9 +136,7 @@ class ModelRepository:
                     if isinstance(wanted, tuple)
                     else "version"
                 )
-                raise UserError(
-                    f"error: model '{name}': no {which} folder with {MODEL_FILE} in {folder}"
-                )
+                raise UserError(f"model '{name}': no {which} folder with {MODEL_FILE} in {folder}")
             for version, subfolder in versions:
                 model = await asyncio.to_thread(
                     ServedModel, name, version, folder / subfolder / MODEL_FILE, config
@@ -148,7 +146,7 @@ class ModelRepository:
                 loaded[version] = model
         except Exception as exc:  # never left LOADING: a failure is the model's state
             if isinstance(exc, UserError):
-                reason = str(exc).removeprefix("error: ")
+                reason = str(exc)
             else:
                 logging.getLogger("netc.serving").exception("loading model %s", name)
                 reason = f"internal error: {type(exc).__name__}: {exc}"

@@ -7,8 +7,8 @@ ModelInfer and ModelStreamInfer (with the classification extension),
 ModelConfig, ModelStatistics and the model repository calls. Shared memory,
 trace and log settings answer UNIMPLEMENTED.
 
-Every request-level error becomes a gRPC status in one place, `_failure`,
-through `serving.errors.status_code`; an unexpected exception is INTERNAL and
+Every request-level error becomes a gRPC status through `serving.errors.abort`
+(`failure` for a stream's answers); an unexpected exception is INTERNAL and
 logged, and the server goes on serving.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -24,18 +23,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 import netc
-from netc.errors import UserError
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
 from netc.serving.batching_policy import AUTO_MAX_DELAY_S
-from netc.serving.errors import (
-    InvalidRequest,
-    ServingError,
-    Unsupported,
-    status_code,
-    status_message,
-)
+from netc.serving.errors import InvalidRequest, ServingError, Unsupported, abort, failure
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
@@ -46,7 +38,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
 PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream running ahead of its answers
-log = logging.getLogger("netc.serving")
 
 
 class _Handlers:
@@ -73,19 +64,6 @@ def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[
     return [SERVICE_NAME]
 
 
-def _message(error: BaseException) -> str:
-    return str(error).removeprefix("error: ")
-
-
-def _failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
-    """The one mapping of an exception to the status and message a client receives."""
-    if isinstance(error, UserError):
-        return status_code(error), status_message(_message(error))
-    log.exception("internal error in %s", call)
-    text = f"internal error in {call}: {type(error).__name__}: {error}"
-    return grpc.StatusCode.INTERNAL, status_message(text)
-
-
 def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     """Turn exceptions escaping a unary handler into an aborted call."""
     call = method.__name__
@@ -95,8 +73,8 @@ def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         try:
             return await method(self, request, context)
         except Exception as exc:  # every failure becomes a status
-            code, message = _failure(exc, call)
-        await context.abort(code, message)
+            error = exc
+        await abort(context, error, call)
 
     return handler
 
@@ -379,8 +357,8 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(request, context, header)
             return response.SerializeToString()
         except Exception as exc:  # every failure becomes a status
-            code, message = _failure(exc, "ModelInfer")
-        await context.abort(code, message)
+            error = exc
+        await abort(context, error, "ModelInfer")
 
     async def _stream_answer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -388,7 +366,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
         except Exception as exc:  # an error answers this request, not the stream
-            code, message = _failure(exc, "ModelStreamInfer")
+            code, message = failure(exc, "ModelStreamInfer")
             return pb.ModelStreamInferResponse(
                 error_message=f"[{code.name}] {message}",
                 infer_response=pb.ModelInferResponse(

@@ -5,7 +5,7 @@ once, so the model's dynamic batcher merges them (and pictures of other
 calls). Segment maps the model's score map back onto the picture's own size
 (`images.scores.dense_scores`). Decoding and postprocessing run in worker threads,
 never on the event loop. Every failure is answered through
-`serving.errors.status_code`; the server keeps serving.
+`serving.errors.abort`; the server keeps serving.
 
 Which RPC fits a model follows its first output: [K] per picture is a
 classifier, [K, h, w] a dense predictor (segmentation, or a classifier made
@@ -15,7 +15,6 @@ fully convolutional).
 from __future__ import annotations
 
 import asyncio
-import logging
 import weakref
 from dataclasses import dataclass
 
@@ -25,13 +24,7 @@ import numpy as np
 from netc.errors import UserError
 from netc.model_card import size_rule
 from netc.protos.generated import vision_pb2, vision_pb2_grpc
-from netc.serving.errors import (
-    InvalidRequest,
-    ModelUnavailable,
-    Unsupported,
-    status_code,
-    status_message,
-)
+from netc.serving.errors import InvalidRequest, ModelUnavailable, Unsupported, abort
 from netc.serving.images.decode import decode, pixel_count, pixel_limit
 from netc.serving.images.masks import encode_png
 from netc.serving.images.prepare import ImageInput, image_input, prepare
@@ -43,8 +36,6 @@ SERVICE = "netc.vision.VisionService"
 DEFAULT_TOP_K = 5
 MAX_CLASSES_IN_MASK = 256  # the mask is an 8-bit PNG
 MESSAGE_SLACK = 1 << 16  # an answer's labels, counts and framing besides scores and mask
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,25 +113,20 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     # -- RPCs: each one catches everything and answers with a status code
 
     async def Classify(self, request, context):
-        return await self._answer(self._classify(request, context), context)
+        return await self._answer(self._classify(request, context), context, "Classify")
 
     async def Segment(self, request, context):
-        return await self._answer(self._segment(request, context), context)
+        return await self._answer(self._segment(request, context), context, "Segment")
 
     async def ListModels(self, request, context):
-        return await self._answer(self._list_models(), context)
+        return await self._answer(self._list_models(), context, "ListModels")
 
-    async def _answer(self, work, context):
+    async def _answer(self, work, context, call: str):
         try:
             return await work
         except Exception as exc:  # every failure becomes a status, never a crash
             error = exc
-        if not isinstance(error, UserError):
-            log.exception("vision service: unexpected failure", exc_info=error)
-            message = f"internal error: {type(error).__name__}: {error}"
-        else:
-            message = str(error).removeprefix("error: ")
-        await context.abort(status_code(error), status_message(message))
+        await abort(context, error, call)
 
     # -- the work
 

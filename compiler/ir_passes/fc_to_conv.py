@@ -35,7 +35,7 @@ POINTWISE = {"relu", "leaky_relu", "sigmoid", "tanh", "dropout", "batch_norm", "
 
 
 def _refuse(node: Node, why: str) -> UserError:
-    return UserError(f"error: cannot make '{node.name}' fully convolutional: {why}")
+    return UserError(f"cannot make '{node.name}' fully convolutional: {why}")
 
 
 def _rewrite_pool(node: Node, graph: Graph) -> Node | None:
@@ -78,7 +78,7 @@ def to_fully_convolutional(graph: Graph, weights: dict[str, Any]) -> tuple[Graph
                 f"it reads a fixed-length vector from '{kind}', which has no per-position form",
             )
         raise UserError(
-            f"error: {graph.name} has no flatten → fc classifier to convert; "
+            f"{graph.name} has no flatten → fc classifier to convert; "
             "it is fully convolutional already"
         )
     alias: dict[str, str] = {}  # removed node → the value that replaces it

@@ -48,7 +48,7 @@ def panels(rows: list[dict[str, Any]]) -> list[tuple[str, list]]:
 def save(history: list[dict[str, Any]], path: Path, name: str) -> Path:
     """curves.png: one panel per figure the run recorded, epochs along x."""
     if not history:
-        raise UserError(f"error: --curves: {name} has no training history (no metrics.jsonl rows)")
+        raise UserError(f"--curves: {name} has no training history (no metrics.jsonl rows)")
     found = panels(history)
     figure = tiles.new_figure(WIDTH, HEIGHT)
     for index, (title, lines) in enumerate(found, 1):

@@ -104,11 +104,11 @@ def parse_position(text: str | None, shape) -> tuple[int, int]:
         return centre_unit(shape)
     parts = text.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UserError(f"error: --position {text}: expected I,J (row, column), e.g. 3,4")
+        raise UserError(f"--position {text}: expected I,J (row, column), e.g. 3,4")
     i, j = (int(p) for p in parts)
     if not (i < shape[-2] and j < shape[-1]):
         raise UserError(
-            f"error: --position {text}: outside the layer's {shape[-2]}x{shape[-1]} map "
+            f"--position {text}: outside the layer's {shape[-2]}x{shape[-1]} map "
             f"(rows 0-{shape[-2] - 1}, columns 0-{shape[-1] - 1})"
         )
     return i, j
@@ -125,7 +125,7 @@ def save(
     check_layer(model, layer, "--receptive-field")
     if layer not in spatial_layers(model):
         raise UserError(
-            f"error: --receptive-field {layer}: its output is not a feature map, so its "
+            f"--receptive-field {layer}: its output is not a feature map, so its "
             f"units have no place on the picture\n  hint: layers with maps: "
             f"{', '.join(spatial_layers(model))}"
         )

@@ -25,7 +25,7 @@ MAX_PAIRS_OUT, MAX_PAIRS_IN = 8, 8
 def default_layer(model: Model) -> str:
     convs = conv_layers(model)
     if not convs:
-        raise UserError(f"error: --filters: {model.graph.name} has no conv layer")
+        raise UserError(f"--filters: {model.graph.name} has no conv layer")
     return convs[0]
 
 
@@ -33,7 +33,7 @@ def weight_of(model: Model, layer: str) -> np.ndarray:
     node = next(n for n in model.graph.nodes if n.name == layer)
     if node.op not in ("conv", "conv_transpose"):
         raise UserError(
-            f"error: --filters {layer}: it is a {node.op} layer, not a conv\n"
+            f"--filters {layer}: it is a {node.op} layer, not a conv\n"
             f"  hint: conv layers: {', '.join(conv_layers(model))}"
         )
     weight = model.module.get_submodule(layer).weight.detach().float().numpy()

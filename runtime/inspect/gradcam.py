@@ -48,9 +48,7 @@ def default_layer(model: Model) -> str:
             and not field_of(model, node.name).whole
         ):
             return node.name
-    raise UserError(
-        f"error: --class-map: {model.graph.name} has no layer with a feature map to explain"
-    )
+    raise UserError(f"--class-map: {model.graph.name} has no layer with a feature map to explain")
 
 
 def pick_class(model: Model, text: str | None) -> int | None:
@@ -64,7 +62,7 @@ def pick_class(model: Model, text: str | None) -> int | None:
         return int(text)
     hint = did_you_mean(text, labels)
     raise UserError(
-        f"error: --class {text}: not one of the model's classes "
+        f"--class {text}: not one of the model's classes "
         f"({', '.join(labels) or 'numbered from 0'})" + (f"\n  hint: {hint}" if hint else "")
     )
 
@@ -99,11 +97,10 @@ def class_map(model: Model, inputs: torch.Tensor, layer: str, target: int) -> np
         maps, out = values[layer], values[out_name]
         if not maps.requires_grad:
             raise UserError(
-                f"error: --class-map: the class score does not depend on {layer} "
-                "(no gradient reaches it)"
+                f"--class-map: the class score does not depend on {layer} (no gradient reaches it)"
             )
         if target >= out.shape[1]:
-            raise UserError(f"error: --class {target}: the model has {out.shape[1]} classes")
+            raise UserError(f"--class {target}: the model has {out.shape[1]} classes")
         if out.dim() == 2:
             score = out[0, target]
         else:
@@ -130,7 +127,7 @@ def _axis(n_map: int, n_picture: int, start: float, jump: float):
 def on_picture(cam: np.ndarray, field: Field, height: int, width: int) -> np.ndarray:
     """A map (h, w) → (height, width) at the pixels its units look at (0 where none)."""
     if field.whole:
-        raise UserError("error: --class-map: the layer sees the whole picture; pick an earlier one")
+        raise UserError("--class-map: the layer sees the whole picture; pick an earlier one")
     (top, bottom, wy, rows), (left, right, wx, columns) = (
         _axis(cam.shape[i], n, float(a.start), float(a.jump))
         for i, (a, n) in enumerate(zip(field.axes(), (height, width)))

@@ -57,11 +57,11 @@ class OnnxModel:
 
 def load(path: Path) -> OnnxModel:
     if not path.is_file():
-        raise UserError(f"error: no ONNX file {path}")
+        raise UserError(f"no ONNX file {path}")
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        raise UserError(f"error: {path} is not a readable ONNX model ({exc})") from None
+        raise UserError(f"{path} is not a readable ONNX model ({exc})") from None
     return OnnxModel(path, proto, ModelCard.from_model(proto).preprocessing or Preprocessing())
 
 
@@ -73,7 +73,7 @@ def _resolve(model: OnnxModel, layer: str) -> str:
     names = [node for _, node, _ in model.outputs()]
     hint = did_you_mean(layer, names)
     raise UserError(
-        f"error: --layer {layer}: {model.path} has no node '{layer}'"
+        f"--layer {layer}: {model.path} has no node '{layer}'"
         + (f"\n  hint: {hint}" if hint else "\n  hint: netc inspect MODEL.onnx lists its nodes")
     )
 
@@ -114,7 +114,7 @@ def prepare(model: OnnxModel, picture: torch.Tensor) -> tuple[torch.Tensor, np.n
     try:
         normalisation = pre.normalisation(shown.shape[1])
     except ValueError as exc:
-        raise UserError(f"error: {model.path}: {exc}") from None
+        raise UserError(f"{model.path}: {exc}") from None
     for values, apply in zip(normalisation, (torch.sub, torch.div)):
         if values is not None:
             x = apply(x, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
@@ -132,13 +132,13 @@ def _filters(model: OnnxModel, layer: str | None, folder: Path) -> tiles.Grid:
     weights = {i.name: i for i in model.proto.graph.initializer}
     convs = [n for n in model.proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     if not convs:
-        raise UserError(f"error: --filters: {model.path} has no Conv node")
+        raise UserError(f"--filters: {model.path} has no Conv node")
     node = (
         convs[0] if not layer else next((n for n in convs if layer in (n.name, n.output[0])), None)
     )
     if node is None or node.input[1] not in weights:
         raise UserError(
-            f"error: --filters {layer}: not a Conv node with constant weights in {model.path}"
+            f"--filters {layer}: not a Conv node with constant weights in {model.path}"
             f"\n  hint: Conv nodes: {', '.join(n.name for n in convs)}"
         )
     weight = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
@@ -158,12 +158,12 @@ def run(args: argparse.Namespace) -> int:
     if asked:
         flag = "--" + asked[0].replace("_", "-")
         raise UserError(
-            f"error: {flag} needs the run directory: an ONNX model carries no receptive "
+            f"{flag} needs the run directory: an ONNX model carries no receptive "
             "fields, gradients or training history\n"
             f"  hint: netc inspect RUN_DIR {flag} ... (the folder netc train --out wrote)"
         )
     if args.data:
-        raise UserError("error: --data: pictures for an ONNX model come from --image FILE")
+        raise UserError("--data: pictures for an ONNX model come from --image FILE")
     if not (args.image or args.layer or args.filters is not None):
         _list(model)
         return 0
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         grid = _filters(model, args.filters or None, folder)
         print(f"wrote {grid.path} ({grid.tiles} tiles)")
     if args.layer and not args.image:
-        raise UserError("error: --layer shows a picture's feature maps: give --image FILE")
+        raise UserError("--layer shows a picture's feature maps: give --image FILE")
     if args.image:
         picture = read_picture(args.image[0], model.channels)
         shown, x = prepare(model, picture)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             output = values[name]
             if output.ndim != 4:
                 raise UserError(
-                    f"error: --layer {name}: its output {list(output.shape[1:])} is not a "
+                    f"--layer {name}: its output {list(output.shape[1:])} is not a "
                     "feature map (C, H, W)"
                 )
             grid = feature_maps.draw(

@@ -135,7 +135,7 @@ def write(model: Model, folder: Path, pictures: Batch | None, pool: Batch | None
     """DIR/index.html and its PNGs; returns the page's path. `pictures`' first one is
     shown to the network; `pool` (many pictures) is searched for top activations."""
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"error: --report {folder}: exists and is not a folder")
+        raise UserError(f"--report {folder}: exists and is not a folder")
     name = html.escape(model.graph.name)
     body = [f"<h1>{name}</h1>", f'<p class="meta">{html.escape(_summary(model))}</p>']
     if model.history:

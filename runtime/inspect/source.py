@@ -93,7 +93,7 @@ def load_run(path: str | Path) -> Model:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(
-            f"error: {path}: the weights do not fit the network stored with them ({first})"
+            f"{path}: the weights do not fit the network stored with them ({first})"
         ) from None
     pre = state.get("preprocessing")
     model = from_graph(
@@ -127,7 +127,7 @@ def _history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(f"error: {metrics}:{number}: not a JSON line ({exc.msg})") from None
+                raise UserError(f"{metrics}:{number}: not a JSON line ({exc.msg})") from None
             if isinstance(row, dict):
                 rows.append(upgrade_row(row))
         return rows
@@ -158,14 +158,14 @@ def read_picture(path: str | Path, channels: int) -> torch.Tensor:
             picture.load()
             converted = picture.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
-        raise UserError(f"error: --image {path}: no such file") from None
+        raise UserError(f"--image {path}: no such file") from None
     except OSError as exc:
-        raise UserError(f"error: --image {path}: not a readable PNG or JPEG ({exc})") from None
+        raise UserError(f"--image {path}: not a readable PNG or JPEG ({exc})") from None
     array = np.asarray(converted, dtype=np.float32) / 255.0
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     if channels not in (1, 3):
         raise UserError(
-            f"error: --image {path}: the network takes {channels}-channel input; "
+            f"--image {path}: the network takes {channels}-channel input; "
             "inspect reads grey (1) or RGB (3) pictures"
         )
     return torch.from_numpy(np.ascontiguousarray(array))
@@ -207,7 +207,7 @@ def pictures_from_data(model: Model, data: str, limit: int) -> Batch:
     dataset = load_dataset(data)
     if dataset.images.shape[1] != model.channels:
         raise UserError(
-            f"error: --data {data}: {dataset.images.shape[1]}-channel images, but "
+            f"--data {data}: {dataset.images.shape[1]}-channel images, but "
             f"{model.graph.name} takes {model.channels} channels"
         )
     fraction, seed = model.config.get("val_fraction"), model.config.get("seed", 0)

@@ -96,7 +96,7 @@ def require_matplotlib() -> Any:
         import matplotlib
     except ImportError:
         raise UserError(
-            "error: netc inspect draws with matplotlib, which is not installed\n"
+            "netc inspect draws with matplotlib, which is not installed\n"
             "  hint: pip install 'netc[inspect]' (or pip install matplotlib)"
         ) from None
     return matplotlib

@@ -58,7 +58,7 @@ def top_hits(
     values, places, shape = _strongest(model, pictures.inputs, layer)
     if any(c >= shape[0] for c in channels):
         raise UserError(
-            f"error: --top-activations {layer}: it has {shape[0]} channels "
+            f"--top-activations {layer}: it has {shape[0]} channels "
             f"(0-{shape[0] - 1}); asked for channel {max(channels)}"
         )
     height, width = pictures.shown.shape[-2:]

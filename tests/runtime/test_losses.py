@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_close
 
-from netc.errors import ConfigError, UserError
+from netc.errors import ConfigError, UserError, render
 from netc.runtime.losses import build_loss
 
 # --- numpy references (float64, loops where that is the clearest statement) ---
@@ -429,7 +429,7 @@ def test_bad_targets(config, task, outputs, targets, words):
     with pytest.raises(UserError) as error:
         loss(outputs, targets)
     assert not isinstance(error.value, ConfigError)
-    message = str(error.value)
+    message = render(error.value)
     assert message.startswith(f"error: loss {loss.name}:")
     for word in words:
         assert word in message, message
@@ -532,7 +532,7 @@ def test_bad_targets(config, task, outputs, targets, words):
 def test_bad_settings(config, task, key, words):
     with pytest.raises(ConfigError) as error:
         build_loss(config, task=task, num_classes=3)
-    message = str(error.value)
+    message = render(error.value)
     assert error.value.key == key
     assert f"error: {key}: " in message
     for word in words:
@@ -543,5 +543,6 @@ def test_setting_errors_carry_the_file_location():
     from netc.yaml_loader import load_located
 
     config = load_located("type: cross_entropy\nlabel_smoothing: 2.0\n", "net.yaml")
-    with pytest.raises(ConfigError, match=r"^net\.yaml:2:18: error: training\.loss\."):
+    with pytest.raises(ConfigError, match=r"^net\.yaml:2:18: training\.loss\.") as error:
         build_loss(config, task="classification", num_classes=3)
+    assert render(error.value).startswith("net.yaml:2:18: error: training.loss.")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import assert_close
 
-from netc.errors import ConfigError, UserError
+from netc.errors import ConfigError, UserError, render
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
 
 
@@ -390,7 +390,7 @@ def test_bad_clip_norm(value):
     with pytest.raises(ConfigError) as error:
         clip_gradients(_with_gradients(1.0), value)
     assert error.value.key == "training.clip_grad_norm"
-    assert "error: training.clip_grad_norm: " in str(error.value)
+    assert "error: training.clip_grad_norm: " in render(error.value)
 
 
 # --- bad settings: ConfigError on the dotted key ---
@@ -434,7 +434,7 @@ def test_bad_optimizer_settings(config, key, words):
     with pytest.raises(ConfigError) as error:
         build_optimizer(_net(), config)
     assert error.value.key == key
-    assert f"error: {key}: " in str(error.value)
+    assert f"error: {key}: " in render(error.value)
     for word in words:
         assert word in str(error.value), str(error.value)
 
@@ -465,6 +465,6 @@ def test_bad_schedule_settings(config, key, words):
     with pytest.raises(ConfigError) as error:
         build_scheduler(_optimizer(), config, epochs=EPOCHS, steps_per_epoch=STEPS)
     assert error.value.key == key
-    assert f"error: {key}: " in str(error.value)
+    assert f"error: {key}: " in render(error.value)
     for word in words:
         assert word in str(error.value), str(error.value)

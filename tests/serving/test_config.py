@@ -2,7 +2,7 @@
 
 import pytest
 
-from netc.errors import UserError
+from netc.errors import UserError, render
 from netc.serving.config import ModelConfig, load_config
 
 
@@ -99,7 +99,23 @@ def test_mistakes_name_the_file_and_the_setting(tmp_path, text, message):
 
 def test_a_misspelt_setting_names_its_line(tmp_path):
     where = tmp_path / "config.yaml"
-    with pytest.raises(UserError, match=f"^error: {where}:3:1: unknown setting 'lables'"):
+    with pytest.raises(UserError, match=f"^{where}:3:1: unknown setting 'lables'") as error:
         _load(tmp_path, "max_batch_size: 8\ninstances: 1\nlables: [a, b]\n")
+    assert render(error.value).startswith(f"{where}:3:1: error: unknown setting 'lables'")
     with pytest.raises(UserError, match=f"{where}:2:3: unknown dynamic_batching setting 'delay'"):
         _load(tmp_path, "dynamic_batching:\n  delay: 5\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "at"),
+    [
+        ("max_batch_size: 8\ninstances: 0\n", "2:12"),
+        ("labels: [cat, dog, no]\n", "1:20"),
+        ("dynamic_batching:\n  max_queue_delay_us: soon\n", "2:23"),
+        ("- 1\n", "1:1"),
+    ],
+)
+def test_a_bad_value_names_its_line_and_column_as_the_compiler_does(tmp_path, text, at):
+    with pytest.raises(UserError) as error:
+        _load(tmp_path, text)
+    assert render(error.value).startswith(f"{tmp_path / 'config.yaml'}:{at}: error: ")
