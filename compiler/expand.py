@@ -45,7 +45,7 @@ class Scope:
 class Ref:
     """A name as written (`text` in `scope`), or an already qualified `full` name."""
 
-    loc: SourceLoc
+    loc: SourceLoc | None  # where it was written, for errors
     text: str = ""
     scope: Scope | None = None
     full: str | None = None
@@ -152,11 +152,11 @@ def substitute(
             result[key] = substitute(item, env, value.value_loc(key), layer, block)
         return result
     if isinstance(value, LocList):
-        result = LocList(
+        items = LocList(
             substitute(item, env, value.item_loc(i), layer, block) for i, item in enumerate(value)
         )
-        result.loc, result.item_locs = value.loc, value.item_locs
-        return result
+        items.loc, items.item_locs = value.loc, value.item_locs
+        return items
     return value
 
 
@@ -167,7 +167,7 @@ class _State:
         self.layers: list[FlatLayer] = []
         self.disabled: list[FlatLayer] = []
         self.aliases: dict[str, Ref] = {}
-        self.defined: dict[str, SourceLoc] = {}
+        self.defined: dict[str, SourceLoc | None] = {}
 
     # -- expansion ----------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class _State:
         entries: LocList,
         scope: Scope,
         env: dict[str, Any],
-        previous: Ref | None,
+        previous: Ref,
         trainable: bool,
         stack: tuple[str, ...],
     ) -> Ref:
@@ -384,7 +384,7 @@ class _State:
             last = Ref(block.loc, text=block.output, scope=inner)
         self.aliases[full] = last
 
-    def _define(self, full: str, loc: SourceLoc) -> None:
+    def _define(self, full: str, loc: SourceLoc | None) -> None:
         if full in self.defined or full in self.input_names:
             where = self.defined.get(full)
             raise SpecError(

@@ -182,7 +182,7 @@ def _parse_inputs(raw: Any, loc: SourceLoc) -> list[InputSpec]:
     expect(raw, dict, "'inputs'", loc)
     if not raw:
         raise SpecError("the network has no inputs", loc=loc, expected="at least one input")
-    inputs = []
+    inputs: list[InputSpec] = []
     for name, value in raw.items():
         check_name(name, raw.key_loc(name), "input name")
         where = raw.value_loc(name)

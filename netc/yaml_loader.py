@@ -14,11 +14,21 @@ from typing import Any
 
 import yaml
 
-from netc.errors import SourceLoc, SpecError
+from netc.errors import InternalError, SourceLoc, SpecError
+
+
+def _known(loc: SourceLoc | None) -> SourceLoc:
+    if loc is None:
+        raise InternalError("a location was asked of a mapping or list netc made, not read")
+    return loc
 
 
 class LocMap(dict):
-    """A mapping with the location of itself, each key and each value."""
+    """A mapping with the location of itself, each key and each value.
+
+    Every one the loader makes has its locations; one made in code (an empty default)
+    has loc None and is never asked where its keys are.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -27,14 +37,14 @@ class LocMap(dict):
         self.value_locs: dict[str, SourceLoc] = {}
 
     def key_loc(self, key: str) -> SourceLoc:
-        return self.key_locs.get(key, self.loc)
+        return _known(self.key_locs.get(key, self.loc))
 
     def value_loc(self, key: str) -> SourceLoc:
-        return self.value_locs.get(key, self.loc)
+        return _known(self.value_locs.get(key, self.loc))
 
 
 class LocList(list):
-    """A sequence with the location of itself and of each item."""
+    """A sequence with the location of itself and of each item (loc None: made in code)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -42,7 +52,7 @@ class LocList(list):
         self.item_locs: list[SourceLoc] = []
 
     def item_loc(self, index: int) -> SourceLoc:
-        return self.item_locs[index] if index < len(self.item_locs) else self.loc
+        return self.item_locs[index] if index < len(self.item_locs) else _known(self.loc)
 
 
 def plain(value: Any) -> Any:
@@ -71,7 +81,8 @@ class _Budget:
     """How many more values aliases may repeat."""
 
     def __init__(self, file: str) -> None:
-        self.left, self.file, self.seen = MAX_VALUES, file, set()
+        self.left, self.file = MAX_VALUES, file
+        self.seen: set[int] = set()
 
     def spend(self, node: yaml.Node) -> None:
         if id(node) not in self.seen:  # its first appearance is free
@@ -131,10 +142,10 @@ def _convert(
             result.value_locs[key] = _loc(value_node, file)
         return result
     if isinstance(node, yaml.SequenceNode):
-        result = LocList(_convert(item, file, constructor, budget, parents) for item in node.value)
-        result.loc = _loc(node, file)
-        result.item_locs = [_loc(item, file) for item in node.value]
-        return result
+        items = LocList(_convert(item, file, constructor, budget, parents) for item in node.value)
+        items.loc = _loc(node, file)
+        items.item_locs = [_loc(item, file) for item in node.value]
+        return items
     try:
         value = constructor.construct_object(node, deep=True)
     except Exception:  # PyYAML's constructors fail in many ways on odd tags (`!!int` alone)
