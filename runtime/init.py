@@ -45,11 +45,12 @@ def bilinear_kernel(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _init_weight(node: Node, module: nn.Module, generator: torch.Generator | None) -> None:
-    spec, weight = node.init, module.weight
+    spec, weight = node.init, module.get_parameter("weight")
     transposed = node.op == "conv_transpose"
     fan_in, fan_out = _fans(weight, transposed)
     with torch.no_grad():
         if spec.kind == "gaussian":
+            assert spec.std is not None  # lowering gives a gaussian init its default std
             weight.normal_(0.0, spec.std, generator=generator)
         elif spec.kind == "gaussian_sqrt_n":
             weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
@@ -61,8 +62,9 @@ def _init_weight(node: Node, module: nn.Module, generator: torch.Generator | Non
             weight.normal_(0.0, math.sqrt(2.0 / fan), generator=generator)
         elif spec.kind == "bilinear":
             weight.copy_(bilinear_kernel(weight))
-        if getattr(module, "bias", None) is not None:
-            module.bias.fill_(spec.bias)
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            bias.fill_(spec.bias)
 
 
 def _default_init(module: nn.Module, generator: torch.Generator | None) -> None:
@@ -92,6 +94,8 @@ def initialize(module: nn.Module, graph: Graph, generator: torch.Generator | Non
             else:
                 _init_weight(node, layer, generator)
         if not node.trainable:
-            layer.netc_frozen = True  # also for layers without parameters (affine-free BN)
+            # also for layers without parameters (affine-free BN); torch types Module's
+            # attributes as tensors and modules, but any value may be set
+            layer.netc_frozen = True  # type: ignore[assignment]
             for param in layer.parameters(recurse=False):
                 param.requires_grad_(False)

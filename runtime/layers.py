@@ -10,11 +10,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from functools import reduce
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netc.compiler import symbolic as sym
 from netc.compiler.ir import Node, Shape
 from netc.errors import InternalError
 
@@ -39,8 +41,8 @@ class PaddedConv2d(nn.Conv2d):
     """A conv with asymmetric zero padding (top, left, bottom, right), e.g. 'same' with an
     even kernel; parameters are named as in nn.Conv2d."""
 
-    def __init__(self, *args, pads: tuple[int, int, int, int], **kwargs) -> None:
-        super().__init__(*args, padding=0, **kwargs)
+    def __init__(self, *, pads: tuple[int, int, int, int], **kwargs: Any) -> None:
+        super().__init__(padding=0, **kwargs)
         top, left, bottom, right = pads
         self.pads = (left, right, top, bottom)  # F.pad's order: last dim first
 
@@ -77,7 +79,7 @@ def _conv(node: Node, shapes: list[Shape]) -> nn.Module:
 def _conv_transpose(node: Node, shapes: list[Shape]) -> nn.Module:
     a = node.attrs
     return nn.ConvTranspose2d(
-        shapes[0][1],
+        sym.static(shapes[0][1]),
         a["channels"],
         a["kernel"],
         stride=a["stride"],
@@ -105,7 +107,7 @@ def _pool(node: Node, shapes: list[Shape]) -> nn.Module:
 def _batch_norm(node: Node, shapes: list[Shape]) -> nn.Module:
     a = node.attrs
     kind = nn.BatchNorm2d if len(shapes[0]) == 4 else nn.BatchNorm1d
-    return kind(shapes[0][1], eps=a["eps"], momentum=a["momentum"], affine=a["affine"])
+    return kind(sym.static(shapes[0][1]), eps=a["eps"], momentum=a["momentum"], affine=a["affine"])
 
 
 def _upsample(node: Node, shapes: list[Shape]) -> nn.Module:
@@ -139,7 +141,7 @@ _MODULES: dict[str, Callable[[Node, list[Shape]], nn.Module]] = {
     "softmax": lambda n, s: nn.Softmax(dim=n.attrs["axis"]),
     "dropout": lambda n, s: nn.Dropout(n.attrs["p"]),
     "flatten": lambda n, s: nn.Flatten(),
-    "fc": lambda n, s: nn.Linear(s[0][1], n.attrs["units"], bias=n.attrs["bias"]),
+    "fc": lambda n, s: nn.Linear(sym.static(s[0][1]), n.attrs["units"], bias=n.attrs["bias"]),
     "upsample": _upsample,
 }
 
