@@ -9,7 +9,7 @@ settings are passed on as written and checked by their builders.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from netc.errors import ConfigError, describe, did_you_mean
 from netc.runtime.options import Options
@@ -142,9 +142,20 @@ def _input_size(value: Any) -> tuple[int, int] | None:
     )
 
 
+@overload
+def _choice(values: dict, key: str, choices: tuple[str, ...], default: str) -> str: ...
+
+
+@overload
+def _choice(values: dict, key: str, choices: tuple[str, ...], default: None) -> str | None: ...
+
+
 def _choice(values: dict, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
-    value = values.get(key, default)
-    if value is not None and value not in choices:
+    """One of `choices`; `default` when unset or null."""
+    value = values.get(key)
+    if value is None:
+        return default
+    if value not in choices:
         raise ConfigError(
             f"training.{key}",
             "unknown value",

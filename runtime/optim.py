@@ -39,7 +39,8 @@ def _param_groups(
 ) -> list[dict[str, Any]]:
     """Trainable parameters in a decayed group and an undecayed one (biases and
     normalisation scales/shifts: every parameter of at most one dimension, as timm does)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
@@ -93,9 +94,9 @@ def build_optimizer(
         alpha = options.number("alpha", 0.99, low=0, high=1, high_open=True)
         momentum = options.number("momentum", 0.0, low=0, high=1, high_open=True)
         return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
-    betas = options.numbers("betas", [0.9, 0.999], length=2, low=0, high=1, high_open=True)
+    beta1, beta2 = options.numbers("betas", [0.9, 0.999], length=2, low=0, high=1, high_open=True)
     optimizer = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
-    return optimizer(groups, lr=lr, betas=tuple(betas), eps=eps)
+    return optimizer(groups, lr=lr, betas=(beta1, beta2), eps=eps)
 
 
 SCHEDULES: dict[str, tuple[str, ...]] = {
@@ -344,7 +345,7 @@ def build_scheduler(
     warmup_epochs = options.number("warmup_epochs", 0.0, low=0)
     # At least one step for any warm-up asked for; round() absorbs 0.3 * 10 = 3.0000000000000004.
     warmup_steps = max(1, round(warmup_epochs * steps_per_epoch)) if warmup_epochs else 0
-    common = {"warmup_steps": warmup_steps, "key": key}
+    common: dict[str, Any] = {"warmup_steps": warmup_steps, "key": key}
     if kind == "step":
         step_size = options.number("step_size", max(1, math.ceil(epochs / 3)), integer=True, low=1)
         gamma = options.number("gamma", 0.1, low=0, high=1, low_open=True)
@@ -384,7 +385,7 @@ def clip_gradients(
     params = [p for p in module.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     norm = float(total)
     if max_norm is not None and math.isfinite(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 from netc.errors import ConfigError, SourceLoc, describe, did_you_mean
 
@@ -58,6 +58,58 @@ class Options:
     def _error(self, name: str, message: str, **details: Any) -> ConfigError:
         return ConfigError(f"{self.key}.{name}", message, loc=_loc(self.values, name), **details)
 
+    @overload
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: Literal[False] = False,
+    ) -> float: ...
+
+    @overload
+    def number(
+        self,
+        name: str,
+        default: int,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: Literal[True],
+    ) -> int: ...
+
+    @overload
+    def number(
+        self,
+        name: str,
+        default: None,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: Literal[False] = False,
+    ) -> float | None: ...
+
+    @overload
+    def number(
+        self,
+        name: str,
+        default: None,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        integer: Literal[True],
+    ) -> int | None: ...
+
     def number(
         self,
         name: str,
@@ -73,6 +125,19 @@ class Options:
         value = self.values.get(name, default)
         if value is None and default is None:
             return None
+        return self._checked(name, value, low, high, low_open, high_open, integer)
+
+    def _checked(
+        self,
+        name: str,
+        value: Any,
+        low: float | None,
+        high: float | None,
+        low_open: bool,
+        high_open: bool,
+        integer: bool,
+    ) -> float:
+        """`value` if it is a finite number in the interval (an int when `integer`)."""
         kind = "an integer" if integer else "a number"
         if not _is_number(value) or (integer and not float(value).is_integer()):
             raise self._error(
@@ -103,6 +168,32 @@ class Options:
             )
         return value
 
+    @overload
+    def numbers(
+        self,
+        name: str,
+        default: list[float],
+        *,
+        length: int,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> list[float]: ...
+
+    @overload
+    def numbers(
+        self,
+        name: str,
+        default: None,
+        *,
+        length: int,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> list[float] | None: ...
+
     def numbers(
         self,
         name: str,
@@ -114,7 +205,7 @@ class Options:
         low_open: bool = False,
         high_open: bool = False,
     ) -> list[float] | None:
-        """A list of `length` numbers, each in the interval; `default` when unset."""
+        """A list of `length` numbers (none null), each in the interval; `default` when unset."""
         value = self.values.get(name, default)
         if value is None:
             return None
@@ -134,10 +225,8 @@ class Options:
             )
         items = Options({f"{name}[{i}]": v for i, v in enumerate(value)}, self.key)
         return [
-            items.number(
-                f"{name}[{i}]", None, low=low, high=high, low_open=low_open, high_open=high_open
-            )
-            for i in range(length)
+            items._checked(f"{name}[{i}]", v, low, high, low_open, high_open, False)
+            for i, v in enumerate(value)
         ]
 
 
@@ -151,6 +240,7 @@ def parse_typed(
     """
     if config is None:
         return default, Options({}, key)
+    values: Mapping[str, Any]
     if isinstance(config, str):
         kind, values, type_key = config, {}, key
     elif isinstance(config, Mapping):

@@ -428,6 +428,11 @@ def test_bad_clip_norm(value):
             ["expected 2 entries", "found 1 entries"],
         ),
         ({"type": "adamw", "betas": [0.9, 1.0]}, "training.optimizer.betas[1]", ["[0, 1)"]),
+        (
+            {"type": "adam", "betas": [0.9, None]},
+            "training.optimizer.betas[1]",
+            ["must be a number", "nothing (null)"],
+        ),
     ],
 )
 def test_bad_optimizer_settings(config, key, words):
