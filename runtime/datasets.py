@@ -59,7 +59,7 @@ class ArrayDataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> ArrayDataset:
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ArrayDataset:
         """The samples at `indices`, in that order (copies; the original is untouched)."""
         index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         return ArrayDataset(
@@ -256,12 +256,10 @@ def _load_segmentation_folder(root: Path) -> ArrayDataset:
         raise DataError(f"segmentation folder '{images_dir}' holds no PNG/JPEG images")
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
     mask_paths = []
-    for image in image_paths:
-        if image.stem not in masks:
-            raise DataError(
-                f"image '{image}' has no mask (expected '{masks_dir / image.stem}.png')"
-            )
-        mask_paths.append(masks[image.stem])
+    for path in image_paths:
+        if path.stem not in masks:
+            raise DataError(f"image '{path}' has no mask (expected '{masks_dir / path.stem}.png')")
+        mask_paths.append(masks[path.stem])
     images = _decode_all(_decode_image, image_paths)
     labels = _decode_all(_decode_mask, mask_paths)
     for image, mask, ipath, mpath in zip(images, labels, image_paths, mask_paths):

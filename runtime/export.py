@@ -177,12 +177,13 @@ def _sample_shapes(graph: Graph, size: list[int] | None = None) -> list[tuple[in
     only `size` when given (PCA whitening holds for the training size alone)."""
     shape = next(iter(graph.inputs.values())).shape
     if all(sym.is_static(d) for d in shape[1:]):
-        return [(2, *shape[1:])]
+        return [(2, *(sym.static(d) for d in shape[1:]))]
+    channels = sym.static(shape[1])
     if size is not None:
-        return [(2, shape[1], *size)]
+        return [(2, channels, *size)]
     low_h, low_w = minimum_input_size(graph) or (1, 1)
     h, w = max(low_h, OPEN_SIZE), max(low_w, OPEN_SIZE)
-    return [(2, shape[1], h, w), (2, shape[1], h + 37, w + 21)]
+    return [(2, channels, h, w), (2, channels, h + 37, w + 21)]
 
 
 def check_against_torch(
@@ -233,10 +234,12 @@ def check_against_torch(
 def _whitened(x: torch.Tensor, whitening: tuple[Any, Any] | None) -> torch.Tensor:
     if whitening is None:
         return x
-    matrix, mean = (
-        None if v is None else torch.as_tensor(v, dtype=torch.float32) for v in whitening
+    matrix, mean = whitening
+    return whiten(
+        x,
+        torch.as_tensor(matrix, dtype=torch.float32),
+        None if mean is None else torch.as_tensor(mean, dtype=torch.float32),
     )
-    return whiten(x, matrix, mean)
 
 
 def export_model(
@@ -288,10 +291,11 @@ def export_model(
         card = replace(card, validation_split=(config["val_fraction"], config["seed"]))
     field = next(iter(analyze(graph).outputs.values())).field
     if not field.whole:  # where output pixel (i, j) looks: input (start + i·stride, ...)
+        height, width = field.axes()
         card = replace(
             card,
-            output_stride=tuple(float(a.jump) for a in field.axes()),
-            output_offset=tuple(float(a.start) for a in field.axes()),
+            output_stride=(float(height.jump), float(width.jump)),
+            output_offset=(float(height.start), float(width.start)),
         )
     model = export_onnx(graph, weights, card=card, whitening=whitening)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from netc.compiler import symbolic as sym
 from netc.compiler.network import Network, load, load_string
 from netc.console import say
 from netc.errors import ConfigError, DataError
@@ -37,7 +38,7 @@ def _compile(source: str, params: dict[str, Any], stored: dict[str, Any] | None)
 
 def _network_classes(network: Network) -> int:
     shape = next(iter(network.analysis.outputs.values())).shape
-    return shape[1]
+    return sym.static(shape[1])
 
 
 def _fit_to_data(
@@ -92,7 +93,7 @@ def _check_data(network: Network, data: ArrayDataset, config: TrainConfig) -> Ar
             "network's size)",
         )
     if size is None and fixed:
-        size = (shape[2], shape[3])
+        size = (sym.static(shape[2]), sym.static(shape[3]))
     if size is not None:
         data = resize(data, size)
     return data
@@ -143,7 +144,7 @@ def prepare(
         train_set.images,
         normalize=config.normalize,
         pca_whitening=config.pca_whitening,
-        input_size=tuple(train_set.images.shape[2:]),
+        input_size=train_set.image_shape[1:],
     )
     # The network trains on what export and serving will feed it: preprocessed images.
     train_set = replace(train_set, images=preprocessing.apply(train_set.images))

@@ -248,4 +248,10 @@ def balanced_sampler(labels: torch.Tensor, num_samples: int, seed: int) -> Sampl
     counts = torch.bincount(labels)
     weights = 1.0 / counts[labels].double()
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+    # torch reads the weights with torch.as_tensor; its annotation asks for a Sequence[float]
+    return WeightedRandomSampler(
+        weights,  # type: ignore[arg-type]
+        num_samples,
+        replacement=True,
+        generator=generator,
+    )

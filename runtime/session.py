@@ -175,7 +175,8 @@ class Session:
                 say(f"init-from {init_from}: {line}", quiet or not world.is_main)
         module.to(device)
         if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
+            # Module.to documents memory_format; its typed overloads leave it out
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         optimizer = build_optimizer(module, config.optimizer)
         schedule = build_scheduler(
             optimizer,
