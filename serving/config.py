@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from netc.errors import SourceLoc, UserError, did_you_mean
-from netc.yaml_loader import LocMap, load_located
+from netc.yaml_loader import LocList, LocMap, load_located
 
 KEYS = (
     "max_batch_size",
@@ -99,7 +99,7 @@ def _policy(data: LocMap) -> Any:
 def _labels(data: LocMap, folder: Path) -> tuple[str, ...] | None:
     if "labels" in data:
         labels = data["labels"]
-        if not isinstance(labels, list) or not all(isinstance(x, (str, int)) for x in labels):
+        if not isinstance(labels, LocList) or not all(isinstance(x, (str, int)) for x in labels):
             raise UserError("labels must be a list of names", loc=data.value_loc("labels"))
         flags = [i for i, x in enumerate(labels) if isinstance(x, bool)]
         if flags:
@@ -127,7 +127,7 @@ def _batching(data: LocMap) -> tuple[bool, LocMap]:
     batching = data["dynamic_batching"]
     if batching is False:
         return False, LocMap()
-    if not isinstance(batching, dict):
+    if not isinstance(batching, LocMap):
         raise UserError(
             "dynamic_batching must be a mapping or false", loc=data.value_loc("dynamic_batching")
         )

@@ -10,6 +10,7 @@ else INTERNAL and logged as our bug, and the server keeps serving.
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
 
@@ -83,6 +84,7 @@ def failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, status_message(text)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: BaseException, call: str) -> None:
-    """End the call with `failure(error, call)` (gRPC's abort raises, so this never returns)."""
+async def abort(context: grpc.aio.ServicerContext, error: BaseException, call: str) -> NoReturn:
+    """End the call with `failure(error, call)`."""
     await context.abort(*failure(error, call))
+    raise AssertionError("gRPC's context.abort returned")  # it raises AbortError
