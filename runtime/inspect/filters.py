@@ -36,7 +36,7 @@ def weight_of(model: Model, layer: str) -> np.ndarray:
             f"--filters {layer}: it is a {node.op} layer, not a conv\n"
             f"  hint: conv layers: {', '.join(conv_layers(model))}"
         )
-    weight = model.module.get_submodule(layer).weight.detach().float().numpy()
+    weight = model.module.get_parameter(f"{layer}.weight").detach().float().numpy()
     if node.op == "conv_transpose":  # (in, out/g, kh, kw): show per output channel
         weight = weight.transpose(1, 0, 2, 3)
     return weight

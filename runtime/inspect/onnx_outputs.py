@@ -105,7 +105,7 @@ def prepare(model: OnnxModel, picture: torch.Tensor) -> tuple[torch.Tensor, np.n
     pre = model.preprocessing
     dims = model.input.type.tensor_type.shape.dim
     fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
-    size = pre.resize_to if None in fixed else fixed
+    size = pre.resize_to if None in fixed else tuple(d for d in fixed if d is not None)
     shown = picture[None]
     if size and all(isinstance(d, int) and d > 0 for d in size):
         if tuple(shown.shape[2:]) != tuple(size):
@@ -115,9 +115,11 @@ def prepare(model: OnnxModel, picture: torch.Tensor) -> tuple[torch.Tensor, np.n
         normalisation = pre.normalisation(shown.shape[1])
     except ValueError as exc:
         raise UserError(f"{model.path}: {exc}") from None
-    for values, apply in zip(normalisation, (torch.sub, torch.div)):
-        if values is not None:
-            x = apply(x, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1))
+    mean, std = normalisation
+    if mean is not None:
+        x = x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    if std is not None:
+        x = x / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return shown[0].clamp(0, 1), x.numpy().astype(np.float32)
 
 

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from netc.compiler import symbolic as sym
 from netc.compiler.analysis import Analysis
 from netc.compiler.ir import Graph
 from netc.compiler.network import load_string
@@ -36,7 +38,7 @@ class Model:
     path: Path
     graph: Graph
     analysis: Analysis
-    module: nn.Module
+    module: fx.GraphModule
     preprocessing: Preprocessing | None
     labels: list[str] | None
     history: list[dict[str, Any]]
@@ -48,20 +50,20 @@ class Model:
 
     @property
     def channels(self) -> int:
-        return int(next(iter(self.graph.inputs.values())).shape[1])
+        return sym.static(next(iter(self.graph.inputs.values())).shape[1])
 
     @property
     def input_size(self) -> tuple[int, int] | None:
         """The (H, W) the network sees: fixed by the graph, else the training size."""
         shape = next(iter(self.graph.inputs.values())).shape
         if all(isinstance(d, int) for d in shape[2:]):
-            return (int(shape[2]), int(shape[3]))
+            return (sym.static(shape[2]), sym.static(shape[3]))
         if self.preprocessing is not None and self.preprocessing.input_size:
-            return tuple(self.preprocessing.input_size)
+            return self.preprocessing.input_size
         return None
 
 
-def from_graph(graph: Graph, module: nn.Module, **extra: Any) -> Model:
+def from_graph(graph: Graph, module: fx.GraphModule, **extra: Any) -> Model:
     """A Model around a graph and module built in memory (tests, the Python API)."""
     from netc.compiler.analysis import analyze
 
@@ -112,7 +114,8 @@ def _no_inplace(module: nn.Module) -> None:
     """In-place activations would overwrite the outputs that inspection records."""
     for child in module.modules():
         if getattr(child, "inplace", False):
-            child.inplace = False
+            # torch types Module's attributes as tensors and modules; this one is a flag
+            child.inplace = False  # type: ignore[assignment]
 
 
 def _history(path: Path, state: dict[str, Any]) -> list[dict[str, Any]]:

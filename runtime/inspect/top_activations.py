@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from netc.compiler import symbolic as sym
 from netc.errors import UserError
 from netc.runtime.inspect import tiles
 from netc.runtime.inspect.activations import check_layer, record
@@ -70,9 +71,8 @@ def top_hits(
         hits = []
         for n in order:
             position = divmod(int(places[n, channel]), shape[2]) if spatial else None
-            box = unit_box(
-                field if spatial else _whole(field), *(position or (0, 0)), height, width
-            )
+            i, j = position or (0, 0)
+            box = unit_box(field if spatial else _whole(field), i, j, height, width)
             hits.append(Hit(channel, int(n), position, float(values[n, channel]), box))
         result[channel] = hits
     return result
@@ -111,7 +111,7 @@ def save(
     """top_<layer>.png: one row per channel (the first `channels`), its k best crops."""
     check_layer(model, layer, "--top-activations")
     shape = next(s.shape for s in model.analysis.layers if s.name == layer)
-    count = min(channels, int(shape[1]))
+    count = min(channels, sym.static(shape[1]))
     hits = top_hits(model, pictures, layer, list(range(count)), k)
     grid = []
     for channel in range(count):
