@@ -542,6 +542,29 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="reload models whose files changed, checking this often",
     )
+    security = p.add_argument_group("security (README.md, Security)")
+    security.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS: certificate")
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="... and its private key")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: refuse clients without a certificate signed by this CA",
+    )
+    security.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="every call but health needs 'authorization: Bearer <token>' with a token "
+        "of FILE (one a line, '#' comments); SIGHUP reads it again",
+    )
+    security.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="FILE",
+        help="RepositoryModelLoad/Unload need a token of FILE (admin tokens also "
+        "pass where --auth-token-file's do)",
+    )
     p.set_defaults(run=_run_serve)
 
 
@@ -555,6 +578,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_message_mb=args.max_message_mb,
         poll_seconds=args.poll,
         max_image_pixels=args.max_image_pixels,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token_file=args.auth_token_file,
+        admin_token_file=args.admin_token_file,
     )
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
         raise UserError(f"--max-image-pixels must be at least 1, found {args.max_image_pixels}")
@@ -590,6 +618,24 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write DIR/<name>_overlay.png: the image tinted with the mask's colours",
     )
+    security = p.add_argument_group("security (README.md, Security)")
+    security.add_argument(
+        "--tls", action="store_true", help="connect with TLS, trusting the system's CAs"
+    )
+    security.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="connect with TLS, trusting this CA"
+    )
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="mutual TLS: the client's certificate"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="... and its private key")
+    security.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="send the (first) token of FILE as 'authorization: Bearer'; "
+        "default: the environment variable NETC_TOKEN",
+    )
     p.set_defaults(run=_run_infer)
 
 
@@ -612,7 +658,15 @@ def _run_infer(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be from 1 to {MAX_TOP_K:,}, found {args.top_k}")
     _check_url(args.url)
     files = read_files(args.files)  # before the server: a missing file is said first
-    with VisionClient(args.url) as client:
+    client = VisionClient(
+        args.url,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token_file=args.token_file,
+    )
+    with client:
         entry = find_model(client, args.model, args.version)
         if entry.task == "classification":
             for path, labels in classify_files(

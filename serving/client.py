@@ -10,11 +10,17 @@ with VisionClient("localhost:8001") as client:
 Every failure is a `netc.errors.UserError` saying which server answered
 what, e.g. "server at localhost:8001: NOT_FOUND: unknown model 'foo' ...";
 `RequestFailed.code` holds the gRPC status.
+
+A server with TLS and tokens (README.md, Security):
+`VisionClient("host:8001", tls_ca="ca.crt", token_file="token.txt")`; mutual TLS adds
+`tls_cert=` and `tls_key=`; without `token` or `token_file` the environment variable
+NETC_TOKEN gives the token, if set.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -30,6 +36,8 @@ from netc.protos.generated import (
     vision_pb2,
     vision_pb2_grpc,
 )
+from netc.serving.auth import read_tokens
+from netc.serving.tls import channel_credentials
 
 ImageLike = Union[str, Path, bytes, np.ndarray]
 """A file path, PNG/JPEG file contents, or pixels: (H, W), (H, W, C) as from
@@ -37,6 +45,7 @@ ImageLike = Union[str, Path, bytes, np.ndarray]
 uint8 in 0..255 or floats in 0..1."""
 
 MAX_TOP_K = 2**31 - 1  # the vision protocol's int32 (ClassifyRequest.top_k)
+TOKEN_ENV = "NETC_TOKEN"
 
 _UNREACHABLE = (
     "failed to connect",
@@ -45,6 +54,7 @@ _UNREACHABLE = (
     "name resolution",
     "socket closed",
     "connection reset",
+    "handshake failed",
 )
 
 
@@ -114,8 +124,23 @@ def _tensor(array: np.ndarray) -> vision_pb2.Tensor:
     )
 
 
+def client_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token to send: `token`, else the first token of `token_file` (a
+    UserError naming it if it cannot be read or holds none), else $NETC_TOKEN, else None."""
+    if token:
+        return token
+    if token_file is not None:
+        return read_tokens(Path(token_file), "--token-file")[0]
+    return os.environ.get(TOKEN_ENV) or None
+
+
 class VisionClient:
-    """Calls a netc server's vision service; use as a context manager or `close()`."""
+    """Calls a netc server's vision service; use as a context manager or `close()`.
+
+    TLS is on with `tls=True` (the system's root certificates) or a `tls_ca` file;
+    `tls_cert` and `tls_key` present a client certificate (mutual TLS). `token`,
+    `token_file` or $NETC_TOKEN (see `client_token`) is sent as `authorization: Bearer`.
+    """
 
     def __init__(
         self,
@@ -123,16 +148,30 @@ class VisionClient:
         *,
         max_message_mb: int = 128,
         timeout: float | None = 60.0,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+        token_file: str | Path | None = None,
     ) -> None:
         self.url, self.timeout = url, timeout
+        bearer = client_token(token, token_file)
+        self.metadata = (("authorization", f"Bearer {bearer}"),) if bearer else None
         limit = max_message_mb * 2**20
-        self.channel = grpc.insecure_channel(
-            url,
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ]
+        self.tls = tls or any(f is not None for f in (tls_ca, tls_cert, tls_key))
+        self.client_certificate = tls_cert is not None
+        if self.tls:
+            credentials = channel_credentials(
+                *(None if f is None else Path(f) for f in (tls_ca, tls_cert, tls_key))
+            )
+            self.channel = grpc.secure_channel(url, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(url, options=options)
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
         self.triton = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
@@ -147,7 +186,7 @@ class VisionClient:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
@@ -156,7 +195,10 @@ class VisionClient:
         if code == grpc.StatusCode.UNAVAILABLE and any(
             text in details.lower() for text in _UNREACHABLE
         ):
-            return RequestFailed(f"cannot reach a netc server at {self.url} ({details})", code)
+            return RequestFailed(
+                f"cannot reach a netc server at {self.url} ({details}){self._tls_hint(details)}",
+                code,
+            )
         if code == grpc.StatusCode.UNIMPLEMENTED and "method not found" in details.lower():
             return RequestFailed(
                 f"the server at {self.url} does not offer netc's vision service ({details})",
@@ -164,6 +206,23 @@ class VisionClient:
             )
         name = code.name if code is not None else "UNKNOWN"
         return RequestFailed(f"server at {self.url}: {name}: {details}", code)
+
+    def _tls_hint(self, details: str) -> str:
+        """What to check when a connection failed in a TLS handshake, or closed at once
+        (as a TLS server does to a plain-text client, and a mutual-TLS server to a client
+        without a certificate it trusts): "" or '; ...'."""
+        text = details.lower()
+        if "wrong_version_number" in text:
+            return "; the server does not speak TLS: leave out --tls and --tls-ca"
+        if "certificate" in text:
+            return "; --tls-ca must be the CA that signed the server's certificate"
+        if "socket closed" not in text and "connection reset" not in text:
+            return ""
+        if not self.tls:
+            return "; if the server uses TLS, give its CA with --tls-ca"
+        if not self.client_certificate:
+            return "; if the server asks for client certificates, give --tls-cert and --tls-key"
+        return "; if the server asks for client certificates, its CA must have signed --tls-cert"
 
     def classify(
         self, images: list[ImageLike], model: str, top_k: int = 5, *, version: str = ""

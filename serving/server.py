@@ -23,9 +23,11 @@ from pathlib import Path
 
 import grpc
 
-from netc.serving import triton_service, vision_service
+from netc.serving import auth, tls, triton_service, vision_service
+from netc.serving.auth import AuthInterceptor
 from netc.serving.metrics import start_metrics_server
 from netc.serving.repository import ModelRepository
+from netc.serving.tls import ServerTls
 
 DEFAULT_MESSAGE_MB = 128  # gRPC's 4 MiB default is too small for images and score maps
 
@@ -38,6 +40,12 @@ class ServerOptions:
     max_message_mb: int = DEFAULT_MESSAGE_MB
     poll_seconds: float | None = None  # rescan the repository this often (hot reload)
     max_image_pixels: int | None = None  # vision service limit (None: images.MAX_PIXELS)
+    # Security (serving/tls.py, serving/auth.py): PEM files, token files (one a line)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: clients need a certificate it signed
+    auth_token_file: Path | None = None
+    admin_token_file: Path | None = None  # RepositoryModelLoad/Unload need its tokens
 
 
 @dataclass
@@ -48,6 +56,8 @@ class RunningServer:
     metrics_port: int | None
     metrics: asyncio.AbstractServer | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    auth: AuthInterceptor | None = None  # its reload() reads the token files again
+    tls: ServerTls | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         for task in self.tasks:
@@ -74,7 +84,12 @@ def _add_health_and_reflection(server: grpc.aio.Server, names: list[str]):
     return servicer, health_pb2
 
 
-def _listen(server: grpc.aio.Server, host: str, port: int) -> int:
+def _listen(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
     """Bind the gRPC port; a failure is one OSError in netc's words, with the system's
     reason. gRPC's C core writes its own line to stderr when a bind fails ("E1207 ...
     add_port.cc:83] Failed to add port ...", then grpcio's RuntimeError asks for
@@ -82,7 +97,12 @@ def _listen(server: grpc.aio.Server, host: str, port: int) -> int:
     is held for the call instead, and given back if the bind succeeds."""
     with _held_stderr() as held:
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            address = f"{host}:{port}"
+            bound = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
         except RuntimeError:  # grpcio's way of saying the port could not be bound
             bound = 0
     if bound == 0:
@@ -129,15 +149,20 @@ def _bind_error(host: str, port: int, core_log: list[bytes]) -> str:
 
 
 async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
-    """Load the repository, start gRPC (and metrics), mark SERVING when models are ready."""
+    """Load the repository, start gRPC (and metrics), mark SERVING when models are ready.
+    TLS and token files are read and checked first: a mistake is a UserError naming the
+    file, before anything listens."""
+    server_tls = tls.from_options(options)
+    interceptor = auth.from_options(options)
     repository = ModelRepository(repository_path)
     limit = options.max_message_mb * 2**20
     server = grpc.aio.server(
+        interceptors=[interceptor] if interceptor is not None else None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     names: list[str] = []
     names += triton_service.add_to_server(server, repository)
@@ -145,7 +170,8 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         server, repository, max_image_pixels=options.max_image_pixels, max_message_bytes=limit
     )
     health, health_pb2 = _add_health_and_reflection(server, names)
-    port = _listen(server, options.host, options.port)
+    credentials = server_tls.grpc_credentials() if server_tls is not None else None
+    port = _listen(server, options.host, options.port, credentials)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
 
@@ -160,7 +186,9 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     await repository.load_all()  # NOT_SERVING until every model has had its try
     await update_health()
     repository.on_change.append(update_health)
-    running = RunningServer(server, repository, port, options.metrics_port)
+    running = RunningServer(
+        server, repository, port, options.metrics_port, auth=interceptor, tls=server_tls
+    )
     if options.metrics_port is not None:
         try:
             running.metrics = await start_metrics_server(
@@ -224,6 +252,8 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if running.auth is not None:  # SIGHUP: read the token files again
+            loop.add_signal_handler(signal.SIGHUP, _reload_tokens, running.auth)
         for entry in running.repository.index():
             detail = f": {entry.reason}" if entry.reason else ""
             print(
@@ -236,7 +266,7 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
             else ""
         )
         print(
-            f"netc serving gRPC on {options.host}:{running.port}{metrics}",
+            f"netc serving gRPC on {options.host}:{running.port}{_security(running)}{metrics}",
             file=sys.stderr,
             flush=True,
         )
@@ -245,6 +275,21 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _security(running: RunningServer) -> str:
+    """' (mutual TLS, tokens)': what a client needs, for the start-up line."""
+    needs = []
+    if running.tls is not None:
+        needs.append("mutual TLS" if running.tls.client_ca is not None else "TLS")
+    if running.auth is not None:
+        needs.append("tokens" if running.auth.tokens is not None else "admin tokens")
+    return f" ({', '.join(needs)})" if needs else ""
+
+
+def _reload_tokens(interceptor: AuthInterceptor) -> None:
+    for line in interceptor.reload():
+        print(line, file=sys.stderr, flush=True)
 
 
 class BackgroundServer:

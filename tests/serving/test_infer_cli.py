@@ -71,7 +71,7 @@ def test_a_model_the_server_never_had_lists_those_it_serves(server, picture, cap
 class FakeServer:
     """What netc infer asks of a server, answered locally: a square in the middle."""
 
-    def __init__(self, url):
+    def __init__(self, url, **connection):  # TLS and token options
         pass
 
     def __enter__(self):
