@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -107,8 +108,8 @@ def repo(repository, tmp_path_factory) -> Path:
     return root
 
 
-def _options(**security) -> ServerOptions:
-    return ServerOptions(host="127.0.0.1", port=0, metrics_port=None, **security)
+def _options(**settings) -> ServerOptions:
+    return ServerOptions(**{"host": "127.0.0.1", "port": 0, "metrics_port": None, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -204,18 +205,26 @@ def test_every_call_but_health_needs_a_token(secure, pki, token, expected):
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_refusals_say_what_is_missing(secure, pki):
+def test_refusals_say_what_is_missing_and_log_no_token(secure, pki, caplog):
+    caplog.set_level(logging.DEBUG)  # the server's refusals are logged at debug
     with _channel(secure, pki / "ca.crt") as channel:
         triton = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as missing:
             triton.ServerReady(pb.ServerReadyRequest())
         with pytest.raises(grpc.RpcError) as wrong:
-            triton.ServerReady(pb.ServerReadyRequest(), metadata=(("authorization", "Bearer x"),))
+            triton.ServerReady(pb.ServerReadyRequest(), metadata=_bearer(OTHER))
         with pytest.raises(grpc.RpcError) as scheme:  # a Basic header is no token
             triton.ServerReady(pb.ServerReadyRequest(), metadata=(("authorization", TOKEN),))
+        with pytest.raises(grpc.RpcError) as denied:
+            request = pb.RepositoryModelUnloadRequest(model_name="lenet5")
+            triton.RepositoryModelUnload(request, metadata=_bearer(TOKEN))
     assert "authorization: Bearer <token>" in missing.value.details()
     assert wrong.value.details() == "the bearer token is not valid on this server"
     assert scheme.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "refused UNAUTHENTICATED" in caplog.text and "refused PERMISSION_DENIED" in caplog.text
+    for token in (TOKEN, OTHER, ADMIN):
+        assert token not in caplog.text
 
 
 def test_repository_control_needs_an_admin_token(secure, pki):
