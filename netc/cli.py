@@ -311,6 +311,8 @@ def _run_export(args: argparse.Namespace) -> int:
     path = args.output or next_version_path(args.repository, args.name)
     if options is not None:
         return _export_reduced(args, result, options, path)
+    if args.repository is not None:
+        _write_triton_config(path, result.model.SerializeToString())
     size = write_model(result.model, path)
     check = (
         ""
@@ -324,12 +326,28 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_triton_config(path: Path, model: bytes) -> None:
+    """Beside a version exported into a repository: Triton's config.pbtxt (and labels.txt),
+    before the model file, so a server polling the repository finds them with it."""
+    from netc.serving.triton_config import export_files
+
+    folder = path.parent.parent
+    files, note = export_files(folder, path.parent.name, model)
+    for name, text in files.items():
+        write_atomic(folder / name, text.encode())
+        print(f"wrote {folder / name}")
+    if note:
+        say(note)
+
+
 def _export_reduced(args: argparse.Namespace, result, options, path: Path) -> int:
     """--precision int8/fp16: optimize and reduce the export, calibrating on the run's own
     validation split (recorded in the model), and write it only when the checks pass."""
     from netc.compiler.optimizer.precision import reduce_precision_model
 
     reduced = reduce_precision_model(result.model, options, name=args.source)
+    if args.repository is not None:
+        _write_triton_config(path, reduced.data)
     write_atomic(path, reduced.data)
     reduced.destination = str(path)
     if result.max_error is not None:

@@ -12,7 +12,12 @@ instances: 1                  # requests run concurrently on this many threads
 intra_op_threads: 0           # onnxruntime threads per run (0: its default)
 labels: [cat, dog]            # when the model carries none (or labels_file: labels.txt)
 version_policy: latest        # latest | all | [1, 3]
+input_format: NCHW            # a picture input's layout, NCHW or NHWC, for a model without
+                              # netc's card (Triton's image clients need it)
 ```
+
+A model folder without config.yaml may hold Triton's `config.pbtxt` instead:
+serving/triton_config.py reads it into the same settings.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ KEYS = (
     "labels",
     "labels_file",
     "version_policy",
+    "input_format",
 )
+INPUT_FORMATS = ("NCHW", "NHWC")
 BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
 
 
@@ -47,6 +54,7 @@ class ModelConfig:
     intra_op_threads: int = 0
     labels: tuple[str, ...] | None = None
     version_policy: Any = "latest"  # "latest", "all" or a tuple of ints
+    input_format: str | None = None  # NCHW | NHWC; None: the model card's layout, if any
     source: str = field(default="defaults", compare=False)
 
 
@@ -149,11 +157,26 @@ def _preferred(batching: LocMap) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+def _input_format(data: LocMap) -> str | None:
+    value = data.get("input_format", DEFAULTS.input_format)
+    if value is not None and value not in INPUT_FORMATS:
+        raise UserError(
+            f"input_format must be NCHW or NHWC, found {value!r}",
+            loc=data.value_loc("input_format"),
+        )
+    return value
+
+
 def load_config(folder: Path) -> ModelConfig:
-    """The model's settings from `folder/config.yaml`, or the defaults. A mistake names
-    the file, line and column of the setting, as the compiler's do."""
+    """The model's settings from `folder/config.yaml`, else from Triton's `config.pbtxt`,
+    else the defaults. A mistake names the file, line and column of the setting, as the
+    compiler's do."""
     path = folder / "config.yaml"
     if not path.exists():
+        if (folder / "config.pbtxt").exists():
+            from netc.serving.triton_config import read_config  # it builds on this module
+
+            return read_config(folder / "config.pbtxt")
         return DEFAULTS
     where = str(path)
     try:
@@ -186,5 +209,6 @@ def load_config(folder: Path) -> ModelConfig:
         intra_op_threads=_int(data, "intra_op_threads", 0),
         labels=_labels(data, folder),
         version_policy=_policy(data),
+        input_format=_input_format(data),
         source=where,
     )

@@ -26,7 +26,7 @@ import netc
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
-from netc.serving.batching_policy import AUTO_MAX_DELAY_S
+from netc.serving import triton_config
 from netc.serving.errors import InvalidRequest, ServingError, Unsupported, abort, failure
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
@@ -36,7 +36,6 @@ from netc.serving.wire import Header, Routes
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
-PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream running ahead of its answers
 
 
@@ -79,14 +78,6 @@ def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     return handler
 
 
-def _datatype_enum(datatype: str) -> int:
-    return (
-        config_pb.TYPE_STRING
-        if datatype == "BYTES"
-        else config_pb.DataType.Value(f"TYPE_{datatype}")
-    )
-
-
 def _duration(duration: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=duration.count, ns=duration.ns)
 
@@ -114,51 +105,13 @@ def _statistics(model: ServedModel) -> pb.ModelStatistics:
     )
 
 
-def _version_policy(policy) -> config_pb.ModelVersionPolicy:
-    if policy == "all":
-        return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
-    if policy == "latest":
-        return config_pb.ModelVersionPolicy(
-            latest=config_pb.ModelVersionPolicy.Latest(num_versions=1)
-        )
-    return config_pb.ModelVersionPolicy(
-        specific=config_pb.ModelVersionPolicy.Specific(versions=list(policy))
-    )
-
-
 def model_config(model: ServedModel) -> config_pb.ModelConfig:
-    """The fields of Triton's model configuration that clients read."""
-    info = model.info
+    """Triton's model configuration of a loaded version: the same message `netc export
+    --repository` writes as config.pbtxt (serving/triton_config.py), with where it runs."""
+    groups = config_pb.ModelInstanceGroup
     gpu = "CUDAExecutionProvider" in model.session.get_providers()
-    kind = config_pb.ModelInstanceGroup.KIND_GPU if gpu else config_pb.ModelInstanceGroup.KIND_CPU
-    config = config_pb.ModelConfig(
-        name=info.name,
-        platform=PLATFORM,
-        backend=BACKEND,
-        max_batch_size=info.max_batch_size,
-        version_policy=_version_policy(model.config.version_policy),
-        input=[
-            config_pb.ModelInput(name=t.name, data_type=_datatype_enum(t.datatype), dims=t.dims)
-            for t in info.inputs
-        ],
-        output=[
-            config_pb.ModelOutput(name=t.name, data_type=_datatype_enum(t.datatype), dims=t.dims)
-            for t in info.outputs
-        ],
-        instance_group=[
-            config_pb.ModelInstanceGroup(
-                name=f"{info.name}_0", kind=kind, count=model.config.instances
-            )
-        ],
-    )
-    config.parameters["precision"].string_value = info.precision  # fp32, fp16, int8
-    if info.dynamic_batching:
-        config.dynamic_batching.preferred_batch_size.extend(info.preferred_batch_sizes)
-        delay = info.max_queue_delay_us  # auto: the longest it makes a request wait
-        config.dynamic_batching.max_queue_delay_microseconds = (
-            round(AUTO_MAX_DELAY_S * 1e6) if delay is None else delay
-        )
-    return config
+    kind = groups.KIND_GPU if gpu else groups.KIND_CPU
+    return triton_config.model_config(model.info, model.config, kind=kind)
 
 
 def _tensor_metadata(spec, batched: bool) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -85,7 +85,12 @@ def test_repository_versions_count_up(runs, tmp_path):
             main(["export", str(runs / "plain"), "--repository", str(repo), "--name", "digits"])
             == 0
         )
-    assert sorted(p.name for p in (repo / "digits").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (repo / "digits").iterdir()) == [
+        "1",
+        "2",
+        "config.pbtxt",  # Triton's, written with the first version (serving/triton_config.py)
+        "labels.txt",
+    ]
     assert (repo / "digits" / "2" / "model.onnx").stat().st_size > 1000
 
 
