@@ -29,6 +29,9 @@ from netc.serving.metrics import start_metrics_server
 from netc.serving.repository import ModelRepository
 from netc.serving.tls import ServerTls
 
+# grpc.health.v1 service name that is SERVING while the process answers, whatever its
+# models' state: deploy/'s liveness probe (readiness asks for "", every model served).
+LIVENESS = "liveness"
 DEFAULT_MESSAGE_MB = 128  # gRPC's 4 MiB default is too small for images and score maps
 
 
@@ -173,6 +176,7 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     credentials = server_tls.grpc_credentials() if server_tls is not None else None
     port = _listen(server, options.host, options.port, credentials)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
 
     async def update_health() -> None:
