@@ -36,8 +36,9 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 
 from netc.errors import SourceLoc, UserError
@@ -65,10 +66,10 @@ _told: set[tuple[str, tuple[str, ...]]] = set()  # (file, ignored fields) alread
 # Writing.
 
 
-def _datatype(datatype: str) -> int:
+def _datatype(datatype: str) -> config_pb.DataType:
     if datatype == "BYTES":
         return config_pb.TYPE_STRING
-    return config_pb.DataType.Value(f"TYPE_{datatype}")
+    return cast(config_pb.DataType, config_pb.DataType.Value(f"TYPE_{datatype}"))
 
 
 def _version_policy(policy) -> config_pb.ModelVersionPolicy:
@@ -83,7 +84,9 @@ def _version_policy(policy) -> config_pb.ModelVersionPolicy:
     )
 
 
-def _input_format(spec: TensorSpec, info: ModelInfo, config: ModelConfig) -> int:
+def _input_format(
+    spec: TensorSpec, info: ModelInfo, config: ModelConfig
+) -> config_pb.ModelInput.Format:
     """NCHW or NHWC for a picture input (three dims besides the batch), as config.yaml or
     config.pbtxt says, else as the model card's preprocessing does; Triton's image
     clients need it. Anything else: FORMAT_NONE."""
@@ -96,7 +99,7 @@ def _input_format(spec: TensorSpec, info: ModelInfo, config: ModelConfig) -> int
 
 
 def model_config(
-    info: ModelInfo, config: ModelConfig, *, kind: int | None = None
+    info: ModelInfo, config: ModelConfig, *, kind: config_pb.ModelInstanceGroup.Kind | None = None
 ) -> config_pb.ModelConfig:
     """Triton's model configuration of a served model. `kind`, where the model runs
     (ModelInstanceGroup.KIND_CPU or KIND_GPU), for a running server; None leaves it to
@@ -402,6 +405,18 @@ def settings(proto: config_pb.ModelConfig, folder: Path, source: _Source) -> Mod
         input_format=_format(proto),
         source=source.where,
     )
+
+
+def from_json(text: str, folder: Path) -> tuple[ModelConfig, list[str]]:
+    """netc's settings from a ModelConfig in JSON, as RepositoryModelLoad's `config`
+    parameter brings it (Triton's override), for the model in `folder`; and the fields
+    set that netc ignores."""
+    source = _Source("the load's config parameter", text)
+    try:
+        proto = json_format.Parse(text, config_pb.ModelConfig())
+    except json_format.ParseError as exc:
+        raise UserError(f"{source.where} is not a Triton ModelConfig in JSON: {exc}") from None
+    return settings(proto, folder, source), ignored_fields(proto)
 
 
 def read_config(path: Path) -> ModelConfig:
