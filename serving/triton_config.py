@@ -27,7 +27,9 @@ Of Triton's fields netc uses:
 name, platform and backend are checked (netc serves ONNX on onnxruntime);
 inputs' and outputs' names, types and dims describe the model, which netc
 reads from the model itself. A sequence or ensemble model is refused. Any
-other field set is named once in the log as ignored.
+other field set is named once in the log as ignored. `from_json` reads the
+same settings from RepositoryModelLoad's `config` parameter (Triton's
+override, a ModelConfig in JSON).
 """
 
 from __future__ import annotations
@@ -46,11 +48,11 @@ from netc.protos.generated import model_config_pb2 as config_pb
 from netc.serving.batching_policy import AUTO_MAX_DELAY_S
 from netc.serving.config import DEFAULTS, MAX_DELAY_US, ModelConfig, load_config
 from netc.serving.model_info import ModelInfo, TensorSpec
+from netc.serving.repository import MODEL_FILE  # also Triton's onnxruntime backend's default
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
-MODEL_FILE = "model.onnx"  # Triton's onnxruntime backend's default, and netc's
 AUTO_DELAY = "netc.max_queue_delay_us"  # parameter: "auto" (Triton has no such delay)
 THREADS = "intra_op_thread_count"  # Triton's onnxruntime backend parameter
 PRECISION = "precision"  # netc's report of the weights' precision: fp32, fp16, int8
