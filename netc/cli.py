@@ -20,9 +20,9 @@ from netc.fileio import check_output, output_path, write_atomic
 from netc.limits import MAX_DIM
 
 
-def _input_shape(text: str) -> tuple:
+def _input_shape(text: str) -> tuple[int | None, ...]:
     parts = [p.strip() for p in text.split(",")]
-    dims = []
+    dims: list[int | None] = []
     for part in parts:
         if part.isdigit() and int(part) > MAX_DIM:
             raise argparse.ArgumentTypeError(
@@ -98,7 +98,7 @@ def _run_compile(args: argparse.Namespace) -> int:
     from netc.compiler.network import load
 
     network = load(args.spec, input_shape=args.input_shape, params=dict(args.params))
-    text = json.dumps(summary.to_json(network), indent=2) if args.json or args.output else None
+    text = json.dumps(summary.to_json(network), indent=2) if args.json or args.output else ""
     if args.output:
         write_atomic(args.output, (text + "\n").encode())
     print(text if args.json else summary.table(network))
@@ -475,14 +475,14 @@ def _precision_options(args: argparse.Namespace, verify: bool):
             "int8, fp16's tolerance for fp16); drop --no-verify (--max-drop 100 accepts any "
             "int8 accuracy)"
         )
-    given = {"max_drop": args.max_drop, "calibration_samples": args.calibration_samples}
+    tuned = {"max_drop": args.max_drop, "calibration_samples": args.calibration_samples}
     return PrecisionOptions(
         args.precision,
         calibrate=args.calibrate,
         method=args.calibration_method,
         keep_float=keep,
         fp16_io=args.fp16_io,
-        **{key: value for key, value in given.items() if value is not None},
+        **{key: value for key, value in tuned.items() if value is not None},
     )
 
 
@@ -506,10 +506,10 @@ def _run_optimize(args: argparse.Namespace) -> int:
     if options is not None:
         from netc.compiler.optimizer.precision import reduce_precision_file
 
-        result = reduce_precision_file(
+        reduced = reduce_precision_file(
             args.model, args.output, options, enable=enable, input_shapes=shapes or None
         )
-        print(result.report(verbose=args.verbose))
+        print(reduced.report(verbose=args.verbose))
         return 0
     result = optimize_file(
         args.model,

@@ -198,7 +198,8 @@ class ServedModel:
             dims = list(spec.dims)
             open_dims = [i for i, d in enumerate(dims) if d < 0]
             for n, i in enumerate(open_dims):
-                dims[i] = size[n] if n < len(size) and size[n] else WARMUP_SIZE
+                given = size[n] if n < len(size) else None
+                dims[i] = given or WARMUP_SIZE
             inputs[spec.name] = _filler((*batch, *dims), spec.datatype)
         try:
             self._run(inputs)

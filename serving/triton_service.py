@@ -294,9 +294,9 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             header = Routes.header(data) if self.lane else None
             hit = self.routes.match(data, header, self.repository.get)
-            if hit is not None:
+            model = hit.route.model() if hit is not None else None
+            if hit is not None and model is not None:  # unloaded since: the general path says so
                 route = hit.route
-                model = route.model()
                 results = await model.queue(
                     hit.inputs, route.batch, route.key, timeout=context.time_remaining()
                 )
@@ -359,6 +359,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
                         f"ModelStreamInfer: a message could not be read as a "
                         f"ModelInferRequest ({type(item).__name__}: {item})",
                     )
+                    raise AssertionError("gRPC's context.abort returned")  # it raises AbortError
                 answer = await item
                 room.release()
                 yield answer
