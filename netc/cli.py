@@ -560,6 +560,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="reload models whose files changed, checking this often",
     )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="what the server logs to stderr: info adds a line per model load, unload, "
+        "reload; debug a line per request (default warning: failures)",
+    )
     security = p.add_argument_group("security (README.md, Security)")
     security.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS: certificate")
     security.add_argument("--tls-key", type=Path, metavar="PEM", help="... and its private key")
@@ -596,6 +603,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_message_mb=args.max_message_mb,
         poll_seconds=args.poll,
         max_image_pixels=args.max_image_pixels,
+        log_level=args.log_level,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

@@ -32,8 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from netc.serving.batching_policy import RunCost, patience_for
 from netc.serving.batching_tensors import Tensors, array_nbytes, merge, split
-from netc.serving.errors import DeadlineExceeded, ModelUnavailable, QueueFull
-from netc.serving.stats import ModelStats
+from netc.serving.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    QueueFull,
+    ServingError,
+    status_of,
+)
+from netc.serving.stats import ModelStats, RequestTimes
 
 # Memory bounds besides the request count: a batch stops growing at MAX_BATCH_BYTES of
 # inputs (a model may need ten times its input while it runs), and the queue refuses a
@@ -44,16 +50,26 @@ DRAIN_S = 5.0  # how long close() lets queued and running requests finish
 
 
 class _Pending:
-    """One queued request. Compared by identity: the queue holds arrays."""
+    """One queued request. Compared by identity: the queue holds arrays. `owned`: the
+    batcher records the request's outcome in the model's stats (the caller gave no
+    `RequestTimes`; serving/stats.py)."""
 
-    __slots__ = ("batch", "deadline", "enqueued_ns", "future", "inputs", "key", "nbytes")
+    __slots__ = ("batch", "deadline", "future", "inputs", "key", "nbytes", "owned", "times")
 
     def __init__(
-        self, inputs: Tensors, batch: int, key: tuple, future: asyncio.Future, deadline
+        self,
+        inputs: Tensors,
+        batch: int,
+        key: tuple,
+        future: asyncio.Future,
+        deadline,
+        times: RequestTimes,
+        owned: bool,
     ) -> None:
         self.inputs, self.batch, self.key = inputs, batch, key
         self.future, self.deadline = future, deadline
-        self.enqueued_ns = time.perf_counter_ns()
+        self.times, self.owned = times, owned
+        times.queued = time.perf_counter_ns()
         self.nbytes = sum(map(array_nbytes, inputs.values()))
 
     def dead(self, now: float) -> bool:
@@ -106,22 +122,47 @@ class Batcher:
     # 1. submit
 
     def submit(
-        self, inputs: Tensors, batch: int, key: tuple, deadline: float | None
+        self,
+        inputs: Tensors,
+        batch: int,
+        key: tuple,
+        deadline: float | None,
+        times: RequestTimes | None = None,
     ) -> asyncio.Future:
         """Queue a request; await the returned future for its outputs. Cancelling the future
-        (as gRPC does when the client goes away) takes the request out of its batch."""
+        (as gRPC does when the client goes away) takes the request out of its batch.
+        With `times`, the batcher fills in its queue and run times and the caller records
+        the outcome; without, the batcher records it (serving/stats.py), a refusal too."""
+        if times is not None:
+            return self._enqueue(inputs, batch, key, deadline, times, False)
+        times = self.stats.begin()
+        try:
+            return self._enqueue(inputs, batch, key, deadline, times, True)
+        except ServingError as exc:
+            self.stats.failed(times, status_of(exc).name)
+            raise
+
+    def _enqueue(
+        self,
+        inputs: Tensors,
+        batch: int,
+        key: tuple,
+        deadline: float | None,
+        times: RequestTimes,
+        owned: bool,
+    ) -> asyncio.Future:
         if self.closing:
             raise ModelUnavailable(f"model '{self.name}' is being unloaded; retry")
         loop = asyncio.get_running_loop()
-        if self._waiting() >= self.max_queue:
+        if self.waiting() >= self.max_queue:
             self._prune(loop.time())  # requests whose clients left must not keep others out
-            if self._waiting() >= self.max_queue:
+            if self.waiting() >= self.max_queue:
                 raise QueueFull(
                     f"model '{self.name}': queue is full ({self.max_queue} requests "
                     "waiting); retry later"
                 )
         self.patience.arrived(loop.time(), not self.queue and not self.taken)
-        pending = _Pending(inputs, batch, key, loop.create_future(), deadline)
+        pending = _Pending(inputs, batch, key, loop.create_future(), deadline, times, owned)
         if self.queue and self.queued_bytes + pending.nbytes > MAX_QUEUE_BYTES:
             raise QueueFull(
                 f"model '{self.name}': the queue holds {self.queued_bytes / 2**20:.0f} MiB "
@@ -141,7 +182,7 @@ class Batcher:
                     _wake(gathering.waiter)
         return pending.future
 
-    def _waiting(self) -> int:
+    def waiting(self) -> int:
         """Requests waiting to run: queued, or held by a batch gathering company."""
         return len(self.queue) + sum(len(g.group) for g in self.gatherings)
 
@@ -157,13 +198,14 @@ class Batcher:
         self.queued_bytes -= pending.nbytes
 
     def _expire(self, pending: _Pending) -> None:
-        if not pending.future.done():  # a failed request, as Triton counts it
-            self.stats.fail.add(time.perf_counter_ns() - pending.enqueued_ns)
-            pending.future.set_exception(
-                DeadlineExceeded(
-                    f"model '{self.name}': the request's deadline passed while it was queued"
-                )
-            )
+        """Answer a dead request: cancelled by its client, or past its deadline."""
+        _settle(
+            [pending],
+            DeadlineExceeded(
+                f"model '{self.name}': the request's deadline passed while it was queued"
+            ),
+            self.stats,
+        )
 
     # a worker: 2, 3, 4 over and over
 
@@ -185,7 +227,7 @@ class Batcher:
         except asyncio.CancelledError:
             raise  # close() answers whatever this worker held
         except BaseException as exc:  # a bug of ours: answer rather than leave callers waiting
-            _fail(group, exc)
+            _settle(group, exc, self.stats)
             self._release(group)
             raise
         self._release(group)
@@ -273,8 +315,8 @@ class Batcher:
             return
         start = time.perf_counter_ns()
         elements = sum(array.size for p in group for array in p.inputs.values())
-        enqueued = sum(p.enqueued_ns for p in group)
-        self.stats.queue.add(start * len(group) - enqueued, len(group))
+        for pending in group:
+            pending.times.queue_ns = start - pending.times.queued
         try:
             if self.cost.inline(elements):
                 results, compute_ns = self._execute(group)
@@ -283,16 +325,21 @@ class Batcher:
                     self.executor, self._execute, group
                 )
         except Exception as exc:  # the error goes to every waiting caller
-            self.stats.fail.add(time.perf_counter_ns() * len(group) - enqueued, len(group))
-            _fail(group, exc)
+            _settle(group, exc, self.stats)
             return
         end = time.perf_counter_ns()
-        self.stats.executed(sum(p.batch for p in group), compute_ns, len(group))
+        self.stats.executed(sum(p.batch for p in group), compute_ns)
         self.cost.observe(elements, compute_ns)
-        self.stats.success.add(end * len(group) - enqueued, len(group))
         for pending, result in zip(group, results):
-            if not pending.future.done():
-                pending.future.set_result(result)
+            times = pending.times
+            times.infer_ns, times.ran = compute_ns, end
+            if pending.future.done():  # its client went away while the batch ran
+                if pending.owned:
+                    self.stats.failed(times, "CANCELLED")
+                continue
+            pending.future.set_result(result)
+            if pending.owned:
+                self.stats.succeeded(times, end)
 
     def _execute(self, group: list[_Pending]) -> tuple[list[Tensors], int]:
         """Merge, run, split; returns each caller's outputs and the run time (merge
@@ -324,19 +371,28 @@ class Batcher:
         self.queue.clear()
         self.queued_bytes = 0
         self.taken.clear()
-        for pending in left:
-            if not pending.future.done():
-                pending.future.set_exception(
-                    ModelUnavailable(f"model '{self.name}' was unloaded before the request ran")
-                )
+        _settle(
+            left,
+            ModelUnavailable(f"model '{self.name}' was unloaded before the request ran"),
+            self.stats,
+        )
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _fail(group: list[_Pending], exc: BaseException) -> None:
-    """Answer every caller in `group` still waiting with `exc`."""
+def _settle(group: list[_Pending], exc: BaseException, stats: ModelStats) -> None:
+    """Answer every caller in `group` still waiting with `exc`, and record the failures
+    the batcher owns (a request its client cancelled as CANCELLED)."""
     for pending in group:
-        if not pending.future.done():
-            pending.future.set_exception(exc)
+        future = pending.future
+        if not future.done():
+            future.set_exception(exc)
+            code = status_of(exc).name
+        elif future.cancelled():
+            code = "CANCELLED"
+        else:  # answered already
+            continue
+        if pending.owned:
+            stats.failed(pending.times, code)
 
 
 def _wake(waiter: asyncio.Future) -> None:

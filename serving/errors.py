@@ -9,6 +9,7 @@ else INTERNAL and logged as our bug, and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import NoReturn
 
@@ -73,12 +74,22 @@ def status_message(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}… (message cut)"
 
 
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status a request that raised `error` ends with (a cancelled call: CANCELLED)."""
+    if isinstance(error, ServingError):
+        return error.code
+    if isinstance(error, UserError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def failure(error: BaseException, call: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a client receives for `error`, raised while serving `call`
     (an RPC's name). Anything but a user error is logged with its traceback."""
     if isinstance(error, UserError):
-        code = error.code if isinstance(error, ServingError) else grpc.StatusCode.INVALID_ARGUMENT
-        return code, status_message(str(error))
+        return status_of(error), status_message(str(error))
     log.error("internal error in %s", call, exc_info=error)
     text = f"internal error in {call}: {type(error).__name__}: {error}"
     return grpc.StatusCode.INTERNAL, status_message(text)

@@ -28,7 +28,7 @@ from netc.serving.batching_tensors import Tensors
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest, ModelFailed, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
-from netc.serving.stats import ModelStats
+from netc.serving.stats import ModelStats, RequestTimes
 
 WARMUP_SIZE = 64  # spatial size used to warm up models whose H and W are open
 SMALL_MODEL_NS = 1_000_000  # below this warm-up run time a model runs single-threaded
@@ -146,7 +146,7 @@ class ServedModel:
             _fell_back(wanted[0])
         self.name, self.version, self.path, self.config = name, version, path, config
         self.info = describe(name, version, self.session, config)
-        self.stats = ModelStats()
+        self.stats = ModelStats(name, version)
         self.output_names = [spec.name for spec in self.info.outputs]
         self.every_output = [(name, 0) for name in self.output_names]  # (name, top k: none)
         # what `check` compares each request against, built once
@@ -297,24 +297,37 @@ class ServedModel:
         dims = ", ".join("?" if d < 0 else str(d) for d in spec.dims)
         return f"[batch, {dims}]" if self.info.max_batch_size else f"[{dims}]"
 
-    def infer(self, inputs: Tensors, *, timeout: float | None = None) -> asyncio.Future:
+    def infer(
+        self,
+        inputs: Tensors,
+        *,
+        timeout: float | None = None,
+        times: RequestTimes | None = None,
+    ) -> asyncio.Future:
         """Check and queue a request; await the result for its outputs. A bad request or a
         full queue raises here, at the call. (A plain function returning the batcher's
         future, not a coroutine: one frame less on every request.)"""
         batch, key = self.check(inputs)
-        return self.queue(inputs, batch, key, timeout=timeout)
+        return self.queue(inputs, batch, key, timeout=timeout, times=times)
 
     def queue(
-        self, inputs: Tensors, batch: int, key: tuple, *, timeout: float | None = None
+        self,
+        inputs: Tensors,
+        batch: int,
+        key: tuple,
+        *,
+        timeout: float | None = None,
+        times: RequestTimes | None = None,
     ) -> asyncio.Future:
         """Queue a request that has passed `check` (or an equivalent), with its batch size
-        and batching key."""
+        and batching key. With `times` (`stats.begin()`'s), the caller records the
+        request's outcome in `stats`; without, the batcher does (serving/stats.py)."""
         if self.batcher is None:
             raise InternalError(f"model '{self.name}' was not started before serving")
         deadline = None
         if timeout is not None:
             deadline = asyncio.get_running_loop().time() + timeout
-        return self.batcher.submit(inputs, batch, key, deadline)
+        return self.batcher.submit(inputs, batch, key, deadline, times)
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from netc.errors import UserError, did_you_mean
 from netc.serving.config import load_config
 from netc.serving.errors import ModelNotFound, ModelUnavailable, clip
+from netc.serving.events import log_event
 from netc.serving.model import ServedModel
 
 MODEL_FILE = "model.onnx"
@@ -76,6 +78,7 @@ class ModelRepository:
         self.models: dict[str, dict[str, ServedModel]] = {}
         self.latest: dict[str, ServedModel] = {}  # each model's newest version, per request
         self.states: dict[str, IndexEntry] = {}
+        self.load_failures: dict[str, int] = {}  # failed loads and reloads, per model (metrics)
         self.loading = 0
         # one load or unload of a model at a time, in arrival order: the last request wins
         self.locks: dict[str, asyncio.Lock] = {}
@@ -126,6 +129,8 @@ class ModelRepository:
         self.loading += 1
         self.states[name] = IndexEntry(name, "", "LOADING")
         loaded: dict[str, ServedModel] = {}
+        started = time.perf_counter()
+        action = "reload" if name in self.models else "load"
         try:
             config = load_config(folder)
             versions = _versions(folder, config.version_policy)
@@ -152,6 +157,8 @@ class ModelRepository:
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             for model in loaded.values():  # versions started before the failure
                 await model.close()
+            log_event("failure", model=name, action=action, reason=reason)
+            self.load_failures[name] = self.load_failures.get(name, 0) + 1
             if name in self.models:  # a failed reload: the versions already loaded serve on
                 reason = f"reload failed, still serving the loaded versions: {reason}"
                 self.states[name] = IndexEntry(name, self.latest[name].version, "READY", reason)
@@ -167,14 +174,19 @@ class ModelRepository:
         self.states[name] = IndexEntry(name, newest, "READY")
         for model in old.values():
             await model.close()
+        seconds = time.perf_counter() - started
+        log_event(action, model=name, version=",".join(sorted(loaded, key=int)), seconds=seconds)
 
     async def unload(self, name: str) -> None:
         if name not in self.models and name not in self.states:
             raise ModelNotFound(f"no model '{clip(name, 100)}' is loaded")
         async with self._lock(name):  # after a load in progress, not under it
             self.latest.pop(name, None)
-            for model in self.models.pop(name, {}).values():
+            versions = self.models.pop(name, {})
+            for model in versions.values():
                 await model.close()
+            if versions:
+                log_event("unload", model=name)
             self.states[name] = IndexEntry(name, "", "UNAVAILABLE", UNLOADED)
         await self._changed()
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import grpc
 
-from netc.serving import auth, tls, triton_service, vision_service
+from netc.serving import auth, events, tls, triton_service, vision_service
 from netc.serving.auth import AuthInterceptor
-from netc.serving.metrics import start_metrics_server
+from netc.serving.metrics import MetricsServer, start_metrics_server
 from netc.serving.repository import ModelRepository
 from netc.serving.tls import ServerTls
 
@@ -43,6 +43,7 @@ class ServerOptions:
     max_message_mb: int = DEFAULT_MESSAGE_MB
     poll_seconds: float | None = None  # rescan the repository this often (hot reload)
     max_image_pixels: int | None = None  # vision service limit (None: images.MAX_PIXELS)
+    log_level: str = "warning"  # netc serve's stderr (serving/events.py); tests leave logging be
     # Security (serving/tls.py, serving/auth.py): PEM files, token files (one a line)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -57,7 +58,7 @@ class RunningServer:
     repository: ModelRepository
     port: int
     metrics_port: int | None
-    metrics: asyncio.AbstractServer | None = None
+    metrics: MetricsServer | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     auth: AuthInterceptor | None = None  # its reload() reads the token files again
     tls: ServerTls | None = None
@@ -195,15 +196,18 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     )
     if options.metrics_port is not None:
         try:
-            running.metrics = await start_metrics_server(
-                repository, options.host, options.metrics_port
+            running.metrics = start_metrics_server(
+                repository,
+                options.host,
+                options.metrics_port,
+                ssl_context=server_tls.ssl_context() if server_tls is not None else None,
             )
         except OSError as exc:  # stop what started, then say which port
             await running.stop(grace=0)
             raise OSError(
                 f"cannot serve metrics on {options.host}:{options.metrics_port}: {exc.strerror}"
             ) from None
-        running.metrics_port = running.metrics.sockets[0].getsockname()[1]
+        running.metrics_port = running.metrics.port
     if options.poll_seconds:
         running.tasks.append(asyncio.create_task(_poll(repository, options.poll_seconds)))
     return running
@@ -250,6 +254,8 @@ def _fingerprint(folder: Path) -> tuple:
 def serve_forever(repository_path: Path, options: ServerOptions) -> int:
     """Run until SIGINT/SIGTERM; prints where it listens and what it serves."""
 
+    events.configure(options.log_level)
+
     async def main() -> None:
         running = await start(repository_path, options)
         stop = asyncio.Event()
@@ -264,8 +270,9 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
                 f"model {entry.name} version {entry.version or '-'} {entry.state}{detail}",
                 file=sys.stderr,
             )
+        scheme = "https" if running.tls is not None else "http"
         metrics = (
-            f", metrics on http://{options.host}:{running.metrics_port}/metrics"
+            f", metrics on {scheme}://{options.host}:{running.metrics_port}/metrics"
             if running.metrics_port
             else ""
         )

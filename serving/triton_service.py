@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,7 +29,14 @@ from netc.protos.generated import grpc_service_pb2 as pb
 from netc.protos.generated import grpc_service_pb2_grpc as pb_grpc
 from netc.protos.generated import model_config_pb2 as config_pb
 from netc.serving import triton_config
-from netc.serving.errors import InvalidRequest, ServingError, Unsupported, abort, failure
+from netc.serving.errors import (
+    InvalidRequest,
+    ServingError,
+    Unsupported,
+    abort,
+    failure,
+    status_of,
+)
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
@@ -37,6 +46,7 @@ from netc.serving.wire import Header, Routes
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream running ahead of its answers
+T = TypeVar("T")
 
 
 class _Handlers:
@@ -188,6 +198,14 @@ def _response(
     return response
 
 
+def _serialize(response: pb.ModelInferResponse) -> bytes:
+    return response.SerializeToString()
+
+
+def _in_stream(response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(infer_response=response)
+
+
 def _check_parameters(request: pb.ModelInferRequest) -> None:
     if request.parameters and "sequence_id" in request.parameters:
         raise InvalidRequest(
@@ -271,44 +289,69 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         self,
         request: pb.ModelInferRequest,
         context: grpc.aio.ServicerContext,
+        encode: Callable[[pb.ModelInferResponse], T],
         header: Header | None = None,
-    ) -> pb.ModelInferResponse:
+        start: int | None = None,
+    ) -> T:
         """The general path; `header`, the request's header (serving/wire.py), lets a
-        common request become a route that later requests take without protobuf objects."""
+        common request become a route that later requests take without protobuf objects.
+        Once the model is known, the request's times from `start` (when it arrived) to its
+        answer `encode`d go to the model's stats, its failure's status too."""
+        start = time.perf_counter_ns() if start is None else start
         model = self.repository.get(request.model_name, request.model_version)
-        _check_parameters(request)
-        wanted = _requested_outputs(request, model)
-        timeout = _timeout(request, context)
-        common = common_request(request, model.expected, model.info.max_batch_size)
-        if common is None:
-            model.check_declared(request.inputs)
-            results = await model.infer(decode_inputs(request), timeout=timeout)
-        else:
-            self.routes.learn(header, request, model, common, wanted)
-            results = await model.queue(*common, timeout=timeout)
-        return _response(model, request.id, wanted, results)
+        times = model.stats.begin(start)
+        try:
+            _check_parameters(request)
+            wanted = _requested_outputs(request, model)
+            timeout = _timeout(request, context)
+            common = common_request(request, model.expected, model.info.max_batch_size)
+            if common is None:
+                model.check_declared(request.inputs)
+                inputs = decode_inputs(request)
+                results = await model.infer(inputs, timeout=timeout, times=times)
+            else:
+                self.routes.learn(header, request, model, common, wanted)
+                results = await model.queue(*common, timeout=timeout, times=times)
+            answer = encode(_response(model, request.id, wanted, results))
+        except BaseException as exc:  # a cancelled call too
+            model.stats.failed(times, status_of(exc).name)
+            raise
+        model.stats.succeeded(times)
+        return answer
 
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Registered without (de)serializers: a request on a known route is answered from
-        bytes to bytes, any other is parsed and takes the general path."""
+        bytes to bytes, any other is parsed and takes the general path. Either way its
+        times (decoding, queued, run, encoding) go to the model's stats in one step."""
+        start = time.perf_counter_ns()
         try:
             header = Routes.header(data) if self.lane else None
             hit = self.routes.match(data, header, self.repository.get)
             model = hit.route.model() if hit is not None else None
             if hit is not None and model is not None:  # unloaded since: the general path says so
                 route = hit.route
-                results = await model.queue(
-                    hit.inputs, route.batch, route.key, timeout=context.time_remaining()
-                )
-                return self.routes.response(hit, results)
+                times = model.stats.begin(start)
+                try:
+                    results = await model.queue(
+                        hit.inputs,
+                        route.batch,
+                        route.key,
+                        timeout=context.time_remaining(),
+                        times=times,
+                    )
+                    answer = self.routes.response(hit, results)
+                except BaseException as exc:  # a cancelled call too
+                    model.stats.failed(times, status_of(exc).name)
+                    raise
+                model.stats.succeeded(times)
+                return answer
             try:
                 request = pb.ModelInferRequest.FromString(data)
             except DecodeError as exc:
                 raise InvalidRequest(
                     f"the request is not a valid inference.ModelInferRequest ({exc})"
                 ) from None
-            response = await self._infer(request, context, header)
-            return response.SerializeToString()
+            return await self._infer(request, context, _serialize, header, start)
         except Exception as exc:  # every failure becomes a status
             error = exc
         await abort(context, error, "ModelInfer")
@@ -317,7 +360,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStreamInferResponse:
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            return await self._infer(request, context, _in_stream)
         except Exception as exc:  # an error answers this request, not the stream
             code, message = failure(exc, "ModelStreamInfer")
             return pb.ModelStreamInferResponse(

@@ -11,7 +11,6 @@ from netc.cli import main
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest
 from netc.serving.images import decode
-from netc.serving.metrics import _escape
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
@@ -55,10 +54,6 @@ def test_version_folders_are_numbers(repository, tmp_path):
     assert version == "1"
     assert index["odd"].state == "UNAVAILABLE" and "no version folder" in index["odd"].reason
     assert "no versions 3 (its version_policy) folder" in index["picky"].reason
-
-
-def test_prometheus_label_values_are_escaped():
-    assert _escape('my"model\\x\ny') == 'my\\"model\\\\x\\ny'
 
 
 def test_infer_top_k_is_bounded(capsys):
