@@ -568,7 +568,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "reload; debug a line per request (default warning: failures)",
     )
     security = p.add_argument_group("security (README.md, Security)")
-    security.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS: certificate")
+    security.add_argument("--tls-cert", type=Path, metavar="PEM", help="TLS (gRPC and metrics)")
     security.add_argument("--tls-key", type=Path, metavar="PEM", help="... and its private key")
     security.add_argument(
         "--tls-client-ca",

@@ -14,9 +14,11 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -379,6 +381,30 @@ def test_vision_client_with_a_client_certificate(mutual, pki):
         with pytest.raises(RequestFailed) as refused:
             client.models()
     assert "give --tls-cert and --tls-key" in str(refused.value)
+
+
+def test_the_metrics_port_gets_the_same_tls(repo, pki):
+    server = BackgroundServer(
+        repo,
+        _options(
+            metrics_port=0,
+            tls_cert=pki / "server.crt",
+            tls_key=pki / "server.key",
+            tls_client_ca=pki / "ca.crt",
+        ),
+    )
+    url = f"https://127.0.0.1:{server.running.metrics_port}/metrics"
+    try:
+        trusting = ssl.create_default_context(cafile=pki / "ca.crt")
+        with pytest.raises(OSError):  # no client certificate: refused at the handshake
+            urllib.request.urlopen(url, context=trusting, timeout=10).read()
+        with pytest.raises(OSError):  # plain HTTP
+            urllib.request.urlopen(url.replace("https:", "http:"), timeout=10).read()
+        trusting.load_cert_chain(pki / "client.crt", pki / "client.key")
+        with urllib.request.urlopen(url, context=trusting, timeout=10) as answer:
+            assert answer.status == 200 and b"nv_model_ready" in answer.read()
+    finally:
+        server.stop()
 
 
 # --- netc serve and netc infer as a user runs them ----------------------------------------
