@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
+from typing import cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
@@ -315,8 +316,10 @@ def start_metrics_server(
     family, _, _, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    # IPv4's (host, port) or IPv6's (host, port, flow, scope): typeshed's union for the
+    # address also holds (int, bytes), which neither family gives
     server = MetricsServer(
-        address[:2],
+        cast(tuple[str, int], address[:2]),
         family,
         ssl_context=ssl_context,
         max_connections=max_connections,
