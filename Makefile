@@ -34,9 +34,10 @@ demo: $(VENV)/.installed
 		--image examples/images/three.png
 	@echo "demo done: open runs/demo/report/index.html"
 
-# Lint first: it takes seconds, the suite minutes.
+# Lint and type-check first: under a minute together, the suite takes minutes.
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
