@@ -68,8 +68,10 @@ class Histogram:
 class RequestTimes:
     """One request's moments (`time.perf_counter_ns`), filled in as it goes: `start`
     when the service received it, `queued` when it joined the batcher's queue (its
-    input decoded and checked), `ran` when its batch's outputs were ready; the batcher
-    sets `queue_ns` and `infer_ns`."""
+    input decoded and checked), `ran` when its answer's encoding began (the batcher
+    sets it to the batch's end; a service sets it again when its handler resumes, so
+    the event loop's delay in between is nobody's compute time); the batcher sets
+    `queue_ns` and `infer_ns`."""
 
     __slots__ = ("done", "infer_ns", "queue_ns", "queued", "ran", "start")
 

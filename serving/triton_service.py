@@ -312,6 +312,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 self.routes.learn(header, request, model, common, wanted)
                 results = await model.queue(*common, timeout=timeout, times=times)
+            times.ran = time.perf_counter_ns()  # encoding starts: compute_output
             answer = encode(_response(model, request.id, wanted, results))
         except BaseException as exc:  # a cancelled call too
             model.stats.failed(times, status_of(exc).name)
@@ -339,6 +340,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
                         timeout=context.time_remaining(),
                         times=times,
                     )
+                    times.ran = time.perf_counter_ns()  # encoding starts: compute_output
                     answer = self.routes.response(hit, results)
                 except BaseException as exc:  # a cancelled call too
                     model.stats.failed(times, status_of(exc).name)
