@@ -8,7 +8,8 @@ with VisionClient("localhost:8001") as client:
 ```
 
 Every failure is a `netc.errors.UserError` saying which server answered
-what, e.g. "server at localhost:8001: NOT_FOUND: unknown model 'foo' ...";
+what, e.g. "server at localhost:8001: NOT_FOUND: Request for unknown model: 'foo' is
+not found ...";
 `RequestFailed.code` holds the gRPC status.
 
 A server with TLS and tokens (README.md, Security):

@@ -23,7 +23,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from netc.errors import InternalError, UserError
 from netc.model_card import ModelCard
-from netc.serving.batcher import Batcher
+from netc.serving.batcher import DRAIN_S, Batcher
 from netc.serving.batching_tensors import Tensors
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest, ModelFailed, clip
@@ -329,9 +329,16 @@ class ServedModel:
             deadline = asyncio.get_running_loop().time() + timeout
         return self.batcher.submit(inputs, batch, key, deadline, times)
 
-    async def close(self) -> None:
+    def busy(self) -> bool:
+        """Requests are queued or running."""
+        batcher = self.batcher
+        return batcher is not None and bool(batcher.queue or batcher.taken)
+
+    async def close(self, drain_s: float = DRAIN_S) -> None:
+        """Stop taking requests; those queued or running finish first (for up to
+        `drain_s`), the rest answer UNAVAILABLE."""
         if self.batcher is not None:
-            await self.batcher.close()
+            await self.batcher.close(drain_s)
 
 
 def _failed_node(error: Exception) -> str:

@@ -25,6 +25,7 @@ import grpc
 
 from netc.serving import auth, events, tls, triton_service, vision_service
 from netc.serving.auth import AuthInterceptor
+from netc.serving.errors import ServingError
 from netc.serving.metrics import MetricsServer, start_metrics_server
 from netc.serving.repository import ModelRepository
 from netc.serving.tls import ServerTls
@@ -181,8 +182,6 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     await server.start()
 
     async def update_health() -> None:
-        if repository.loading:
-            return  # the load in progress reports when it ends
         serving = health_pb2.HealthCheckResponse.SERVING
         status = serving if repository.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *names]:
@@ -215,23 +214,36 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
 
 async def _poll(repository: ModelRepository, seconds: float) -> None:
     """Hot reload: load models that appeared or changed on disk, unload those that went.
+    A model loads once its files stood still for one poll: a model file being copied in
+    (not renamed in, as `netc export --repository` does) is not read half-written.
     One model's trouble is logged and polling goes on."""
-    seen = {name: _fingerprint(repository.root / name) for name in repository.names()}
+    loaded = {name: _fingerprint(repository.root / name) for name in repository.names()}
+    scanned = dict(loaded)  # what the previous scan saw
     while True:
         await asyncio.sleep(seconds)
         try:
-            names = repository.names()
-            for name in set(seen) - set(names):
-                del seen[name]
-                if name in repository.models:
-                    await repository.unload(name)
-            for name in names:
-                current = _fingerprint(repository.root / name)
-                if seen.get(name) != current:
-                    seen[name] = current
-                    await repository.load(name)
+            await _poll_once(repository, loaded, scanned)
         except Exception:  # a folder vanishing mid-scan, an unreadable file, ...
             logging.getLogger("netc.serving").exception("repository poll")
+
+
+async def _poll_once(repository: ModelRepository, loaded: dict, scanned: dict) -> None:
+    """One scan: `loaded` holds each model's files as last loaded, `scanned` as last seen."""
+    names = repository.names()
+    for name in (set(loaded) | set(scanned)) - set(names):
+        loaded.pop(name, None)
+        scanned.pop(name, None)
+        if name in repository.models or name in repository.states:
+            await repository.unload(name)
+    for name in names:
+        current = _fingerprint(repository.root / name)
+        steady, scanned[name] = scanned.get(name) == current, current
+        if steady and loaded.get(name) != current:
+            loaded[name] = current
+            try:
+                await repository.load(name)
+            except ServingError:  # logged, and the index says why; the old versions serve
+                pass
 
 
 def _fingerprint(folder: Path) -> tuple:
@@ -244,8 +256,9 @@ def _fingerprint(folder: Path) -> tuple:
     stamps = []
     for path in files:
         try:
+            stat = path.stat()
             if path.is_file():
-                stamps.append((str(path), path.stat().st_mtime_ns))
+                stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
         except OSError:  # removed while we looked
             continue
     return tuple(stamps)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,7 @@ from netc.serving.wire import Header, Routes
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream running ahead of its answers
+log = logging.getLogger("netc.serving")
 T = TypeVar("T")
 
 
@@ -430,18 +432,29 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def RepositoryModelLoad(self, request, context):
-        overrides = sorted(
-            key for key in request.parameters if key == "config" or key.startswith("file:")
-        )
-        if overrides:
+        """Load or reload a model of the repository; a `config` parameter (a ModelConfig in
+        JSON, as Triton takes it) stands in for its config.yaml in this load. A load that
+        fails answers with the reason, even where the versions already loaded serve on."""
+        name = request.model_name
+        files = sorted(key for key in request.parameters if key.startswith("file:"))
+        if files:
             raise Unsupported(
-                f"model '{request.model_name}': load parameters "
-                f"{', '.join(overrides)} are not supported; netc loads models "
-                "from the repository on disk (REPO/<model>/<version>/model.onnx "
-                "and config.yaml)"
+                f"model '{name}': load parameters {', '.join(files)} are not supported; "
+                "netc loads model files from the repository on disk "
+                "(REPO/<model>/<version>/model.onnx)"
             )
-        await self.repository.load(request.model_name)
-        self.repository.get(request.model_name)  # a failed load answers with its reason
+        config = None
+        if "config" in request.parameters:
+            text = request.parameters["config"].string_param
+            config, ignored = triton_config.from_json(text, self.repository.folder(name))
+            if ignored:
+                log.warning(
+                    "warning: model %s: the load's config sets Triton settings netc does not "
+                    "use, ignored: %s",
+                    name,
+                    ", ".join(ignored),
+                )
+        await self.repository.load(name, config)
         return pb.RepositoryModelLoadResponse()
 
     @_unary

@@ -4,9 +4,13 @@ import shutil
 import time
 
 import numpy as np
+import pytest
 
 from netc.serving.client import VisionClient
+from netc.serving.errors import ModelUnavailable
 from netc.serving.server import BackgroundServer, ServerOptions
+
+NO_PBTXT = shutil.ignore_patterns("config.pbtxt")
 
 
 def _until(condition, seconds=30.0):
@@ -20,8 +24,9 @@ def _until(condition, seconds=30.0):
 
 def test_poll_reloads_changed_labels_and_unloads_removed_models(repository, tmp_path):
     root = tmp_path / "repo"
-    shutil.copytree(repository / "lenet5", root / "digits")
-    shutil.copytree(repository / "lenet5", root / "spare")
+    # renamed copies: the config.pbtxt export writes names 'lenet5'
+    shutil.copytree(repository / "lenet5", root / "digits", ignore=NO_PBTXT)
+    shutil.copytree(repository / "lenet5", root / "spare", ignore=NO_PBTXT)
     labels = root / "digits" / "names.txt"
     labels.write_text("\n".join(f"a{i}" for i in range(10)))
     (root / "digits" / "config.yaml").write_text("labels_file: names.txt\n")
@@ -53,7 +58,7 @@ def test_a_failed_reload_keeps_serving_and_says_why(repository, tmp_path):
     from netc.serving.repository import ModelRepository
 
     root = tmp_path / "repo"
-    shutil.copytree(repository / "lenet5", root / "digits")
+    shutil.copytree(repository / "lenet5", root / "digits", ignore=NO_PBTXT)
     (root / "digits" / "config.yaml").write_text("version_policy: all\n")
 
     async def scenario():
@@ -62,7 +67,9 @@ def test_a_failed_reload_keeps_serving_and_says_why(repository, tmp_path):
         try:
             (root / "digits" / "2").mkdir()
             (root / "digits" / "2" / "model.onnx").write_bytes(b"not a model")
-            await repo.load("digits")
+            with pytest.raises(ModelUnavailable, match="reload failed") as failed:
+                await repo.load("digits")  # the failure is reported, not an OK
+            assert "version 2" in str(failed.value) and str(root) not in str(failed.value)
             return repo.ready(), repo.index(), repo.get("digits").version
         finally:
             await repo.close()

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from netc.errors import UserError
-from netc.serving.errors import ModelNotFound
+from netc.serving.errors import ModelNotFound, ModelUnavailable
 from netc.serving.repository import ModelRepository, next_version_path
 
 
@@ -64,7 +64,8 @@ def test_an_unexpected_failure_leaves_the_model_unavailable_not_loading(repo, mo
 
     async def scenario():
         repository = ModelRepository(repo)
-        await repository.load("lenet5")
+        with pytest.raises(ModelUnavailable, match="disk on fire"):
+            await repository.load("lenet5")
         return repository
 
     repository = asyncio.run(scenario())
@@ -72,7 +73,7 @@ def test_an_unexpected_failure_leaves_the_model_unavailable_not_loading(repo, mo
     assert entry.state == "UNAVAILABLE" and "internal error: RuntimeError: disk on fire" in (
         entry.reason
     )
-    assert repository.loading == 0
+    assert not repository.loading
 
 
 def test_export_writes_the_next_version_where_the_server_reads_it(repo):

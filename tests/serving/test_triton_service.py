@@ -229,7 +229,7 @@ def test_statistics(client):
     assert stats[0].batch_stats[0].compute_infer.count >= 1
     every = client.get_inference_statistics(as_json=True)["model_stats"]
     assert {s["name"] for s in every} == {"lenet5", "tinyseg"}
-    _fails(lambda: client.get_inference_statistics("nope"), "NOT_FOUND", "unknown model 'nope'")
+    _fails(lambda: client.get_inference_statistics("nope"), "NOT_FOUND", "unknown model: 'nope'")
 
 
 def test_repository_index_unload_and_load(client):
@@ -257,9 +257,9 @@ def test_repository_index_unload_and_load(client):
     _fails(lambda: client.load_model("nope"), "NOT_FOUND", "no model 'nope'")
     _fails(lambda: client.unload_model("nope"), "NOT_FOUND", "no model 'nope'")
     _fails(
-        lambda: client.load_model("lenet5", config='{"max_batch_size": 4}'),
+        lambda: client.load_model("lenet5", config="{}", files={"file:1/model.onnx": b"x"}),
         "UNIMPLEMENTED",
-        "load parameters config are not supported",
+        "load parameters file:1/model.onnx are not supported",
     )
 
 
@@ -276,7 +276,7 @@ BAD_REQUESTS = {
     "unknown model": (
         dict(model_name="lenet"),
         "NOT_FOUND",
-        ["unknown model 'lenet'", "did you mean 'lenet5'"],
+        ["Request for unknown model: 'lenet' is not found", "did you mean 'lenet5'"],
     ),
     "unknown version": (
         dict(model_version="7"),
@@ -365,7 +365,7 @@ def test_unknown_model_in_every_model_call(client):
         client.get_model_config,
         client.get_inference_statistics,
     ):
-        _fails(lambda call=call: call("nope"), "NOT_FOUND", "unknown model 'nope'")
+        _fails(lambda call=call: call("nope"), "NOT_FOUND", "unknown model: 'nope'")
     _fails(lambda: client.get_model_config("lenet5", "2"), "NOT_FOUND", "no version '2'")
 
 
@@ -537,7 +537,8 @@ def test_inputs_the_model_does_not_take_are_refused_before_decoding(server):
 def test_a_huge_name_still_gets_its_error_message(server):
     error = _raw_call(server, pb.ModelInferRequest(model_name="m" * 20_000))
     assert error.code() == grpc.StatusCode.NOT_FOUND  # not lost to the trailer size limit
-    assert error.details().startswith("unknown model 'mmm") and "(message cut)" in error.details()
+    assert error.details().startswith("Request for unknown model: 'mmm")
+    assert "(message cut)" in error.details()
     image = pb.ModelInferRequest(model_name="lenet5")
     image.inputs.add(name="x" * 20_000, datatype="FP32", shape=[1, 1, 32, 32])
     image.raw_input_contents.append(_images(1).tobytes())

@@ -194,7 +194,8 @@ def test_bad_requests_get_status_codes_and_the_server_keeps_serving(client, monk
 
     error = _status(lambda: client.classify([grey], "lenet"))
     assert error.code == grpc.StatusCode.NOT_FOUND
-    assert "unknown model 'lenet'" in str(error) and "did you mean 'lenet5'" in str(error)
+    assert "Request for unknown model: 'lenet' is not found" in str(error)
+    assert "did you mean 'lenet5'" in str(error)
 
     error = _status(lambda: client.classify([grey], "tinyseg"))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
