@@ -8,6 +8,7 @@ ranks and sizes, batches larger than the model allows.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import os
@@ -45,18 +46,52 @@ def ort_log_level() -> int:
     return ORT_WARNING if os.environ.get("NETC_DEBUG") else ORT_FATAL
 
 
-def providers() -> list[str]:
-    """CUDA when onnxruntime has it and a GPU is present, else the CPU."""
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        try:
-            import torch
+# An ONNX model of one Identity node on a float[1], to ask onnxruntime whether its CUDA
+# provider starts (onnx.helper.make_model of it, opset 13, IR 7, serialized).
+PROBE_MODEL = (
+    b'\x08\x07\x12\x00:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x'
+    b"\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04"
+    b"\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+CUDA = "CUDAExecutionProvider"
 
-            if torch.cuda.is_available():
-                return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        except ImportError:
-            pass
-    return ["CPUExecutionProvider"]
+
+def providers() -> list[str]:
+    """CUDA when onnxruntime's CUDA provider really starts here, else the CPU."""
+    return [CUDA, "CPUExecutionProvider"] if _cuda_works() else ["CPUExecutionProvider"]
+
+
+@functools.cache  # once a process: ~20 ms, and the answer does not change
+def _cuda_works() -> bool:
+    """Ask onnxruntime itself, not torch (which the server must not import: 100 MiB and
+    over a second of start-up). onnxruntime-gpu lists its CUDA provider with or without
+    a GPU, so a one-node session tries it; its own error lines stay quiet (`ort_log_level`).
+    A GPU the driver sees but onnxruntime cannot use is said once (`_fell_back`)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(ort_log_level())
+    options = ort.SessionOptions()
+    options.log_severity_level = ort_log_level()
+    try:
+        probe = ort.InferenceSession(PROBE_MODEL, options, providers=[CUDA, "CPUExecutionProvider"])
+        works = CUDA in probe.get_providers()
+    except Exception:  # onnxruntime raises many kinds
+        works = False
+    if not works and _gpu_devices() > 0:
+        _fell_back(CUDA)
+    return works
+
+
+def _gpu_devices() -> int:
+    """How many GPUs the CUDA driver sees (0 without a driver)."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except (OSError, AttributeError):
+        return 0
+    return count.value
 
 
 def session_options(config: ModelConfig) -> ort.SessionOptions:
