@@ -561,6 +561,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="reload models whose files changed, checking this often",
     )
     p.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, let calls in flight and queued finish this long "
+        "(default 30; a second signal stops at once)",
+    )
+    p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="warning",
@@ -603,6 +611,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_message_mb=args.max_message_mb,
         poll_seconds=args.poll,
         max_image_pixels=args.max_image_pixels,
+        grace_s=args.grace_period,
         log_level=args.log_level,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -612,6 +621,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
         raise UserError(f"--max-image-pixels must be at least 1, found {args.max_image_pixels}")
+    if not 0 <= args.grace_period <= 24 * 3600:
+        raise UserError(f"--grace-period must be from 0 to 86400 s, found {args.grace_period}")
     try:
         return serve_forever(args.repository, options)
     except OSError as exc:

@@ -231,6 +231,8 @@ class ServedModel:
         inputs = {}
         for spec in self.info.inputs:
             dims = list(spec.dims)
+            if not batch and len(dims) == 4 and dims[0] < 0:
+                dims[0] = 1  # a picture batch the server does not batch: one picture
             open_dims = [i for i, d in enumerate(dims) if d < 0]
             for n, i in enumerate(open_dims):
                 given = size[n] if n < len(size) else None

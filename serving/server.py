@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -45,6 +46,7 @@ class ServerOptions:
     poll_seconds: float | None = None  # rescan the repository this often (hot reload)
     max_image_pixels: int | None = None  # vision service limit (None: images.MAX_PIXELS)
     log_level: str = "warning"  # netc serve's stderr (serving/events.py); tests leave logging be
+    grace_s: float = 30.0  # on SIGTERM/SIGINT, calls in flight and queued may finish this long
     # Security (serving/tls.py, serving/auth.py): PEM files, token files (one a line)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -63,13 +65,25 @@ class RunningServer:
     tasks: list[asyncio.Task] = field(default_factory=list)
     auth: AuthInterceptor | None = None  # its reload() reads the token files again
     tls: ServerTls | None = None
+    health: Any = None  # grpc.health.v1's servicer
 
     async def stop(self, grace: float = 1.0) -> None:
+        """Shut down: health NOT_SERVING and ServerReady false at once; new inference
+        calls refused (UNAVAILABLE, by the repository, while the port still answers: a call
+        that gRPC itself drops at its shutdown reads CANCELLED, which clients do not
+        retry); the calls queued and running answered for up to `grace` seconds; then gRPC
+        stops (what still runs is cancelled) and every model closes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.repository.stopping = True
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
         if self.metrics is not None:
             self.metrics.close()
-        await self.server.stop(grace)
+        await self.repository.drain(deadline)
+        await self.server.stop(max(0.0, deadline - loop.time()))
         await self.repository.close()
 
 
@@ -193,6 +207,7 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     running = RunningServer(
         server, repository, port, options.metrics_port, auth=interceptor, tls=server_tls
     )
+    running.health = health
     if options.metrics_port is not None:
         try:
             running.metrics = start_metrics_server(
@@ -273,8 +288,14 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
         running = await start(repository_path, options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second signal: the calls still running are cancelled now
+                running.tasks.append(loop.create_task(running.server.stop(0)))
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         if running.auth is not None:  # SIGHUP: read the token files again
             loop.add_signal_handler(signal.SIGHUP, _reload_tokens, running.auth)
         for entry in running.repository.index():
@@ -295,7 +316,7 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
             flush=True,
         )
         await stop.wait()
-        await running.stop()
+        await running.stop(options.grace_s)
 
     asyncio.run(main())
     return 0

@@ -92,3 +92,28 @@ layers:
   - {{name: fc, op: fc, units: {10 if channels == 1 else 5}}}
 training: {{epochs: 1, batch_size: 64}}
 """
+
+
+def slow_model(convs: int, size: int = 96, channels: int = 16) -> bytes:
+    """An ONNX model that takes a while: `convs` 3x3 convolutions on x [batch, channels,
+    size, size], then the mean of each channel, y [batch, channels] (about 0.35 ms a
+    convolution at the defaults, batch 1, on a 2-core VM): requests stay in flight and
+    queue long enough to be caught there."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    nodes, name = [], "x"
+    for i in range(convs):
+        nodes.append(helper.make_node("Conv", [name, "w"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        name = f"c{i}"
+    nodes.append(helper.make_node("ReduceMean", [name], ["y"], axes=[2, 3], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    opsets = [helper.make_opsetid("", 13)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
