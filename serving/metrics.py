@@ -132,10 +132,15 @@ class RepositoryCollector:
         return self._families([], [], {})
 
     def collect(self) -> Iterable[Metric]:
-        repository = self.repository
-        return self._families(
-            _models(repository), repository.index(), dict(repository.load_failures)
-        )
+        repository, tries = self.repository, 3
+        while True:  # a model swapped in or out while this thread read: read again
+            try:
+                models, index = _models(repository), repository.index()
+                return self._families(models, index, dict(repository.load_failures))
+            except (RuntimeError, KeyError):
+                tries -= 1
+                if not tries:
+                    raise
 
     def _families(
         self, models: list[ServedModel], index: list[IndexEntry], load_failures: dict[str, int]
