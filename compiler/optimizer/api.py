@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import onnx
 import onnx_ir as ir
@@ -30,6 +31,17 @@ from netc.fileio import write_atomic
 MAC_SIZE = 224  # open spatial dims when counting MACs saved, as torchvision's tables do
 # --input-shape's shapes: input name (None: the model's only input) → full shape
 InputShapes = Mapping[str | None, Sequence[int]]
+
+
+class _Written(Protocol):
+    """What `file_to_file` writes and records: a result with the model's bytes."""
+
+    data: bytes
+    destination: str | None
+    seconds: float
+
+
+R = TypeVar("R", bound=_Written)
 
 
 @dataclass
@@ -93,17 +105,28 @@ def optimize_file(
     renders either level of detail.
     """
     del verbose
+    return file_to_file(
+        src,
+        dst,
+        lambda proto, data: optimize_model(
+            proto,
+            verify=verify,
+            enable=enable,
+            input_shapes=input_shapes,
+            name=str(src),
+            original_bytes=data,
+        ),
+    )
+
+
+def file_to_file(
+    src: str | Path, dst: str | Path, transform: Callable[[onnx.ModelProto, bytes], R]
+) -> R:
+    """Read and parse `src`, `transform(proto, its bytes)`, write the result's `data` to
+    `dst` atomically (nothing when the transform raised), and record where and how long."""
     start = time.perf_counter()
     data = _read(Path(src))
-    proto = parse_model(data, str(src))
-    result = optimize_model(
-        proto,
-        verify=verify,
-        enable=enable,
-        input_shapes=input_shapes,
-        name=str(src),
-        original_bytes=data,
-    )
+    result = transform(parse_model(data, str(src)), data)
     write_atomic(dst, result.data)
     result.destination = str(dst)
     result.seconds = time.perf_counter() - start

@@ -33,14 +33,12 @@ from netc.compiler.optimizer import accuracy, calibration
 from netc.compiler.optimizer.api import (
     InputShapes,
     OptimizeResult,
-    _read,
+    file_to_file,
     optimize_model,
-    parse_model,
     resolve_input_shapes,
 )
 from netc.compiler.optimizer.verify import VerificationError
 from netc.errors import UserError
-from netc.fileio import write_atomic
 
 if TYPE_CHECKING:  # fp16 is imported when a model is reduced to fp16
     from netc.compiler.optimizer.fp16 import Fp16Check
@@ -160,20 +158,18 @@ def reduce_precision_file(
 ) -> PrecisionResult:
     """Optimize `src` and reduce its precision into `dst`, written only when every check
     passed."""
-    start = time.perf_counter()
-    data = _read(Path(src))
-    result = reduce_precision_model(
-        parse_model(data, str(src)),
-        options,
-        enable=enable,
-        input_shapes=input_shapes,
-        name=str(src),
-        original_bytes=data,
+    return file_to_file(
+        src,
+        dst,
+        lambda proto, data: reduce_precision_model(
+            proto,
+            options,
+            enable=enable,
+            input_shapes=input_shapes,
+            name=str(src),
+            original_bytes=data,
+        ),
     )
-    write_atomic(dst, result.data)
-    result.destination = str(dst)
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def reduce_precision_model(
