@@ -19,9 +19,6 @@ requests, the request serialized once):
                a model that runs in under 1 ms is then made single-threaded)
   netc         `netc serve` over Triton's ModelInfer, dynamic batching on
   netc-nobatch `netc serve` with dynamic batching off
-  netc-nolane  `netc serve` with NETC_WIRE_LANE=0: every ModelInfer parsed and
-               checked on the general path (what the bytes lane of
-               serving/wire.py is worth)
   netc-on-threads  netc's ModelInfer handler code on grpc's thread-pool server
                (leader/follower batching): aio vs threads for the real work
 for the digits classifier (lenet5, 1x32x32) and resnet18 (3x224x224), at
@@ -414,8 +411,8 @@ def main() -> None:
     rows = []
     servers = []
     try:
-        ports = {key: free_port() for key in ("batch", "nobatch", "nolane")}
-        for key, repo in (*repos.items(), ("nolane", repos["batch"])):
+        ports = {key: free_port() for key in ("batch", "nobatch")}
+        for key, repo in repos.items():
             servers.append(
                 start(
                     [
@@ -432,7 +429,6 @@ def main() -> None:
                         "--no-metrics",
                     ],
                     ports[key],
-                    {"NETC_WIRE_LANE": "0"} if key == "nolane" else None,
                 )
             )
             netc_ready(ports[key])
@@ -576,7 +572,6 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
         "echo-threads": (echo_ports["echo-threads"], ECHO),
         "netc": (ports["batch"], infer),
         "netc-nobatch": (ports["nobatch"], infer),
-        "netc-nolane": (ports["nolane"], infer),
         "netc-on-threads": (threads_port, infer),
     }
     one_caller = ("echo-wait", "echo-model")
@@ -680,12 +675,6 @@ def _checks(name, c, size, measured, ort_stats, rounds) -> list[str]:
         f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; aio/threads ratio: echo "
         f"{echo['rps'] / measured['echo-threads']['rps']:.2f}, netc's handler "
         f"{netc['rps'] / measured['netc-on-threads']['rps']:.2f}; request {size / 1024:.1f} KiB",
-        f"{name} c={c}: bytes lane on/off throughput ratio "
-        f"{netc['rps'] / measured['netc-nolane']['rps']:.2f} [round by round: "
-        + ", ".join(
-            f"{n['rps'] / o['rps']:.2f}" for n, o in zip(rounds["netc"], rounds["netc-nolane"])
-        )
-        + "]",
     ]
 
 

@@ -8,10 +8,21 @@ They hold for every dtype the server decodes, object arrays of strings (BYTES) t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 Tensors = dict[str, np.ndarray]
+
+
+class CheckedRequest(NamedTuple):
+    """A request's inputs once checked against its model, as the batcher takes them:
+    every way a request is decoded (`ServedModel.checked`, `ServedModel.check`,
+    `serving.tensors.common_request`) ends in one of these."""
+
+    inputs: Tensors
+    batch: int  # rows along the batch dimension (1 for a model that does not batch)
+    key: tuple  # requests with equal keys can share a batch: (input name, item dims) pairs
 
 
 def merge(requests: Sequence[Tensors]) -> Tensors:

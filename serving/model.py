@@ -24,12 +24,14 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from netc.errors import InternalError, UserError
 from netc.model_card import ModelCard
+from netc.protos.generated import grpc_service_pb2 as pb
 from netc.serving.batcher import DRAIN_S, Batcher
-from netc.serving.batching_tensors import Tensors
+from netc.serving.batching_tensors import CheckedRequest, Tensors
 from netc.serving.config import ModelConfig
 from netc.serving.errors import InvalidRequest, ModelFailed, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
 from netc.serving.stats import ModelStats, RequestTimes
+from netc.serving.tensors import common_request, decode_inputs
 
 WARMUP_SIZE = 64  # spatial size used to warm up models whose H and W are open
 SMALL_MODEL_NS = 1_000_000  # below this warm-up run time a model runs single-threaded
@@ -258,7 +260,18 @@ class ServedModel:
         options = session_options(replace(self.config, intra_op_threads=1))
         self.session = ort.InferenceSession(str(self.path), options, providers=providers())
 
-    def check_declared(self, declared) -> None:
+    def checked(self, request: pb.ModelInferRequest) -> CheckedRequest:
+        """A ModelInferRequest decoded and checked: the request path's one decoder (gRPC's
+        ModelInfer and ModelStreamInfer use it). The common request (one fixed-size
+        input, sent raw) is decoded and checked in one pass; any other is first judged by
+        its input headers, then decoded and checked, and a mistake is named."""
+        common = common_request(request, self.expected, self.info.max_batch_size)
+        if common is not None:
+            return common
+        self._check_declared(request.inputs)
+        return self.check(decode_inputs(request))
+
+    def _check_declared(self, declared) -> None:
         """What the request's input headers (name, datatype) already tell, before any data is
         decoded: a request with a million inputs, or megabytes of BYTES the model does not
         take, is refused at its first wrong input, not after decoding them all. The
@@ -287,8 +300,8 @@ class ServedModel:
             f"model '{self.name}': input '{name}' has datatype {found}, expected {spec.datatype}"
         )
 
-    def check(self, inputs: Tensors) -> tuple[int, tuple]:
-        """Validate a request; returns its batch size and its batching key."""
+    def check(self, inputs: Tensors) -> CheckedRequest:
+        """Validate a request's decoded inputs: its batch size and batching key with them."""
         expected = self.expected
         for name in inputs:
             if name not in expected:
@@ -328,7 +341,7 @@ class ServedModel:
                     f"expected {self._shape_text(spec)}"
                 )
             key.append((name, shape))
-        return batch, tuple(key)
+        return CheckedRequest(inputs, batch, tuple(key))
 
     def _shape_text(self, spec: TensorSpec) -> str:
         dims = ", ".join("?" if d < 0 else str(d) for d in spec.dims)
@@ -344,27 +357,24 @@ class ServedModel:
         """Check and queue a request; await the result for its outputs. A bad request or a
         full queue raises here, at the call. (A plain function returning the batcher's
         future, not a coroutine: one frame less on every request.)"""
-        batch, key = self.check(inputs)
-        return self.queue(inputs, batch, key, timeout=timeout, times=times)
+        return self.queue(self.check(inputs), timeout=timeout, times=times)
 
     def queue(
         self,
-        inputs: Tensors,
-        batch: int,
-        key: tuple,
+        request: CheckedRequest,
         *,
         timeout: float | None = None,
         times: RequestTimes | None = None,
     ) -> asyncio.Future:
-        """Queue a request that has passed `check` (or an equivalent), with its batch size
-        and batching key. With `times` (`stats.begin()`'s), the caller records the
+        """Queue a request that has passed `check` (or `checked`). With `times`
+        (`stats.begin()`'s), the caller records the
         request's outcome in `stats`; without, the batcher does (serving/stats.py)."""
         if self.batcher is None:
             raise InternalError(f"model '{self.name}' was not started before serving")
         deadline = None
         if timeout is not None:
             deadline = asyncio.get_running_loop().time() + timeout
-        return self.batcher.submit(inputs, batch, key, deadline, times)
+        return self.batcher.submit(*request, deadline, times)
 
     def busy(self) -> bool:
         """Requests are queued or running."""

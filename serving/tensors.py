@@ -18,7 +18,7 @@ import numpy as np
 
 from netc.limits import MAX_DIM
 from netc.protos.generated import grpc_service_pb2 as pb
-from netc.serving.batching_tensors import Tensors
+from netc.serving.batching_tensors import CheckedRequest, Tensors
 from netc.serving.errors import InvalidRequest, Unsupported
 from netc.serving.model_info import DATATYPES
 
@@ -235,11 +235,11 @@ def decode_inputs(request: pb.ModelInferRequest) -> Tensors:
 
 def common_request(
     request: pb.ModelInferRequest, expected: dict, max_batch: int
-) -> tuple[Tensors, int, tuple] | None:
+) -> CheckedRequest | None:
     """The common request, decoded and checked in one pass: one fixed-size input, sent
     raw, without parameters, exactly as the model wants it. Returns what
-    `ServedModel.check` would (inputs, batch size, batching key), or None for anything
-    else, which takes the general path and its error messages. (On the busy server the
+    `ServedModel.check` would, or None for anything else, which takes the general path
+    and its error messages. (On the busy server the
     general path's dozen calls cost ~15 µs a request, a tenth of the event loop's time.)
     `expected`: `ServedModel.expected`, input name → (spec, dtype)."""
     raw = request.raw_input_contents
@@ -266,7 +266,7 @@ def common_request(
     if len(data) != math.prod(shape) * dtype.itemsize:
         return None
     array = np.frombuffer(data, dtype=WIRE_DTYPES[spec.datatype]).reshape(shape)
-    return {name: array}, shape[0] if max_batch else 1, ((name, item),)
+    return CheckedRequest({name: array}, shape[0] if max_batch else 1, ((name, item),))
 
 
 def datatype_of(array: np.ndarray) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -41,8 +40,7 @@ from netc.serving.errors import (
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 from netc.serving.stats import Duration, ModelStats
-from netc.serving.tensors import add_output, classify, common_request, decode_inputs
-from netc.serving.wire import Header, Routes
+from netc.serving.tensors import add_output, classify
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics"]
@@ -68,7 +66,8 @@ def add_to_server(server: grpc.aio.Server, repository: ModelRepository) -> list[
     built = _Handlers()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, built)
     handlers = built.handlers
-    # No (de)serializers: ModelInfer reads and writes the wire itself (serving/wire.py).
+    # No deserializer: ModelInfer parses the request itself, so its stats' decoding time
+    # (compute_input) includes the parse, as Triton's does.
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -221,10 +220,6 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
-        self.routes = Routes()  # ModelInfer headers already checked (serving/wire.py)
-        # NETC_WIRE_LANE=0 sends every request down the general path: bench/serve.py's
-        # netc-nolane target, which measures what the bytes lane is worth.
-        self.lane = os.environ.get("NETC_WIRE_LANE", "1") != "0"
 
     # Health and metadata.
 
@@ -292,11 +287,9 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         request: pb.ModelInferRequest,
         context: grpc.aio.ServicerContext,
         encode: Callable[[pb.ModelInferResponse], T],
-        header: Header | None = None,
         start: int | None = None,
     ) -> T:
-        """The general path; `header`, the request's header (serving/wire.py), lets a
-        common request become a route that later requests take without protobuf objects.
+        """Check, queue and run one request (ModelInfer's and each of ModelStreamInfer's).
         Once the model is known, the request's times from `start` (when it arrived) to its
         answer `encode`d go to the model's stats, its failure's status too."""
         start = time.perf_counter_ns() if start is None else start
@@ -306,14 +299,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
             _check_parameters(request)
             wanted = _requested_outputs(request, model)
             timeout = _timeout(request, context)
-            common = common_request(request, model.expected, model.info.max_batch_size)
-            if common is None:
-                model.check_declared(request.inputs)
-                inputs = decode_inputs(request)
-                results = await model.infer(inputs, timeout=timeout, times=times)
-            else:
-                self.routes.learn(header, request, model, common, wanted)
-                results = await model.queue(*common, timeout=timeout, times=times)
+            results = await model.queue(model.checked(request), timeout=timeout, times=times)
             times.ran = time.perf_counter_ns()  # encoding starts: compute_output
             answer = encode(_response(model, request.id, wanted, results))
         except BaseException as exc:  # a cancelled call too
@@ -323,39 +309,17 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         return answer
 
     async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Registered without (de)serializers: a request on a known route is answered from
-        bytes to bytes, any other is parsed and takes the general path. Either way its
-        times (decoding, queued, run, encoding) go to the model's stats in one step."""
+        """Registered without (de)serializers, so the time to parse the request counts as
+        its decoding (compute_input) in the model's stats."""
         start = time.perf_counter_ns()
         try:
-            header = Routes.header(data) if self.lane else None
-            hit = self.routes.match(data, header, self.repository.get)
-            model = hit.route.model() if hit is not None else None
-            if hit is not None and model is not None:  # unloaded since: the general path says so
-                route = hit.route
-                times = model.stats.begin(start)
-                try:
-                    results = await model.queue(
-                        hit.inputs,
-                        route.batch,
-                        route.key,
-                        timeout=context.time_remaining(),
-                        times=times,
-                    )
-                    times.ran = time.perf_counter_ns()  # encoding starts: compute_output
-                    answer = self.routes.response(hit, results)
-                except BaseException as exc:  # a cancelled call too
-                    model.stats.failed(times, status_of(exc).name)
-                    raise
-                model.stats.succeeded(times)
-                return answer
             try:
                 request = pb.ModelInferRequest.FromString(data)
             except DecodeError as exc:
                 raise InvalidRequest(
                     f"the request is not a valid inference.ModelInferRequest ({exc})"
                 ) from None
-            return await self._infer(request, context, _serialize, header, start)
+            return await self._infer(request, context, _serialize, start)
         except Exception as exc:  # every failure becomes a status
             error = exc
         await abort(context, error, "ModelInfer")

@@ -111,12 +111,12 @@ def test_scrape_has_triton_s_counters_histograms_and_gauges(repo):
 
 def test_statistics_counts_are_equal_after_n_requests(repo):
     """perf_analyzer refuses a server whose compute_input, compute_infer and compute_output
-    counts differ: after N requests (general path, the bytes lane, a stream) every
-    per-request count is N, as Triton's are."""
+    counts differ: after N requests (ModelInfer, and a stream) every per-request count
+    is N, as Triton's are."""
     server = _server(repo)
     try:
         with grpcclient.InferenceServerClient(server.address) as client:
-            _infer(client, 6)  # the first takes the general path, then the lane
+            _infer(client, 6)
             answers: list = []
             client.start_stream(lambda result, error: answers.append((result, error)))
             for i in range(4):

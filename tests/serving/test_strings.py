@@ -2,10 +2,10 @@
 
 onnxruntime's string tensors hold text: the server must hand it Python str (a bytes
 object would reach the model as its repr, "b'hello'"), refuse bytes that are not
-UTF-8, and send strings back as length-prefixed UTF-8. Every lane a request can take
+UTF-8, and send strings back as length-prefixed UTF-8. Every way a request can take
 is driven: raw contents, the explicit `bytes_contents` field, ModelStreamInfer, a
-batch the batcher merged from several requests, the bytes-to-bytes route of a
-numeric input with a string output, and the classification extension.
+batch the batcher merged from several requests, the one-pass decoding of a numeric
+input with a string output, and the classification extension.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ MODELS = {
         ),
         "max_batch_size: 8\n",
     ),
-    # int64 -> string: a numeric input that may take the bytes-to-bytes route
+    # int64 -> string: a numeric input the one-pass decoding (common_request) takes
     "format": (
         _model(
             [helper.make_node("Cast", ["NUMBER"], ["TEXT"], to=TensorProto.STRING)],

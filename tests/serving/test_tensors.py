@@ -225,17 +225,38 @@ def test_common_request_agrees_with_the_general_path(lenet, case):
     common = common_request(request, lenet.expected, lenet.info.max_batch_size)
     try:
         inputs = decode_inputs(request)
-        batch, key = lenet.check(inputs)
+        general = lenet.check(inputs)
     except (InvalidRequest, Unsupported):
         assert common is None, f"{case}: the general path refuses what the fast one takes"
         return
     assert common is not None, f"{case}: declined a request the model takes as it is"
     fast_inputs, fast_batch, fast_key = common
-    assert (fast_batch, fast_key) == (batch, key)
+    assert (fast_batch, fast_key) == (general.batch, general.key)
     assert fast_inputs.keys() == inputs.keys()
     for name in inputs:
         assert fast_inputs[name].dtype == inputs[name].dtype
         np.testing.assert_array_equal(fast_inputs[name], inputs[name])
+
+
+@pytest.mark.parametrize("case", sorted(COMMON_CASES))
+def test_checked_is_the_one_decoder(lenet, case):
+    """`ServedModel.checked` takes every request the general path takes, with the same
+    CheckedRequest, and refuses every other, naming the input at fault."""
+    from netc.serving.batching_tensors import CheckedRequest
+
+    request = COMMON_CASES[case]
+    try:
+        general = lenet.check(decode_inputs(request))
+    except (InvalidRequest, Unsupported):
+        # refused too, naming the input (its headers are judged before its data)
+        with pytest.raises((InvalidRequest, Unsupported), match="input '"):
+            lenet.checked(request)
+        return
+    checked = lenet.checked(request)
+    assert isinstance(checked, CheckedRequest)
+    assert (checked.batch, checked.key) == (general.batch, general.key)
+    for name, array in general.inputs.items():
+        np.testing.assert_array_equal(checked.inputs[name], array)
 
 
 @pytest.mark.parametrize(
