@@ -395,6 +395,12 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
         help="verify and count MACs at this full input shape (default: open sizes 64 and 96)",
     )
     p.add_argument(
+        "--freeze-initializer-inputs",
+        action="store_true",
+        help="treat initializers that are also graph inputs (IR 3 files, e.g. Caffe2 "
+        "conversions) as constants: drop them from the inputs and raise the IR version to 4",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="list every rewrite and every refusal with its reason",
@@ -503,6 +509,11 @@ def _run_optimize(args: argparse.Namespace) -> int:
     enable = [flag.strip() for item in args.enable for flag in item.split(",") if flag.strip()]
     shapes = dict(args.input_shapes)
     options = _precision_options(args, args.verify)
+    if options is not None and args.freeze_initializer_inputs:
+        raise UserError(
+            f"--freeze-initializer-inputs goes with --precision fp32: optimize with it first, "
+            f"then run --precision {args.precision} on the result"
+        )
     if options is not None:
         from netc.compiler.optimizer.precision import reduce_precision_file
 
@@ -518,6 +529,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         enable=enable,
         verbose=args.verbose,
         input_shapes=shapes or None,
+        freeze_initializer_inputs=args.freeze_initializer_inputs,
     )
     print(result.report(verbose=args.verbose))
     return 0

@@ -13,7 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from netc.compiler.optimizer.verify import verify as verify_model
 from netc.errors import UserError
 from netc.fileio import write_atomic
 
+FREEZE_FLAG = "--freeze-initializer-inputs"
 MAC_SIZE = 224  # open spatial dims when counting MACs saved, as torchvision's tables do
 # --input-shape's shapes: input name (None: the model's only input) → full shape
 InputShapes = Mapping[str | None, Sequence[int]]
@@ -54,6 +55,9 @@ class OptimizeResult:
     mac_input_shapes: dict[str, tuple[int, ...]]
     verification: VerifyResult | None = None
     source: str = "the model"
+    frozen_inputs: list[str] = field(default_factory=list)  # --freeze-initializer-inputs
+    initializer_inputs: int = 0  # initializers also graph inputs, left as inputs
+    ir_versions: tuple[int, int] = (0, 0)  # before → after
     destination: str | None = None
     seconds: float = 0.0
 
@@ -83,6 +87,19 @@ class OptimizeResult:
             f"{self.ops_before[bn]} → {self.ops_after[bn]}; "
             f"MACs saved {_count(self.macs_saved)} per run at input {shapes}"
         )
+        if self.frozen_inputs:
+            before, after = self.ir_versions
+            raised = f"; IR version {before} → {after}" if after != before else ""
+            lines.append(
+                f"{len(self.frozen_inputs)} initializers are no longer graph inputs, so they "
+                f"are constants ({FREEZE_FLAG}{raised})"
+            )
+        elif self.initializer_inputs:
+            lines.append(
+                f"{self.initializer_inputs} initializers are also graph inputs (the IR 3 layout), "
+                f"so they can change at run time and nothing that reads them is folded; "
+                f"{FREEZE_FLAG} makes them constants"
+            )
         if self.verification is None:
             lines.append("not verified (--no-verify)")
         else:
@@ -98,6 +115,7 @@ def optimize_file(
     enable: Collection[str] = (),
     verbose: bool = False,
     input_shapes: InputShapes | None = None,
+    freeze_initializer_inputs: bool = False,
 ) -> OptimizeResult:
     """Optimize the ONNX file `src` into `dst`; `dst` is written only when all went well.
 
@@ -115,6 +133,7 @@ def optimize_file(
             input_shapes=input_shapes,
             name=str(src),
             original_bytes=data,
+            freeze_initializer_inputs=freeze_initializer_inputs,
         ),
     )
 
@@ -142,13 +161,18 @@ def optimize_model(
     name: str = "the model",
     original_bytes: bytes | None = None,
     passes: Sequence[type[OptimizerPass]] | None = None,
+    freeze_initializer_inputs: bool = False,
 ) -> OptimizeResult:
     """Optimize a loaded model; `proto` is left unchanged.
 
     `input_shapes` (input name, None for the only one → full shape) fixes
     the sizes used for the verification run and the MAC counts. `passes`
-    replaces the pipeline (tests). Raises UserError for a model netc cannot take and
-    VerificationError when the optimized model computes something else.
+    replaces the pipeline (tests). `freeze_initializer_inputs` first removes
+    initializers from the graph inputs (IR 3 lists every one there, which
+    makes them run-time inputs that no fold may touch) and raises the IR
+    version to 4, where an initializer need not be an input. Raises UserError
+    for a model netc cannot take and VerificationError when the optimized
+    model computes something else.
     """
     start = time.perf_counter()
     check_model(proto, name)
@@ -158,6 +182,8 @@ def optimize_model(
     except Exception as exc:
         raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
     ops_before = Counter(node.op_type for node in model.graph)
+    ir_before = model.ir_version
+    frozen = freeze_inputs(model) if freeze_initializer_inputs else []
     mac_shapes = _mac_shapes(model, resolved)
     reports = run_pipeline(model, enable=enable, passes=passes, static_input_shapes=mac_shapes)
     optimized = ir.to_proto(model)
@@ -170,13 +196,18 @@ def optimize_model(
         ops_after=Counter(node.op_type for node in model.graph),
         mac_input_shapes=mac_shapes,
         source=name,
+        frozen_inputs=frozen,
+        initializer_inputs=sum(1 for v in model.graph.inputs if v.is_initializer()),
+        ir_versions=(ir_before, model.ir_version),
     )
     if verify:
         check_deterministic(proto, name)
         original = original_bytes if original_bytes is not None else proto.SerializeToString()
         result.verification = verify_model(original, data, input_shapes=resolved, name=name)
         if not result.verification.ok:
-            culprit = find_faulty_pass(proto, original, enable, passes, resolved, name)
+            culprit = find_faulty_pass(
+                proto, original, enable, passes, resolved, name, freeze_initializer_inputs
+            )
             raise VerificationError(
                 f"{name}: the optimized model computes something else, so nothing was "
                 f"written: {result.verification.summary()}; first wrong after pass {culprit}. "
@@ -193,6 +224,7 @@ def find_faulty_pass(
     passes: Sequence[type[OptimizerPass]] | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
     name: str,
+    freeze_initializer_inputs: bool = False,
 ) -> str:
     """Re-run the pipeline on a fresh copy, verifying after every pass; the first that breaks."""
     found: list[str] = []
@@ -204,8 +236,24 @@ def find_faulty_pass(
         if not verify_model(original, data, input_shapes=input_shapes, name=name).ok:
             found.append(pass_.name)
 
-    run_pipeline(ir.from_proto(proto), enable=enable, passes=passes, after_each=check)
+    model = ir.from_proto(proto)
+    if freeze_initializer_inputs:
+        freeze_inputs(model)
+    run_pipeline(model, enable=enable, passes=passes, after_each=check)
     return found[0] if found else "(none alone: the whole pipeline)"
+
+
+def freeze_inputs(model: ir.Model) -> list[str]:
+    """Make every initializer that is also a graph input a constant: drop it from the inputs
+    and raise the IR version to 4 (IR 3 requires every initializer to be an input, so an
+    IR 3 file without them fails onnx's checker). The names of the inputs dropped."""
+    frozen = [v for v in model.graph.inputs if v.is_initializer()]
+    if frozen:
+        kept = [v for v in model.graph.inputs if not v.is_initializer()]
+        model.graph.inputs.clear()
+        model.graph.inputs.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
+    return [v.name or "" for v in frozen]
 
 
 def parse_model(data: bytes, name: str) -> onnx.ModelProto:

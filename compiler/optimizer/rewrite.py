@@ -31,7 +31,8 @@ def constant(value: ir.Value | None) -> np.ndarray | str:
             if seen.is_initializer()
             else "a graph input"
         )
-        return f"{seen.name!r} is {kind}, so it can change at run time"
+        hint = "; --freeze-initializer-inputs makes it a constant" if seen.is_initializer() else ""
+        return f"{seen.name!r} is {kind}, so it can change at run time{hint}"
     try:
         tensor = ir.convenience.get_const_tensor(seen)
     except ValueError:
