@@ -176,8 +176,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init-from",
         metavar="RUN_DIR_OR_CHECKPOINT",
-        help="start from a trained model's weights, matched by layer name",
+        help="start from trained weights, matched by layer name: a run, a netc checkpoint, "
+        "a PyTorch state_dict (.pth/.pt), .safetensors or .onnx",
     )
+    _add_weights_layout(p)
     p.add_argument(
         "--nproc",
         type=int,
@@ -214,6 +216,7 @@ def _run_train(args: argparse.Namespace) -> int:
         params=dict(args.params),
         resume=args.resume,
         init_from=args.init_from,
+        weights_layout=args.weights_layout,
         quiet=args.quiet,
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
@@ -243,6 +246,14 @@ def _relaunch_distributed(nproc: int, argv: list[str]) -> int:
             continue
         cleaned.append(item)
     return run_local(nproc, cleaned)
+
+
+def _add_weights_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights-layout",
+        choices=("netc", "torchvision", "timm"),
+        help="how the weights file names its layers (default: detected)",
+    )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -275,6 +286,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     _add_set(p, "override a network parameter (descriptions only)")
     p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a description's weights: a netc checkpoint, a PyTorch state_dict (.pth/.pt), "
+        ".safetensors or .onnx, matched by layer name",
+    )
+    _add_weights_layout(p)
+    p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip running the model in onnxruntime against PyTorch",
@@ -302,6 +320,8 @@ def _run_export(args: argparse.Namespace) -> int:
         input_shape=args.input_shape,
         params=dict(args.params),
         verify=not args.no_verify,
+        weights_file=args.weights,
+        weights_layout=args.weights_layout,
     )
     if not result.trained:
         say(

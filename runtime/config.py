@@ -33,7 +33,9 @@ class TrainConfig:
     optimizer: Any = None
     schedule: Any = None
     clip_grad_norm: float | None = None
-    normalize: bool = True
+    # True: per-channel mean and std fitted on the training split; False: none; or given,
+    # {"mean": [...], "std": [...]} (one value, or one per channel), as a pretrained net expects
+    normalize: bool | dict[str, list[float]] = True
     pca_whitening: bool = False
     augment: dict[str, Any] = field(default_factory=lambda: {"crop_padding": 0, "hflip": False})
     balanced_sampling: bool = False
@@ -101,7 +103,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         optimizer=plain(values.get("optimizer")),
         schedule=plain(values.get("schedule")),
         clip_grad_norm=read.number("clip_grad_norm", None, low=0, low_open=True),
-        normalize=read.boolean("normalize", True),
+        normalize=parse_normalize(values.get("normalize", True)),
         pca_whitening=read.boolean("pca_whitening", False),
         augment={
             "crop_padding": aug.number("crop_padding", 0, low=0, integer=True),
@@ -113,6 +115,61 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         precision=_choice(values, "precision", PRECISIONS, "auto"),
         threads=read.number("threads", None, low=1, integer=True),
     )
+
+
+NAMED_NORMALIZATIONS = {  # torchvision's and timm's ImageNet statistics, of pixels in [0, 1]
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
+
+
+def parse_normalize(value: Any) -> bool | dict[str, list[float]]:
+    """`training.normalize`: true (fitted), false, a named set or {mean: [...], std: [...]}."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in NAMED_NORMALIZATIONS:
+        return {key: list(v) for key, v in NAMED_NORMALIZATIONS[value].items()}
+    expected = (
+        "true (fitted on the training split), false, "
+        + ", ".join(NAMED_NORMALIZATIONS)
+        + " or {mean: [...], std: [...]}"
+    )
+    if not isinstance(value, dict):
+        hint = did_you_mean(value, NAMED_NORMALIZATIONS) if isinstance(value, str) else None
+        raise ConfigError(
+            "training.normalize",
+            "unknown value",
+            expected=expected,
+            found=describe(value),
+            hint=hint,
+        )
+    for key in value:
+        if key not in ("mean", "std"):
+            raise ConfigError(
+                f"training.normalize.{key}",
+                "unknown key",
+                expected="mean and std",
+                found=f"'{key}'",
+                hint=did_you_mean(str(key), ("mean", "std")),
+            )
+    given: dict[str, list[float]] = {}
+    for key in ("mean", "std"):
+        if key not in value:
+            raise ConfigError(f"training.normalize.{key}", "missing", expected=expected)
+        items = value[key] if isinstance(value[key], (list, tuple)) else [value[key]]
+        if not items:
+            raise ConfigError(
+                f"training.normalize.{key}", "empty", expected="one value, or one per channel"
+            )
+        read = Options({key: list(items)}, "training.normalize")
+        std = key == "std"  # a std of 0 would divide by zero
+        given[key] = read.numbers(key, [], length=len(items), low=0 if std else None, low_open=std)
+    if len(given["mean"]) != len(given["std"]) and 1 not in (len(given["mean"]), len(given["std"])):
+        raise ConfigError(
+            "training.normalize",
+            f"mean has {len(given['mean'])} values and std {len(given['std'])}",
+            expected="one value each, or one per channel",
+        )
+    return given
 
 
 def _with_lr(optimizer: Any, lr: float) -> dict[str, Any]:

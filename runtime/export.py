@@ -29,9 +29,12 @@ from netc.compiler.ir import Graph
 from netc.compiler.ir_passes.fc_to_conv import to_fully_convolutional
 from netc.compiler.network import load, load_string
 from netc.compiler.onnx_export import export_onnx, metadata_for
+from netc.console import say
 from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint
+from netc.runtime.config import parse_normalize
+from netc.runtime.finetune import load_weights
 from netc.runtime.module import build_module
 from netc.runtime.preprocess import whiten
 
@@ -118,8 +121,16 @@ def _check_source(source: str) -> None:
         raise _unknown_name(source)
 
 
-def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Graph, dict, dict]:
-    """The graph, its weights and the checkpoint's extra state ({} when untrained)."""
+def _from_source(
+    source: str,
+    params: dict[str, Any],
+    input_shape,
+    weights_file: str | None = None,
+    weights_layout: str | None = None,
+    quiet: bool = False,
+) -> tuple[Graph, dict, dict]:
+    """The graph, its weights (for a description: `weights_file`'s, else fresh ones) and
+    the checkpoint's extra state ({} for a description)."""
     _check_source(source)
     if _is_checkpoint(source):
         if params:
@@ -138,7 +149,25 @@ def _from_source(source: str, params: dict[str, Any], input_shape) -> tuple[Grap
             _check_weights_fit(net.graph, state, source, input_shape)
         return net.graph, state["model"], state
     net = load(source, params=params, input_shape=input_shape)
-    return net.graph, build_module(net.graph, seed=0).state_dict(), {}
+    # a description's own `training.normalize: {mean, std}` (a pretrained net's) goes in
+    # the model card, so that a server prepares pictures as the weights expect
+    training = net.spec.training
+    normalize = parse_normalize(training.get("normalize", True) if training else True)
+    extra = {"preprocessing": normalize} if isinstance(normalize, dict) else {}
+    if weights_file is not None:
+        return net.graph, _with_weights(net.graph, weights_file, weights_layout, quiet), extra
+    return net.graph, build_module(net.graph, seed=0).state_dict(), extra
+
+
+def _with_weights(
+    graph: Graph, weights: str, layout: str | None, quiet: bool
+) -> dict[str, torch.Tensor]:
+    """The description's module with the weights of `weights` loaded by layer name."""
+    module = build_module(graph, seed=0)
+    report = load_weights(module, graph, weights, layout, "--weights")
+    for line in report.lines():
+        say(f"weights {weights}: {line}", quiet)
+    return module.state_dict()
 
 
 def state_params(source: str) -> str:
@@ -249,8 +278,21 @@ def export_model(
     input_shape=None,
     params: dict[str, Any] | None = None,
     verify: bool = True,
+    weights_file: str | None = None,
+    weights_layout: str | None = None,
+    quiet: bool = False,
 ) -> ExportResult:
-    graph, weights, state = _from_source(source, params or {}, input_shape)
+    """`source` as a verified ONNX model; `weights_file` (for a description) gives its
+    weights, read in `weights_layout` (None: detected)."""
+    if weights_file is not None and _is_checkpoint(source):
+        raise UserError(
+            f"--weights loads weights into a description; {source} is a run or checkpoint "
+            "that holds its own\n  hint: export it without --weights, or give the network's "
+            "description (or zoo name) with --weights"
+        )
+    graph, weights, state = _from_source(
+        source, params or {}, input_shape, weights_file, weights_layout, quiet
+    )
     weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
     if fully_convolutional:
         graph, weights = to_fully_convolutional(graph, weights)
@@ -304,7 +346,7 @@ def export_model(
         raise UserError(f"the exported model does not pass onnx.checker: {exc}") from None
     size = preprocessing.get("resize_to") if whitening is not None else None
     worst = check_against_torch(model, graph, weights, whitening, size) if verify else None
-    return ExportResult(model, graph, bool(state), worst)
+    return ExportResult(model, graph, "model" in state or weights_file is not None, worst)
 
 
 def _output_classes(graph: Graph) -> int | None:

@@ -1,8 +1,12 @@
-"""Start from a trained model: load weights by layer name, report what matched.
+"""Start from trained weights: load them by layer name, report what matched.
 
 Fine-tuning usually changes the head: layers whose names and shapes match
 load, layers that are new keep their fresh initialisation, and layers whose
-shape changed (a 1000-way fc becoming a 10-way one) are skipped and said so.
+shape changed (a 1000-way fc becoming a 10-way one) are skipped and said so,
+as are the file's layers the network does not have (torchvision's GoogLeNet
+auxiliary heads, say). The weights may come from a netc run, a PyTorch
+state_dict, a .safetensors file or an ONNX model (`weight_files`), named as
+netc, torchvision or timm name them (`weight_layouts`).
 """
 
 from __future__ import annotations
@@ -12,22 +16,33 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netc.compiler.ir import Graph
+from netc.errors import UserError
+from netc.runtime.weight_files import read_weights
+from netc.runtime.weight_layouts import to_netc
+
+SKIPPED_SHOWN = 20  # skipped layers listed one a line; the rest are counted
+
 
 @dataclass
 class LoadReport:
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why)
+    source: str = ""  # what was read, and in which layout (empty for a plain state dict)
 
     def lines(self) -> list[str]:
-        out = [
+        out = [self.source] if self.source else []
+        out.append(
             f"loaded {len(self.loaded)} layers"
             + (f": {', '.join(self.loaded)}" if len(self.loaded) <= 12 else "")
-        ]
+        )
         if self.new:
             out.append(f"new (freshly initialised): {', '.join(self.new)}")
-        for layer, why in self.skipped:
+        for layer, why in self.skipped[:SKIPPED_SHOWN]:
             out.append(f"skipped {layer}: {why}")
+        if len(self.skipped) > SKIPPED_SHOWN:
+            out.append(f"skipped {len(self.skipped) - SKIPPED_SHOWN} more layers")
         return out
 
 
@@ -35,8 +50,15 @@ def _layer(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
-def load_by_name(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
-    """Copy every tensor of `state` whose name and shape match into `module`."""
+def load_by_name(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str] | None = None,
+) -> LoadReport:
+    """Copy every tensor of `state` whose name and shape match into `module`.
+
+    `origin` gives, for a key of `state`, the name the file gave it, for the report."""
+    origin = origin or {}
     report = LoadReport()
     target = module.state_dict()
     layers: dict[str, list[str]] = {}
@@ -61,5 +83,35 @@ def load_by_name(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadRepor
             continue
         updated.update({k: state[k] for k in present})
         report.loaded.append(layer)
+    unknown: dict[str, None] = {}  # the file's layers with no layer of that name here
+    for key in state:
+        if _layer(key) not in layers:
+            unknown.setdefault(_layer(origin.get(key, key)), None)
+    report.skipped += [(layer, "unknown key (no layer of that name here)") for layer in unknown]
     module.load_state_dict({**target, **updated})
+    return report
+
+
+def load_weights(
+    module: nn.Module, graph: Graph, source: str, layout: str | None, flag: str
+) -> LoadReport:
+    """Load the weights in `source` (any `read_weights` reads) into `module` by layer
+    name, in `layout` (None: detected); UserError when not one layer matches."""
+    weights = read_weights(source)
+    mapped = to_netc(weights.tensors, graph, module.state_dict(), layout)
+    report = load_by_name(module, mapped.tensors, mapped.origin)
+    how = "detected" if mapped.detected else "given"
+    same = f"; {' and '.join(mapped.same_as)} name them alike" if mapped.same_as else ""
+    report.source = (
+        f"read {len(weights.tensors)} tensors ({weights.kind}), "
+        f"layout {mapped.layout} ({how}{same})"
+    )
+    if not report.loaded:
+        raise UserError(
+            f"{flag} {source}: no layer of {graph.name} matches the checkpoint by name and "
+            "shape; nothing would be loaded\n"
+            + "\n".join(f"  {line}" for line in report.lines())
+            + "\n  hint: --weights-layout netc, torchvision or timm says how the file names "
+            "its layers"
+        )
     return report

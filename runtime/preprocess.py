@@ -115,14 +115,16 @@ def whiten(x: torch.Tensor, pca: torch.Tensor, pca_mean: torch.Tensor | None) ->
 def fit_preprocessing(
     train_images: torch.Tensor,
     *,
-    normalize: bool,
+    normalize: bool | dict[str, list[float]],
     pca_whitening: bool,
     input_size: tuple[int, int] | None = None,
 ) -> Preprocessing:
     """Fit on the training split only, so validation numbers are honest.
 
-    Per-channel mean/std over (N, H, W) when `normalize` (a constant channel
-    gets std 1 rather than a division by zero), else mean 0 and std 1. With
+    Per-channel mean/std over (N, H, W) when `normalize` is true (a constant
+    channel gets std 1 rather than a division by zero), mean 0 and std 1 when
+    false, and as given when it is {"mean": [...], "std": [...]} (one value for
+    every channel or one per channel: a pretrained net's statistics). With
     `pca_whitening`, ZCA on the flattened normalised images:
     W = U diag(1/sqrt(λ + ZCA_EPSILON)) Uᵀ from the covariance's eigenvectors U
     and eigenvalues λ; refused when C·H·W > ZCA_MAX_FEATURES.
@@ -138,7 +140,9 @@ def fit_preprocessing(
         if tuple(x.shape[2:]) != input_size:
             x = F.interpolate(x, size=input_size, mode="bilinear", align_corners=False)
     channels = x.shape[1]
-    if normalize:
+    if isinstance(normalize, dict):
+        mean, std = (_given(normalize, key, channels) for key in ("mean", "std"))
+    elif normalize:
         mean = x.double().mean(dim=(0, 2, 3))
         std = x.double().std(dim=(0, 2, 3), correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -148,6 +152,18 @@ def fit_preprocessing(
     if pca_whitening:
         pre.pca, pre.pca_mean = _fit_zca(pre.apply(x))
     return pre
+
+
+def _given(normalize: dict[str, list[float]], key: str, channels: int) -> torch.Tensor:
+    values = [float(v) for v in normalize[key]]
+    if len(values) not in (1, channels):
+        raise ConfigError(
+            f"training.normalize.{key}",
+            f"has {len(values)} values for images of {channels} channels",
+            expected=f"one value, or {channels}",
+            found=str(values),
+        )
+    return torch.tensor(values * (channels // len(values)), dtype=torch.float64)
 
 
 def _fit_zca(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

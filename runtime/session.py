@@ -24,7 +24,7 @@ from netc.runtime import checkpoint, metrics
 from netc.runtime import distributed as distrib
 from netc.runtime.batches import check_batch_statistics, epoch_batches, say_left_out
 from netc.runtime.config import TASK_METRICS, TrainConfig
-from netc.runtime.finetune import load_by_name
+from netc.runtime.finetune import load_weights
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
@@ -154,6 +154,7 @@ class Session:
         init_from: str | None,
         lr: float | None,
         quiet: bool,
+        weights_layout: str | None = None,
     ) -> Session:
         config, task = run.config, run.network.graph.task
         device = _device(config)
@@ -164,13 +165,8 @@ class Session:
             )
         module = build_module(run.network.graph, seed=config.seed)
         if init_from and stored is None:
-            report = load_by_name(module, checkpoint.load(Path(init_from))["model"])
-            if not report.loaded:
-                raise UserError(
-                    f"--init-from {init_from}: no layer of {run.network.graph.name} "
-                    "matches the checkpoint by name and shape; nothing would be loaded\n"
-                    + "\n".join(f"  {line}" for line in report.lines())
-                )
+            graph = run.network.graph
+            report = load_weights(module, graph, init_from, weights_layout, "--init-from")
             for line in report.lines():
                 say(f"init-from {init_from}: {line}", quiet or not world.is_main)
         module.to(device)

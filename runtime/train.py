@@ -51,6 +51,7 @@ def train(
     params: dict[str, Any] | None = None,
     resume: bool = False,
     init_from: str | None = None,
+    weights_layout: str | None = None,
     quiet: bool = False,
 ) -> RunResult:
     """Train a network description on a data set; see the module docstring for the steps."""
@@ -68,7 +69,9 @@ def train(
     )
     threads = torch.get_num_threads()  # the session picks its own; the caller gets theirs back
     try:
-        session = Session.start(run, run_dir, stored, init_from, overrides.get("lr"), quiet)
+        session = Session.start(
+            run, run_dir, stored, init_from, overrides.get("lr"), quiet, weights_layout
+        )
         try:
             for epoch in range(session.first_epoch, run.config.epochs + 1):
                 row = session.train_epoch(epoch)
