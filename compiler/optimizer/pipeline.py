@@ -7,28 +7,41 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import onnx_ir as ir
 
 from netc.compiler.optimizer.base import OptimizerPass, PassReport
+from netc.compiler.optimizer.passes.affine_fold import AffineFolding
 from netc.compiler.optimizer.passes.cleanup import (
     DeadNodeRemoval,
     DropoutRemoval,
     DuplicateInitializerRemoval,
     IdentityElimination,
 )
+from netc.compiler.optimizer.passes.constant_fold import ConstantFolding
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
+from netc.compiler.optimizer.passes.cse import CommonSubexpressionElimination
 from netc.compiler.optimizer.passes.pool_avg_ahead import AvgPoolAhead
 from netc.compiler.optimizer.passes.pool_gap_gemm import GapGemmToConv
 from netc.compiler.optimizer.passes.pool_identity import IdentityPoolRemoval
 from netc.compiler.optimizer.passes.pool_max_ahead import MaxPoolAhead
 from netc.compiler.optimizer.passes.pool_merge import PoolMerge
+from netc.compiler.optimizer.passes.redundancy import RedundancyElimination
+from netc.compiler.optimizer.passes.shape_fold import ShapeFolding
 from netc.compiler.optimizer.shapes import annotate_static_shapes
 from netc.errors import InternalError, UserError, did_you_mean
 
 # The table of contents. Order matters: clean-up first, so that Identity chains
-# and Dropouts no longer separate a conv from its BN; folds next; dead code last,
-# since every fold leaves old parameters behind.
+# and Dropouts no longer separate a conv from its BN; then shapes and constants
+# (shape folding leaves chains of constants that constant folding evaluates, and
+# no-op and repeated nodes show only once their inputs are constants); folds next
+# (BN before the plain Mul/Add folds, which then see a conv with its BN gone);
+# dead code last, since every fold leaves old parameters behind.
 PIPELINE: list[type[OptimizerPass]] = [
     IdentityElimination,
     DropoutRemoval,
+    ShapeFolding,
+    ConstantFolding,
+    RedundancyElimination,
+    CommonSubexpressionElimination,
     ConvBatchNormFusion,
+    AffineFolding,
     IdentityPoolRemoval,
     PoolMerge,
     AvgPoolAhead,

@@ -1,0 +1,117 @@
+"""ConstantFolding: Constant nodes become initializers, nodes of constants their value."""
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from builders import GraphBuilder, initializer, ops, optimize, random_feeds, run
+from helpers import assert_fp32_close
+
+from netc.compiler.optimizer.passes.cleanup import DeadNodeRemoval
+from netc.compiler.optimizer.passes.constant_fold import ALWAYS_FOLD_BYTES, ConstantFolding
+
+
+def assert_same(before, after):
+    feeds = random_feeds(before)
+    for got, want in zip(run(after, feeds), run(before, feeds)):
+        assert_fp32_close(got, want)
+
+
+def constant_node(g, name, array=None, **attrs):
+    if array is not None:
+        attrs = {"value": onnx.numpy_helper.from_array(np.asarray(array), name)}
+    g.nodes.append(oh.make_node("Constant", [], [name], name=name, **attrs))
+    return name
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ({"value_float": 2.5}, np.float32(2.5)),
+        ({"value_floats": [1.0, -2.0, 3.0]}, np.array([1, -2, 3], np.float32)),
+    ],
+)
+def test_constant_node_becomes_an_initializer_of_the_same_name(attrs, expected):
+    # Case 1.
+    g = GraphBuilder()
+    x = g.input("x", [2, 3])
+    c = constant_node(g, "c", **attrs)
+    model = g.build(g.node("Mul", [x, c]))
+    optimized, _ = optimize(model, ConstantFolding)
+    assert ops(optimized) == {"Mul": 1}
+    np.testing.assert_array_equal(initializer(optimized, "c"), expected)
+    assert_same(model, optimized)
+
+
+def test_a_chain_of_constants_folds_into_one_initializer():
+    # Case 2: Unsqueeze(Constant) → Concat → Reshape target, as TorchScript exports carry.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [2, 12])
+    axes = g.const("axes", np.array([0], np.int64))
+    parts = [
+        g.node("Unsqueeze", [constant_node(g, f"d{i}", np.array(d, np.int64)), axes])
+        for i, d in enumerate((2, 3, 4))
+    ]
+    shape = g.node("Concat", parts, axis=0)
+    model = g.build(g.node("Reshape", [x, shape]))
+    optimized, reports = optimize(model, ConstantFolding, DeadNodeRemoval)
+    assert ops(optimized) == {"Reshape": 1}
+    target = optimized.graph.node[0].input[1]
+    np.testing.assert_array_equal(initializer(optimized, target), [2, 3, 4])
+    assert len(reports[0].notes) == 4  # three Unsqueeze and the Concat
+    assert_same(model, optimized)
+
+
+def test_reshape_of_a_weight_feeding_matmul_folds_into_the_weight():
+    # Case 2 (issue 18's small fold): the weight is stored already reshaped.
+    g = GraphBuilder()
+    x = g.input("x", [2, 6])
+    w = g.param("w", [3, 8])
+    flat = g.node("Reshape", [w, g.const("s", np.array([6, 4], np.int64))])
+    model = g.build(g.node("MatMul", [x, flat]))
+    optimized, _ = optimize(model, ConstantFolding, DeadNodeRemoval)
+    assert ops(optimized) == {"MatMul": 1}
+    assert [list(t.dims) for t in optimized.graph.initializer] == [[6, 4]]
+    assert_same(model, optimized)
+
+
+def test_a_result_larger_than_what_it_frees_is_not_folded():
+    # Tile of a small constant into a big one would inflate the file.
+    g = GraphBuilder()
+    x = g.input("x", [64, 64])
+    small = g.param("small", [1, 64])
+    big = g.node("Tile", [small, g.const("reps", np.array([64, 1], np.int64))])
+    model = g.build(g.node("Add", [x, big]))
+    assert 64 * 64 * 4 > ALWAYS_FOLD_BYTES
+    optimized, reports = optimize(model, ConstantFolding)
+    assert ops(optimized) == {"Tile": 1, "Add": 1}
+    assert "would make the file bigger" in reports[0].refusals[0]
+
+
+def test_initializers_that_are_graph_inputs_are_not_constants():
+    # IR 3 layout: the caller may feed 'w', so Neg(w) must stay computed.
+    g = GraphBuilder()
+    x = g.input("x", [2, 3])
+    w = g.param("w", [2, 3])
+    g.input("w", [2, 3])
+    model = g.build(g.node("Add", [x, g.node("Neg", [w])]), ir_version=3)
+    optimized, _ = optimize(model, ConstantFolding)
+    assert ops(optimized) == {"Neg": 1, "Add": 1}
+
+
+@pytest.mark.parametrize("case", ["random", "graph output"])
+def test_nodes_that_must_stay_computed_are_refused(case):
+    g = GraphBuilder()
+    x = g.input("x", [2, 3])
+    if case == "random":
+        noise = g.node("RandomNormalLike", [g.param("w", [2, 3])])
+        model = g.build(g.node("Add", [x, noise]))
+        optimized, _ = optimize(model, ConstantFolding)
+        assert ops(optimized)["RandomNormalLike"] == 1
+    else:
+        neg = g.node("Neg", [g.param("w", [2, 3])])
+        model = g.build(g.node("Add", [x, neg]), neg)
+        optimized, reports = optimize(model, ConstantFolding)
+        assert ops(optimized)["Neg"] == 1
+        assert "is a graph output" in reports[0].refusals[0]
+        assert_same(model, optimized)
