@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from netc.errors import UserError
@@ -33,8 +34,9 @@ def check_output(path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it. A failure
+def write_atomic(path: str | Path, data: bytes | Iterable[bytes | memoryview]) -> None:
+    """Write `data` (bytes, or pieces written one after another: a large model need not
+    be joined first) to a temporary file beside `path`, fsync, then rename over it. A failure
     (no permission, no space, a file where a folder should be) is a UserError naming
     the path, and leaves no new empty folder behind."""
     path = check_output(path)
@@ -47,7 +49,8 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         # of the file it replaces), so a server running as another user can read it.
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -22,6 +23,14 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from netc.compiler.optimizer.base import OptimizerPass, PassReport
+from netc.compiler.optimizer.model_bytes import (
+    Originals,
+    StoredTensor,
+    model_pieces,
+    scan_initializers,
+    weightless_ir,
+    weightless_proto,
+)
 from netc.compiler.optimizer.pipeline import run_pipeline
 from netc.compiler.optimizer.verify import VerificationError, VerifyResult, check_deterministic
 from netc.compiler.optimizer.verify import verify as verify_model
@@ -47,8 +56,9 @@ R = TypeVar("R", bound=_Written)
 
 @dataclass
 class OptimizeResult:
-    model: onnx.ModelProto
-    data: bytes  # the serialized optimized model (what is written)
+    # the serialized optimized model (what is written), in pieces: a large model is
+    # written piece by piece, never joined unless `data` is asked for
+    pieces: list[bytes | memoryview]
     reports: list[PassReport]
     ops_before: Counter[str]
     ops_after: Counter[str]
@@ -60,6 +70,20 @@ class OptimizeResult:
     ir_versions: tuple[int, int] = (0, 0)  # before → after
     destination: str | None = None
     seconds: float = 0.0
+
+    @cached_property
+    def data(self) -> bytes:
+        """The serialized optimized model."""
+        return b"".join(self.pieces)
+
+    @cached_property
+    def model(self) -> onnx.ModelProto:
+        """The optimized model, parsed from `data`."""
+        return onnx.ModelProto.FromString(self.data)
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
 
     @property
     def nodes_before(self) -> int:
@@ -123,19 +147,21 @@ def optimize_file(
     renders either level of detail.
     """
     del verbose
-    return file_to_file(
-        src,
-        dst,
-        lambda proto, data: optimize_model(
-            proto,
-            verify=verify,
-            enable=enable,
-            input_shapes=input_shapes,
-            name=str(src),
-            original_bytes=data,
-            freeze_initializer_inputs=freeze_initializer_inputs,
-        ),
+    start = time.perf_counter()
+    data = _read(Path(src))
+    result = optimize_model(
+        parse_model(data, str(src)),
+        verify=verify,
+        enable=enable,
+        input_shapes=input_shapes,
+        name=str(src),
+        original_bytes=data,
+        freeze_initializer_inputs=freeze_initializer_inputs,
     )
+    write_atomic(dst, result.pieces)
+    result.destination = str(dst)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def file_to_file(
@@ -175,22 +201,30 @@ def optimize_model(
     model computes something else.
     """
     start = time.perf_counter()
-    check_model(proto, name)
+    # One serialized form serves the checker, the search for each initializer's bytes and
+    # the verification: whole-model serializations and raw_data copies are what a large
+    # model's time goes to (see model_bytes).
+    data = original_bytes if original_bytes is not None else _serialize(proto, name)
+    stored = scan_initializers(data)
+    if stored is not None and [t.name for t in stored] != [t.name for t in proto.graph.initializer]:
+        stored = None  # not the bytes of this proto: no shortcuts
+    check_model(proto, name, data=data, stored=stored)
     resolved = resolve_input_shapes(proto, input_shapes, name)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
         raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
+    originals = Originals(model, data, stored) if stored is not None else None
     ops_before = Counter(node.op_type for node in model.graph)
     ir_before = model.ir_version
     frozen = freeze_inputs(model) if freeze_initializer_inputs else []
     mac_shapes = _mac_shapes(model, resolved)
     reports = run_pipeline(model, enable=enable, passes=passes, static_input_shapes=mac_shapes)
-    optimized = ir.to_proto(model)
-    data = _serialize(optimized, name)
+    pieces = model_pieces(model, originals)
+    if sum(len(piece) for piece in pieces) >= 2**31:
+        raise UserError(f"{name}: the optimized model cannot be serialized: over protobuf's 2 GB")
     result = OptimizeResult(
-        model=optimized,
-        data=data,
+        pieces=pieces,
         reports=reports,
         ops_before=ops_before,
         ops_after=Counter(node.op_type for node in model.graph),
@@ -202,11 +236,17 @@ def optimize_model(
     )
     if verify:
         check_deterministic(proto, name)
-        original = original_bytes if original_bytes is not None else proto.SerializeToString()
-        result.verification = verify_model(original, data, input_shapes=resolved, name=name)
+        # Both models go to onnxruntime without their weights, which it takes by
+        # reference from the arrays: unchanged ones are views of `data`, shared by both.
+        result.verification = verify_model(
+            weightless_proto(proto, data, stored) if stored is not None else data,
+            weightless_ir(model, originals),
+            input_shapes=resolved,
+            name=name,
+        )
         if not result.verification.ok:
             culprit = find_faulty_pass(
-                proto, original, enable, passes, resolved, name, freeze_initializer_inputs
+                proto, data, enable, passes, resolved, name, freeze_initializer_inputs
             )
             raise VerificationError(
                 f"{name}: the optimized model computes something else, so nothing was "
@@ -268,8 +308,17 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
         ) from None
 
 
-def check_model(proto: onnx.ModelProto, name: str) -> None:
-    """The checks that make a model safe to rewrite; UserError naming the problem."""
+def check_model(
+    proto: onnx.ModelProto,
+    name: str,
+    *,
+    data: bytes | None = None,
+    stored: Sequence[StoredTensor] | None = None,
+) -> None:
+    """The checks that make a model safe to rewrite; UserError naming the problem.
+
+    `data`, the proto's serialized form, and `stored`, where its initializers lie in
+    it, spare the checks a serialization and a copy of every initializer's data."""
     graph = proto.graph
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise UserError(f"{name}: not an ONNX model (no IR version or no graph)")
@@ -283,14 +332,15 @@ def check_model(proto: onnx.ModelProto, name: str) -> None:
             "takes self-contained models: re-save it with "
             "onnx.save(onnx.load(path), out, save_as_external_data=False) (under 2 GB)"
         )
-    stored = {t.name for t in graph.initializer}
-    if not [i for i in graph.input if i.name not in stored]:
+    names = {t.name for t in graph.initializer}
+    if not [i for i in graph.input if i.name not in names]:
         raise UserError(f"{name}: the model has no inputs, so there is nothing to run it on")
     if not graph.output:
         raise UserError(f"{name}: the model has no outputs: a truncated or malformed ONNX file")
-    _check_defined(proto, name, stored)
-    _check_tensor_sizes(graph.initializer, name)
-    _check_with_onnx(proto, name)
+    _check_defined(proto, name, names)
+    raw_sizes = {t.name: t.raw_size for t in stored} if stored is not None else {}
+    _check_tensor_sizes(graph.initializer, name, raw_sizes)
+    _check_with_onnx(proto, name, data)
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -306,7 +356,7 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(sub)
 
 
-def _check_with_onnx(proto: onnx.ModelProto, name: str) -> None:
+def _check_with_onnx(proto: onnx.ModelProto, name: str, data: bytes | None = None) -> None:
     """onnx's own checker: attribute types, tensor sizes, unique names, required inputs,
     opset range. A graph input or output without a shape (which onnxruntime accepts) and
     ops onnx does not know (passed through untouched) are not held against the model."""
@@ -318,7 +368,8 @@ def _check_with_onnx(proto: onnx.ModelProto, name: str) -> None:
     try:  # shapes lent for the check only, not a copy of the whole model and its weights
         for tensor in shapeless:
             tensor.shape.SetInParent()
-        onnx.checker.check_model(proto)
+        # the bytes when they are the model as checked: the checker would serialize it
+        onnx.checker.check_model(data if data is not None and not shapeless else proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if reason.startswith("No Op registered for"):
@@ -379,18 +430,23 @@ def _check_defined(proto: onnx.ModelProto, name: str, stored: set[str]) -> None:
         raise UserError(f"{name}: graph output {missing[0]!r} is not computed by any node")
 
 
-def _check_tensor_sizes(tensors, name: str) -> None:
+def _check_tensor_sizes(tensors, name: str, raw_sizes: Mapping[str, int]) -> None:
+    """Each raw_data holds what its shape needs; `raw_sizes` (name → size) saves reading
+    raw_data, which protobuf copies on every read."""
     for tensor in tensors:
-        if not tensor.raw_data:
+        size = raw_sizes.get(tensor.name)
+        if size is None:
+            size = len(tensor.raw_data)
+        if not size:
             continue
         try:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         except (KeyError, TypeError, ValueError):
             continue
         expected = math.prod(tensor.dims) * itemsize
-        if itemsize >= 1 and len(tensor.raw_data) != expected:
+        if itemsize >= 1 and size != expected:
             raise UserError(
-                f"{name}: initializer {tensor.name!r} holds {len(tensor.raw_data)} bytes, "
+                f"{name}: initializer {tensor.name!r} holds {size} bytes, "
                 f"its shape {list(tensor.dims)} needs {expected}: a truncated or malformed model"
             )
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import DeduplicateInitializersPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.rewrite import constant, label
@@ -107,20 +110,53 @@ class DeadNodeRemoval(OptimizerPass):
 class DuplicateInitializerRemoval(OptimizerPass):
     """Merge initializers with the same dtype, shape and bytes into the first of them.
 
-    onnx_ir's DeduplicateInitializersPass with no size limit, reported.
-    Initializers that are graph inputs or outputs are left alone.
+    What onnx_ir's DeduplicateInitializersPass does (in every graph, with no size
+    limit), reported, and cheaper on large models: only initializers that share
+    dtype and shape with another are read at all (protobuf copies the data on
+    each read), and they are told apart by a digest, not by keeping every
+    tensor's bytes; a digest match is confirmed byte for byte. Initializers
+    that are graph inputs or outputs are left alone.
     """
 
     name = "duplicate_initializer_removal"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        initializers = model.graph.initializers
-        first_use = {name: next(iter(v.uses()), None) for name, v in initializers.items()}
-        with quiet_onnx_ir():
-            result = DeduplicateInitializersPass(size_limit=2**62)(model)
-        for name, use in first_use.items():
-            if name not in initializers:
-                value = use.node.inputs[use.idx] if use is not None else None
-                kept = value.name if value is not None else "another"
-                self.note(f"{name!r} merged into {kept!r}")
-        return ir.passes.PassResult(model, result.modified)
+        modified = False
+        for graph in model.graphs():
+            groups: dict[tuple, list[ir.Value]] = {}
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or value.is_graph_input() or value.is_graph_output():
+                    continue
+                groups.setdefault((tensor.dtype, tuple(tensor.shape)), []).append(value)
+            for members in groups.values():
+                if len(members) > 1:
+                    modified |= self._merge(graph, members)
+        return ir.passes.PassResult(model, modified)
+
+    def _merge(self, graph: ir.Graph, members: list[ir.Value]) -> bool:
+        kept: dict[bytes, list[ir.Value]] = {}
+        merged = False
+        for value in members:
+            content = _content(value)
+            same = [k for k in kept.setdefault(_digest(content), []) if _content(k) == content]
+            if not same:
+                kept[_digest(content)].append(value)
+                continue
+            value.replace_all_uses_with(same[0])
+            graph.initializers.pop(value.name or "")
+            self.note(f"{value.name!r} merged into {same[0].name!r}")
+            merged = True
+        return merged
+
+
+def _content(value: ir.Value) -> bytes:
+    tensor = value.const_value
+    assert tensor is not None
+    if tensor.dtype.is_string():  # as onnx_ir's pass: fixed-width strings
+        return np.array(tensor.string_data()).tobytes()  # type: ignore[attr-defined]
+    return tensor.tobytes()
+
+
+def _digest(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=16).digest()
