@@ -17,6 +17,7 @@ from netc.compiler.optimizer.passes.cleanup import (
 from netc.compiler.optimizer.passes.constant_fold import ConstantFolding
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
 from netc.compiler.optimizer.passes.cse import CommonSubexpressionElimination
+from netc.compiler.optimizer.passes.pad_fold import PadFolding
 from netc.compiler.optimizer.passes.pool_avg_ahead import AvgPoolAhead
 from netc.compiler.optimizer.passes.pool_gap_gemm import GapGemmToConv
 from netc.compiler.optimizer.passes.pool_identity import IdentityPoolRemoval
@@ -42,6 +43,7 @@ PIPELINE: list[type[OptimizerPass]] = [
     CommonSubexpressionElimination,
     ConvBatchNormFusion,
     AffineFolding,
+    PadFolding,
     IdentityPoolRemoval,
     PoolMerge,
     AvgPoolAhead,
