@@ -20,6 +20,8 @@ TASK_METRICS = {"classification": "accuracy", "segmentation": "mean_iou", "embed
 # either means the validation figure when there is a validation split.
 METRICS = ("accuracy", "mean_iou", "loss", "val_accuracy", "val_mean_iou", "val_loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTATIONS = ("crop_padding", "hflip", "random_resized_crop")
+RESIZED_CROP = {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]}  # torchvision's defaults
 
 
 @dataclass
@@ -37,8 +39,14 @@ class TrainConfig:
     # {"mean": [...], "std": [...]} (one value, or one per channel), as a pretrained net expects
     normalize: bool | dict[str, list[float]] = True
     pca_whitening: bool = False
-    augment: dict[str, Any] = field(default_factory=lambda: {"crop_padding": 0, "hflip": False})
+    augment: dict[str, Any] = field(
+        default_factory=lambda: {"crop_padding": 0, "hflip": False, "random_resized_crop": None}
+    )
     balanced_sampling: bool = False
+    # layer-name patterns (netc.runtime.layer_patterns) frozen for the first `epochs`
+    # epochs, or the whole run when epochs is None
+    freeze: dict[str, Any] = field(default_factory=lambda: {"layers": [], "epochs": None})
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # pattern -> × lr
     metric: str | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -85,13 +93,13 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         )
     aug = Options(augment, "training.augment")
     for key in augment:
-        if key not in ("crop_padding", "hflip"):
+        if key not in AUGMENTATIONS:
             raise ConfigError(
                 f"training.augment.{key}",
                 "unknown augmentation",
-                expected="crop_padding or hflip",
+                expected=", ".join(AUGMENTATIONS),
                 found=f"'{key}'",
-                hint=did_you_mean(key, ("crop_padding", "hflip")),
+                hint=did_you_mean(key, AUGMENTATIONS),
             )
     return TrainConfig(
         epochs=read.number("epochs", 10, low=1, integer=True),
@@ -108,13 +116,98 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         augment={
             "crop_padding": aug.number("crop_padding", 0, low=0, integer=True),
             "hflip": aug.boolean("hflip", False),
+            "random_resized_crop": _resized_crop(augment.get("random_resized_crop")),
         },
         balanced_sampling=read.boolean("balanced_sampling", False),
+        freeze=_freeze(values.get("freeze")),
+        lr_multipliers=_lr_multipliers(values.get("lr_multipliers")),
         metric=_choice(values, "metric", METRICS, None),
         device=_device(values.get("device", "auto")),
         precision=_choice(values, "precision", PRECISIONS, "auto"),
         threads=read.number("threads", None, low=1, integer=True),
     )
+
+
+def _resized_crop(value: Any) -> dict[str, list[float]] | None:
+    """`training.augment.random_resized_crop`: true (torchvision's scale and ratio), false
+    or null (off), or {scale: [low, high], ratio: [low, high]}."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {key: list(v) for key, v in RESIZED_CROP.items()}
+    key = "training.augment.random_resized_crop"
+    if not isinstance(value, dict):
+        raise ConfigError(
+            key, "unknown value", expected="true, false or {scale, ratio}", found=describe(value)
+        )
+    for name in value:
+        if name not in RESIZED_CROP:
+            raise ConfigError(
+                f"{key}.{name}",
+                "unknown key",
+                expected="scale or ratio",
+                found=f"'{name}'",
+                hint=did_you_mean(str(name), RESIZED_CROP),
+            )
+    read = Options(value, key)
+    scale = read.numbers("scale", RESIZED_CROP["scale"], length=2, low=0, high=1, low_open=True)
+    ratio = read.numbers("ratio", RESIZED_CROP["ratio"], length=2, low=0, low_open=True)
+    for name, (low, high) in (("scale", scale), ("ratio", ratio)):
+        if low > high:
+            raise ConfigError(
+                f"{key}.{name}", "low above high", expected="[low, high]", found=f"[{low}, {high}]"
+            )
+    return {"scale": scale, "ratio": ratio}
+
+
+def _patterns(value: Any, key: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise ConfigError(
+            key,
+            "must be layer-name patterns",
+            expected="a pattern or a list of them, e.g. [conv1, bn1, 'layer*']",
+            found=describe(value),
+        )
+    return list(items)
+
+
+def _freeze(value: Any) -> dict[str, Any]:
+    """`training.freeze`: patterns (frozen all run) or {layers: patterns, epochs: N}."""
+    if value is None:
+        return {"layers": [], "epochs": None}
+    if not isinstance(value, dict):
+        return {"layers": _patterns(value, "training.freeze"), "epochs": None}
+    for key in value:
+        if key not in ("layers", "epochs"):
+            raise ConfigError(
+                f"training.freeze.{key}",
+                "unknown key",
+                expected="layers and epochs",
+                found=f"'{key}'",
+                hint=did_you_mean(str(key), ("layers", "epochs")),
+            )
+    if "layers" not in value:
+        raise ConfigError("training.freeze.layers", "missing", expected="layer-name patterns")
+    epochs = Options(value, "training.freeze").number("epochs", None, low=1, integer=True)
+    return {"layers": _patterns(value["layers"], "training.freeze.layers"), "epochs": epochs}
+
+
+def _lr_multipliers(value: Any) -> dict[str, float]:
+    """`training.lr_multipliers`: {pattern: factor of the lr} (Caffe's lr_mult)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            "training.lr_multipliers",
+            "must be a mapping",
+            expected="{layer pattern: factor}, e.g. {'layer*': 0.1}",
+            found=describe(value),
+        )
+    read = Options(value, "training.lr_multipliers")
+    return {str(pattern): read.number(pattern, 1.0, low=0) for pattern in value}
 
 
 NAMED_NORMALIZATIONS = {  # torchvision's and timm's ImageNet statistics, of pixels in [0, 1]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from netc.errors import ConfigError, InternalError, UserError
+from netc.runtime.layer_patterns import multiplier_for
 from netc.runtime.options import Options, parse_typed
 
 _COMMON = ("lr", "weight_decay", "decay_norm_and_bias")
@@ -35,30 +36,47 @@ DEFAULT_LR = {"sgd": 0.01, "rmsprop": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
 
 def _param_groups(
-    module: torch.nn.Module, weight_decay: float, decay_all: bool
+    module: torch.nn.Module,
+    weight_decay: float,
+    decay_all: bool,
+    lr: float,
+    multipliers: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Trainable parameters in a decayed group and an undecayed one (biases and
-    normalisation scales/shifts: every parameter of at most one dimension, as timm does)."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+    normalisation scales/shifts: every parameter of at most one dimension, as timm does),
+    per lr multiplier (`multipliers`: layer pattern -> factor; the factor-1 groups first,
+    so group 0's lr is the run's)."""
+    split: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         exempt = param.ndim <= 1 or name.endswith(".bias")
-        (no_decay if exempt and not decay_all else decay).append(param)
-    if not decay and not no_decay:
+        decayed = weight_decay != 0 and not (exempt and not decay_all)
+        factor = multiplier_for(name, multipliers or {})
+        split.setdefault((factor, decayed), []).append(param)
+    if not split:
         raise UserError("nothing to train: every parameter of the network is frozen")
-    if weight_decay == 0:
-        return [{"params": decay + no_decay, "weight_decay": 0.0}]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+    # factor 1 first, then factors as first met; within one, the decayed group first
+    factors = list(dict.fromkeys(factor for factor, _ in split))
+    order = sorted(split, key=lambda key: (key[0] != 1.0, factors.index(key[0]), not key[1]))
+    groups = []
+    for factor, decayed in order:
+        group: dict[str, Any] = {
+            "params": split[(factor, decayed)],
+            "weight_decay": weight_decay if decayed else 0.0,
+        }
+        if multipliers:
+            group.update(lr=lr * factor, lr_multiplier=factor)
+        groups.append(group)
+    return groups
 
 
 def build_optimizer(
-    module: torch.nn.Module, config: dict[str, Any] | str | None, *, key: str = "training.optimizer"
+    module: torch.nn.Module,
+    config: dict[str, Any] | str | None,
+    *,
+    key: str = "training.optimizer",
+    lr_multipliers: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer a `training.optimizer` setting names, over the trainable parameters.
 
@@ -71,13 +89,14 @@ def build_optimizer(
 
     Unset, it is sgd. Frozen parameters (requires_grad false) are left out.
     Weight decay skips biases and normalisation parameters (1-D) unless
-    `decay_norm_and_bias: true`; the decayed parameters are group 0.
+    `decay_norm_and_bias: true`. `lr_multipliers` ({layer pattern: factor}, as
+    Caffe's lr_mult) give the layers they pick `factor` × lr, kept through schedules.
     """
     kind, options = parse_typed(config, key, types=OPTIMIZERS, default="sgd", what="optimizer")
     lr = options.number("lr", DEFAULT_LR[kind], low=0, low_open=True)
     weight_decay = options.number("weight_decay", 0.01 if kind == "adamw" else 0.0, low=0)
     decay_all = options.boolean("decay_norm_and_bias", False)
-    groups = _param_groups(module, weight_decay, decay_all)
+    groups = _param_groups(module, weight_decay, decay_all, lr, lr_multipliers)
     if kind == "sgd":
         momentum = options.number("momentum", 0.9, low=0, high=1, high_open=True)
         nesterov = options.boolean("nesterov", False)
@@ -136,9 +155,10 @@ class Schedule:
     def set_base_lr(self, lr: float) -> None:
         """Give every group the base lr `lr` from now on (an explicit --lr on resume); the
         steps and epochs done are kept, so warm-up and decay continue from where they were."""
-        self.base_lrs = [float(lr)] * len(self.optimizer.param_groups)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = float(lr)
+        groups = self.optimizer.param_groups
+        self.base_lrs = [float(lr) * group.get("lr_multiplier", 1.0) for group in groups]
+        for group, base_lr in zip(groups, self.base_lrs):
+            group["initial_lr"] = base_lr
         self._apply()
 
     def replan(self, end_step: int) -> str:

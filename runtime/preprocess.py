@@ -7,6 +7,7 @@ normalisation, optional ZCA whitening.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,7 +200,12 @@ class Augment:
     gives the same batch on any device.
     """
 
-    def __init__(self, crop_padding: int = 0, hflip: bool = False) -> None:
+    def __init__(
+        self,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        resized_crop: dict[str, list[float]] | None = None,
+    ) -> None:
         if crop_padding < 0:
             raise ConfigError(
                 "training.augment.crop_padding",
@@ -209,15 +215,25 @@ class Augment:
             )
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
+        self.resized_crop = resized_crop
 
     def __repr__(self) -> str:
-        return f"Augment(crop_padding={self.crop_padding}, hflip={self.hflip})"
+        return (
+            f"Augment(crop_padding={self.crop_padding}, hflip={self.hflip}, "
+            f"resized_crop={self.resized_crop})"
+        )
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = images.shape
         masks = targets.dim() == 3 and tuple(targets.shape) == (n, h, w)
+        if self.resized_crop is not None and n > 0:
+            boxes = crop_boxes(n, h, w, self.resized_crop, generator).to(images.device)
+            images = resized_crops(images, boxes, "bilinear")
+            if masks:
+                targets = resized_crops(targets[:, None].float(), boxes, "nearest")[:, 0]
+                targets = targets.round().long()
         if self.crop_padding > 0 and n > 0:
             p = self.crop_padding
             shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
@@ -232,6 +248,56 @@ class Augment:
             if masks:
                 targets = torch.where(flip.view(n, 1, 1), targets.flip(-1), targets)
         return images, targets
+
+
+def crop_boxes(
+    n: int, h: int, w: int, settings: dict[str, list[float]], generator: torch.Generator
+) -> torch.Tensor:
+    """(N, 4) boxes (top, left, height, width) as torchvision's RandomResizedCrop draws
+    them: an area fraction uniform in `scale`, an aspect ratio log-uniform in `ratio`,
+    up to 10 tries for a box that fits, else the centred box of the ratio nearest the
+    image's (the whole image when it is within `ratio`)."""
+    (low, high), (ratio_low, ratio_high) = settings["scale"], settings["ratio"]
+    log_low, log_high = math.log(ratio_low), math.log(ratio_high)
+    boxes = []
+    for _ in range(n):
+        for _ in range(10):
+            area = h * w * (low + (high - low) * float(torch.rand(1, generator=generator)))
+            ratio = math.exp(
+                log_low + (log_high - log_low) * float(torch.rand(1, generator=generator))
+            )
+            width = round(math.sqrt(area * ratio))
+            height = round(math.sqrt(area / ratio))
+            if 0 < width <= w and 0 < height <= h:
+                top = int(torch.randint(0, h - height + 1, (1,), generator=generator))
+                left = int(torch.randint(0, w - width + 1, (1,), generator=generator))
+                boxes.append((top, left, height, width))
+                break
+        else:
+            aspect = w / h
+            if aspect < ratio_low:
+                width, height = w, round(w / ratio_low)
+            elif aspect > ratio_high:
+                width, height = round(h * ratio_high), h
+            else:
+                width, height = w, h
+            boxes.append(((h - height) // 2, (w - width) // 2, height, width))
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each (C, H, W) sample's box, resized back to (H, W): one `grid_sample` for the
+    batch. Output pixel centre u in [-1, 1] (align_corners=False) reads input
+    coordinate centre + u · half-size, in the normalised coordinates of the input."""
+    n, _, h, w = x.shape
+    top, left, height, width = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = width / w
+    theta[:, 0, 2] = (2 * left + width) / w - 1
+    theta[:, 1, 1] = height / h
+    theta[:, 1, 2] = (2 * top + height) / h - 1
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def _crop(padded: torch.Tensor, offsets: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from netc.runtime import distributed as distrib
 from netc.runtime.batches import check_batch_statistics, epoch_batches, say_left_out
 from netc.runtime.config import TASK_METRICS, TrainConfig
 from netc.runtime.finetune import load_weights
+from netc.runtime.layer_patterns import Freeze, check_patterns
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
@@ -144,6 +145,7 @@ class Session:
     writer: Any = None
     skipped_steps: int = 0  # optimizer steps skipped in a row for a non-finite gradient
     seconds_before: float = 0.0  # the resumed run's training time so far
+    freeze: Freeze | None = None  # layers frozen by training.freeze
 
     @classmethod
     def start(
@@ -173,7 +175,18 @@ class Session:
         if device.type == "cuda":
             # Module.to documents memory_format; its typed overloads leave it out
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimizer = build_optimizer(module, config.optimizer)
+        freeze = Freeze.select(module, config.freeze["layers"], config.freeze["epochs"])
+        if freeze.layers and freeze.epochs is not None and world.distributed:
+            raise ConfigError(
+                "training.freeze.epochs",
+                "a freeze for the first epochs is not supported with several processes "
+                "(DDP fixes the trained parameters when it starts)",
+                hint="freeze for the whole run (drop epochs), or train in one process",
+            )
+        if freeze.epochs is None:
+            freeze.apply(None)  # as trainable: false: left out of the optimizer
+        check_patterns(module, list(config.lr_multipliers), "training.lr_multipliers")
+        optimizer = build_optimizer(module, config.optimizer, lr_multipliers=config.lr_multipliers)
         schedule = build_scheduler(
             optimizer,
             config.schedule,
@@ -198,6 +211,7 @@ class Session:
             scaler=scaler,
             metric=_metric(config.metric, task),
             quiet=quiet,
+            freeze=freeze,
         )
         if stored is not None:
             session.restore(stored, lr)
@@ -257,6 +271,8 @@ class Session:
         config, world = self.run.config, self.world
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout: same masks on resume
         generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch)
+        if self.freeze is not None and self.freeze.epochs is not None:
+            self.freeze.apply(epoch)
         _train_mode(self.module)
         images, targets = self.run.train_set.images, self.run.train_set.targets
         balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
@@ -267,7 +283,11 @@ class Session:
             targets if balanced else None,
             config.seed * 1_000_037 + epoch,
         )
-        augment = Augment(config.augment["crop_padding"], config.augment["hflip"])
+        augment = Augment(
+            config.augment["crop_padding"],
+            config.augment["hflip"],
+            config.augment.get("random_resized_crop"),
+        )
         progress = Progress(
             len(batches), f"epoch {epoch}/{config.epochs}", enabled=not self.quiet and world.is_main
         )

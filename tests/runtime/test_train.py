@@ -431,8 +431,8 @@ def _recording_lrs(monkeypatch):
     build = session.build_optimizer
     used = []
 
-    def recording(module, config):
-        optimizer = build(module, config)
+    def recording(module, config, **options):
+        optimizer = build(module, config, **options)
         optimizer.register_step_pre_hook(
             lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"])
         )
