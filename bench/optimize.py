@@ -21,6 +21,8 @@ tinyseg on shapes, each calibration method) on their validation splits.
 `--provider cuda` runs the latency rows on the CUDA provider and adds fp16.
 
     .venv/bin/python bench/optimize.py [--runs 30]
+    .venv/bin/python bench/optimize.py --peers [--runs 20] [--peer-models timm/ghostnet_100,...]
+        (netc beside onnxslim and onnx-simplifier on timm models and the zoo: optimize_peers.py)
     .venv/bin/python bench/optimize.py --int8 [--runs 20] [--runs-dir bench/runs]
         [--provider cpu|cuda] [--models lenet5,resnet18,googlenet,densenet121]
 """
@@ -224,7 +226,17 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(INT8_MODELS))
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "runs")
     parser.add_argument("--no-accuracy", action="store_true", help="--int8: latency rows only")
+    parser.add_argument(
+        "--peers", action="store_true", help="timm and zoo models beside onnxslim and onnxsim"
+    )
+    parser.add_argument("--peer-models", help="--peers: only these (timm/NAME or zoo/NAME)")
     args = parser.parse_args()
+    if args.peers:
+        import optimize_peers
+
+        set_threads(args.threads)
+        optimize_peers.run(args.runs, session, latency, LEVELS, zoo_export, args.peer_models)
+        return
     if args.int8:
         int8_latency(args.models.split(","), args.runs, args.provider)
         if not args.no_accuracy:

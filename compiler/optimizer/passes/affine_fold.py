@@ -41,6 +41,8 @@ class AffineFolding(OptimizerPass):
     3. Chains: E₂(E₁(x, c₁), c₂) = x·(s₁s₂) + (t₁s₂ + t₂), a chain of n ≥ 2
        such nodes becomes one node when the result is a pure scale or shift,
        else Mul then Add; only when that makes the chain shorter.
+    Kept: the Mul by ½ that completes a Gelu (x·(1 + erf(x/√2))·½, or its
+    tanh form), so that onnxruntime still fuses the pattern into one op.
     Preconditions, refused with the reason: c is a float constant that does
     not broadcast x to a larger shape (its rank at most x's, each dim 1 or
     x's); the layer's output (the elementwise output in case 2) feeds only
@@ -59,6 +61,11 @@ class AffineFolding(OptimizerPass):
                 continue
             side = _affine_side(node)
             if side is None:
+                if _completes_gelu(node):
+                    self.refuse(
+                        f"{label(node, with_op=True)} kept: it completes a Gelu pattern, "
+                        "which onnxruntime fuses into one op"
+                    )
                 continue
             index, affine_arrays = side
             x = node.inputs[index]
@@ -242,7 +249,7 @@ class AffineFolding(OptimizerPass):
 def _affine_side(node: ir.Node) -> tuple[int, tuple[np.ndarray, np.ndarray]] | None:
     """(index of the variable input, (scale, shift) in float64) when `node` is x·s + t with
     a float constant, else None."""
-    if len(node.inputs) != 2 or len(node.outputs) != 1:
+    if len(node.inputs) != 2 or len(node.outputs) != 1 or _completes_gelu(node):
         return None
     a, b = (constant(v) for v in node.inputs)
     if isinstance(a, str) == isinstance(b, str):
@@ -265,6 +272,26 @@ def _affine_side(node: ir.Node) -> tuple[int, tuple[np.ndarray, np.ndarray]] | N
     if op == "Sub":
         return index, ((np.ones(()), -c) if index == 0 else (-np.ones(()), c))
     return None
+
+
+def _completes_gelu(node: ir.Node) -> bool:
+    """True for the Mul by ½ that ends x·(1 + erf(x/√2))·½ (or the tanh form): folded
+    away, it would leave a pattern onnxruntime no longer fuses into one Gelu op."""
+    if node.op_type != "Mul":
+        return False
+    for value in node.inputs:
+        product = value.producer() if value is not None else None
+        if product is None or product.op_type != "Mul":
+            continue
+        for factor in product.inputs:
+            one_plus = factor.producer() if factor is not None else None
+            if one_plus is None or one_plus.op_type != "Add":
+                continue
+            for term in one_plus.inputs:
+                inner = term.producer() if term is not None else None
+                if inner is not None and inner.op_type in ("Erf", "Tanh"):
+                    return True
+    return False
 
 
 def _is_matmul_add(add: ir.Node) -> bool:

@@ -148,3 +148,23 @@ def test_a_chain_that_would_broadcast_its_input_larger_is_kept():
     assert ops(optimized)["Mul"] == 2
     assert any("broadcast" in r for r in reports[0].refusals)
     assert_same(model, optimized)
+
+
+def test_the_half_that_ends_a_gelu_stays_for_onnxruntime_to_fuse():
+    # Gelu exported in pieces, then a 1x1 conv: folding the ½ into the conv would be
+    # correct (case 2) but would leave onnxruntime a pattern it no longer fuses.
+    g = GraphBuilder()
+    x = g.input("x", [1, 4, 6, 6])
+    y = g.conv(x, 4, 4, k=1)
+    erf = g.node("Erf", [g.node("Div", [y, g.const("root2", np.float32(np.sqrt(2)))])])
+    gelu = g.node(
+        "Mul",
+        [
+            g.node("Mul", [y, g.node("Add", [erf, g.const("one", np.float32(1))])]),
+            g.const("half", np.float32(0.5)),
+        ],
+    )
+    model = g.build(g.conv(gelu, 4, 4, k=1))
+    optimized, reports = optimize(model, *PASSES)
+    assert ops(optimized) == ops(model)
+    assert any("completes a Gelu pattern" in r for r in reports[0].refusals)
