@@ -81,12 +81,13 @@ class _Gathering:
     are counted as they come, and the worker is woken only once they could complete the
     batch (or at its deadline): one wake-up per batch, not one per arrival."""
 
-    __slots__ = ("group", "key", "size", "waiter")
+    __slots__ = ("group", "key", "requests", "size", "waiter")
 
     def __init__(
         self, key: tuple, group: list[_Pending], size: int, waiter: asyncio.Future
     ) -> None:
         self.key, self.group, self.size, self.waiter = key, group, size, waiter
+        self.requests = len(group)  # the group's requests and those arrived since
 
 
 class Batcher:
@@ -161,7 +162,7 @@ class Batcher:
                     f"model '{self.name}': queue is full ({self.max_queue} requests "
                     "waiting); retry later"
                 )
-        self.patience.arrived(loop.time(), not self.queue and not self.taken)
+        self.patience.arrived(loop.time(), len(self.queue) + sum(map(len, self.taken)))
         pending = _Pending(inputs, batch, key, loop.create_future(), deadline, times, owned)
         if self.queue and self.queued_bytes + pending.nbytes > MAX_QUEUE_BYTES:
             raise QueueFull(
@@ -178,7 +179,10 @@ class Batcher:
         for gathering in self.gatherings:
             if gathering.key == key:
                 gathering.size += batch
-                if self.patience.complete(gathering.size):
+                gathering.requests += 1
+                if self.patience.complete(gathering.size) or self.patience.everyone_in(
+                    gathering.requests
+                ):
                     _wake(gathering.waiter)
         return pending.future
 
@@ -247,7 +251,7 @@ class Batcher:
         group: list[_Pending] = []
         self.taken.append(group)  # until _work_once has answered it
         size = self._take(first, group, 0)
-        wait_s = self.patience.wait_s(size)
+        wait_s = 0.0 if self.patience.everyone_in(len(group)) else self.patience.wait_s(size)
         if wait_s > 0:
             await self._gather(first, group, size, wait_s)
         return group

@@ -12,6 +12,7 @@ from __future__ import annotations
 AUTO_MAX_DELAY_S = 0.001  # the longest `auto` makes a request wait for company
 IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not load
 FRUITLESS_WAITS = 2  # waits that brought nobody before `auto` stops waiting
+PEAK_DECAY = 1 / 32  # how fast `auto` forgets a peak of concurrent requests, per arrival
 INLINE_NS = 1_000_000  # batches expected to run faster than this skip the worker thread
 
 
@@ -33,8 +34,13 @@ class Patience:
         """How long a batch of `size` samples may wait for company."""
         raise NotImplementedError
 
-    def arrived(self, now: float, idle: bool) -> None:
-        """A request arrived at `now` (seconds); `idle`: nothing else was queued,
+    def everyone_in(self, requests: int) -> bool:
+        """Whether a batch of `requests` requests already holds every client that could
+        join it (so waiting for company only adds latency); this base never knows."""
+        return False
+
+    def arrived(self, now: float, others: int) -> None:
+        """A request arrived at `now` (seconds) while `others` requests were queued,
         gathering or running."""
 
     def gathered(self, found_company: bool) -> None:
@@ -60,7 +66,7 @@ class AutoDelay(Patience):
     arrival rate needs to fill the batch, at most `max_delay_s`.
 
     1. Clients are concurrent once a request arrives while others are queued, gathering
-       or running (`arrived(idle=False)`); they stop being so after `FRUITLESS_WAITS`
+       or running (`arrived(others > 0)`); they stop being so after `FRUITLESS_WAITS`
        waits that brought nobody, counted since that last arrival. A lone client never
        waits, so batching costs it no latency; the gain under concurrent load is in
        bench/README.md ("bench/serve.py").
@@ -69,9 +75,21 @@ class AutoDelay(Patience):
        rather than as a slow rate.
     3. A batch of `size` waits `(max_batch - size) * gap`: the time the remaining
        places take to arrive at the recent rate, capped at `max_delay_s`.
+    4. A batch stops waiting once it holds as many requests as were recently in the
+       server at once (`peak`: the most seen at an arrival, forgotten by `PEAK_DECAY`
+       an arrival): with N synchronous clients, a batch of N has nobody left to wait
+       for, and waiting on for places N+1..max_batch only delays all N (two clients of a
+       small model were slower than one, bench/README.md "perf_analyzer").
     """
 
-    __slots__ = ("fruitless_waits", "gap_s", "idle_gap_s", "last_arrival", "max_delay_s")
+    __slots__ = (
+        "fruitless_waits",
+        "gap_s",
+        "idle_gap_s",
+        "last_arrival",
+        "max_delay_s",
+        "peak",
+    )
 
     def __init__(
         self,
@@ -88,6 +106,7 @@ class AutoDelay(Patience):
         # Waits that brought nobody since the last arrival that found company; it starts
         # at the limit: not concurrent until one does.
         self.fruitless_waits = FRUITLESS_WAITS
+        self.peak = 1.0  # Case 4: the most requests recently in the server at once
 
     @property
     def concurrent(self) -> bool:
@@ -100,9 +119,13 @@ class AutoDelay(Patience):
             return 0.0
         return min(self.max_delay_s, (self.max_batch - size) * self.gap_s)  # Case 3
 
-    def arrived(self, now: float, idle: bool) -> None:
-        if not idle:  # Case 1: others queued, gathering or running
+    def everyone_in(self, requests: int) -> bool:
+        return requests >= self.peak  # Case 4
+
+    def arrived(self, now: float, others: int) -> None:
+        if others:  # Case 1: others queued, gathering or running
             self.fruitless_waits = 0
+        self.peak = max(others + 1, self.peak - PEAK_DECAY)  # Case 4
         if self.last_arrival is not None:  # Case 2
             gap = min(now - self.last_arrival, self.idle_gap_s)
             self.gap_s = 0.8 * self.gap_s + 0.2 * gap

@@ -129,6 +129,32 @@ def test_auto_stops_waiting_when_the_concurrent_clients_go():
     assert not asyncio.run(scenario()).patience.concurrent
 
 
+def test_auto_does_not_hold_a_batch_that_has_every_synchronous_client():
+    """Two clients that each send their next request when answered: once both are in a
+    batch nobody else can come, so the batch runs at once instead of waiting out the
+    1 ms cap for places 3 to 16 (which made two clients slower than one)."""
+
+    async def client(batcher: Batcher, index: int, count: int) -> None:
+        for i in range(count):
+            await asyncio.sleep(0.0002)  # the client's own turnaround
+            result = await batcher.submit(_request(float(index * 100 + i)), 1, ("x",), None)
+            assert float(result["y"][0, 0]) == 2.0 * (index * 100 + i)
+
+    async def scenario():
+        batcher = _batcher(_double, delay_s=None)
+        try:
+            await asyncio.gather(client(batcher, 0, 40), client(batcher, 1, 40))
+            return batcher
+        finally:
+            await batcher.close()
+
+    batcher = asyncio.run(scenario())
+    assert batcher.patience.everyone_in(2) and not batcher.patience.everyone_in(1)
+    assert max(batcher.stats.batch_sizes) == 2  # it batches them ...
+    # ... without waiting out the cap: the mean queue time would be about 1 ms
+    assert batcher.stats.queue.ns / batcher.stats.queue.count < 400_000
+
+
 class _RecordingPatience(FixedDelay):
     """Waits 1 ms for company in batches of 2, and records what the batcher tells it."""
 
@@ -139,8 +165,8 @@ class _RecordingPatience(FixedDelay):
         self.idle: list[bool] = []
         self.found: list[bool] = []
 
-    def arrived(self, now: float, idle: bool) -> None:
-        self.idle.append(idle)
+    def arrived(self, now: float, others: int) -> None:
+        self.idle.append(others == 0)
 
     def gathered(self, found_company: bool) -> None:
         self.found.append(found_company)

@@ -4,6 +4,7 @@ import pytest
 
 from netc.serving.batching_policy import (
     FRUITLESS_WAITS,
+    PEAK_DECAY,
     AutoDelay,
     FixedDelay,
     RunCost,
@@ -14,7 +15,7 @@ from netc.serving.batching_policy import (
 def _concurrent(auto: AutoDelay, *times: float) -> AutoDelay:
     """Arrivals at `times`, each while others are queued: the clients are concurrent."""
     for now in times:
-        auto.arrived(now, idle=False)
+        auto.arrived(now, others=1)
     return auto
 
 
@@ -27,7 +28,7 @@ def test_fixed_delay_waits_its_delay_unless_the_batch_is_complete():
     fixed = FixedDelay(8, (4,), 0.005)
     assert [fixed.wait_s(size) for size in (1, 3, 4, 5, 8)] == [0.005, 0.005, 0.0, 0.005, 0.0]
     for now in (0.0, 0.0001, 0.0002):  # it learns nothing from arrivals or waits
-        fixed.arrived(now, idle=False)
+        fixed.arrived(now, others=1)
     fixed.gathered(found_company=False)
     assert fixed.wait_s(1) == 0.005
 
@@ -49,7 +50,7 @@ def test_the_configuration_picks_the_policy():
 def test_auto_never_makes_a_lone_client_wait():
     auto = AutoDelay(16, ())
     for i in range(100):  # back to back, but each finds nothing else queued or running
-        auto.arrived(i * 0.0001, idle=True)
+        auto.arrived(i * 0.0001, others=0)
     assert not auto.concurrent and auto.wait_s(1) == 0.0
 
 
@@ -70,6 +71,25 @@ def test_auto_does_not_wait_with_a_complete_batch():
     assert auto.wait_s(8) == 0.0 and auto.wait_s(16) == 0.0 and auto.wait_s(7) > 0
 
 
+def test_auto_knows_a_batch_holding_every_concurrent_request_is_complete():
+    auto = AutoDelay(16, ())
+    assert auto.everyone_in(1)  # before any concurrency: one is everyone
+    auto.arrived(0.0, others=0)
+    auto.arrived(0.0001, others=2)  # three requests in the server at once
+    assert auto.peak == 3
+    assert not auto.everyone_in(2) and auto.everyone_in(3)
+    for i in range(2, 40):  # then a single client: the peak is forgotten, gradually
+        auto.arrived(i * 0.001, others=0)
+    assert auto.peak == pytest.approx(3 - 38 * PEAK_DECAY)
+    assert auto.everyone_in(2) and not auto.everyone_in(1)
+
+
+def test_fixed_delay_never_cuts_its_wait_short_for_concurrency():
+    fixed = FixedDelay(16, (), 0.005)
+    fixed.arrived(0.0, others=1)
+    assert not fixed.everyone_in(2) and not fixed.everyone_in(100)
+
+
 def test_auto_reads_a_long_pause_as_idleness_not_a_slow_rate():
     auto = _concurrent(AutoDelay(16, (), idle_gap_s=0.01), 0.0, 100.0)
     assert auto.gap_s == pytest.approx(0.01)  # the 100 s gap counted as 10 ms
@@ -84,7 +104,7 @@ def test_auto_stops_waiting_after_waits_that_brought_nobody():
     assert auto.concurrent
     auto.gathered(found_company=False)
     assert not auto.concurrent and auto.wait_s(1) == 0.0
-    auto.arrived(0.0002, idle=False)  # a request finds others again: concurrent again
+    auto.arrived(0.0002, others=1)  # a request finds others again: concurrent again
     assert auto.concurrent and auto.wait_s(1) > 0
 
 
@@ -92,7 +112,7 @@ def test_an_arrival_with_company_forgives_earlier_fruitless_waits():
     auto = _concurrent(AutoDelay(16, ()), 0.0)
     for _ in range(FRUITLESS_WAITS - 1):
         auto.gathered(found_company=False)
-    auto.arrived(0.0001, idle=False)
+    auto.arrived(0.0001, others=1)
     auto.gathered(found_company=False)
     assert auto.concurrent
 
