@@ -151,21 +151,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_SERVICES):  # Rules 1 and 2
             return handler
         token = bearer_token(details.invocation_metadata)
+        refused = self.refusal(token, method.rsplit("/", 1)[-1], admin_call=method in ADMIN_METHODS)
+        return handler if refused is None else _refusal(handler, *refused)
+
+    def refusal(
+        self, token: str | None, call: str, *, admin_call: bool, header: str = "metadata"
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call bringing `token` is refused (its status and message), or None to let
+        it through: Rules 3 and 4, for gRPC and the REST port (serving/http/) alike.
+        `call` names the call; `admin_call`: it loads or unloads models; `header` is what
+        carries the token on the caller's protocol (for the message)."""
         is_admin = self.admin is not None and self.admin.accepts(token)
-        if method in ADMIN_METHODS and self.admin is not None:  # Rule 3
+        if admin_call and self.admin is not None:  # Rule 3
             if is_admin:
-                return handler
+                return None
             if self.tokens is not None and self.tokens.accepts(token):
-                return _refusal(
-                    handler,
+                return (
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"{method.rsplit('/', 1)[-1]} needs an admin token; this token may "
-                    "not load or unload models",
+                    f"{call} needs an admin token; this token may not load or unload models",
                 )
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, _unauthenticated(token))
+            return grpc.StatusCode.UNAUTHENTICATED, _unauthenticated(token, header)
         if self.tokens is None or is_admin or self.tokens.accepts(token):  # Rule 4
-            return handler
-        return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, _unauthenticated(token))
+            return None
+        return grpc.StatusCode.UNAUTHENTICATED, _unauthenticated(token, header)
 
 
 def from_options(options) -> AuthInterceptor | None:
@@ -181,8 +189,10 @@ def from_options(options) -> AuthInterceptor | None:
     )
 
 
-def _unauthenticated(token: str | None) -> str:
+def _unauthenticated(token: str | None, header: str = "metadata") -> str:
     if token is None:
+        if header != "metadata":  # the REST port
+            return f"this server needs a token: send the {header} 'Authorization: Bearer <token>'"
         return (
             "this server needs a token: send the metadata 'authorization: Bearer <token>' "
             "(netc infer --token-file FILE, or NETC_TOKEN)"

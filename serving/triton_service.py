@@ -132,10 +132,10 @@ def _tensor_metadata(spec, batched: bool) -> pb.ModelMetadataResponse.TensorMeta
     )
 
 
-def _timeout(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
-    """Seconds left: the gRPC deadline or the request's `timeout` parameter (µs), if any."""
+def _timeout(request: pb.ModelInferRequest, remaining: float | None) -> float | None:
+    """Seconds left: the call's deadline (`remaining`: gRPC's time_remaining(), None for
+    HTTP) or the request's `timeout` parameter (µs), whichever is sooner, if any."""
     limits = []
-    remaining = context.time_remaining()
     if remaining is not None:
         limits.append(remaining)
     if request.parameters and "timeout" in request.parameters:
@@ -221,6 +221,12 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
 
+    async def call(self, name: str, request):
+        """The answer of the unary handler `name` (ServerMetadata, ModelConfig, ...) to
+        `request`, for another front end (the REST port, serving/http/): the same code
+        without gRPC's context, so a failure is the exception it raised."""
+        return await getattr(type(self), name).__wrapped__(self, request, None)
+
     # Health and metadata.
 
     @_unary
@@ -285,20 +291,22 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self,
         request: pb.ModelInferRequest,
-        context: grpc.aio.ServicerContext,
+        remaining: float | None,
         encode: Callable[[pb.ModelInferResponse], T],
         start: int | None = None,
     ) -> T:
-        """Check, queue and run one request (ModelInfer's and each of ModelStreamInfer's).
-        Once the model is known, the request's times from `start` (when it arrived) to its
-        answer `encode`d go to the model's stats, its failure's status too."""
+        """Check, queue and run one request (ModelInfer's, each of ModelStreamInfer's and
+        the REST port's, serving/http/): `remaining` is the call's deadline in seconds
+        (None: no deadline). Once the model is known, the request's times from `start`
+        (when it arrived) to its answer `encode`d go to the model's stats, its failure's
+        status too."""
         start = time.perf_counter_ns() if start is None else start
         model = self.repository.get(request.model_name, request.model_version)
         times = model.stats.begin(start)
         try:
             _check_parameters(request)
             wanted = _requested_outputs(request, model)
-            timeout = _timeout(request, context)
+            timeout = _timeout(request, remaining)
             results = await model.queue(model.checked(request), timeout=timeout, times=times)
             times.ran = time.perf_counter_ns()  # encoding starts: compute_output
             answer = encode(_response(model, request.id, wanted, results))
@@ -319,7 +327,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidRequest(
                     f"the request is not a valid inference.ModelInferRequest ({exc})"
                 ) from None
-            return await self._infer(request, context, _serialize, start)
+            return await self._infer(request, context.time_remaining(), _serialize, start)
         except Exception as exc:  # every failure becomes a status
             error = exc
         await abort(context, error, "ModelInfer")
@@ -328,7 +336,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStreamInferResponse:
         try:
-            return await self._infer(request, context, _in_stream)
+            return await self._infer(request, context.time_remaining(), _in_stream)
         except Exception as exc:  # an error answers this request, not the stream
             code, message = failure(exc, "ModelStreamInfer")
             return pb.ModelStreamInferResponse(

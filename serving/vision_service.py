@@ -113,10 +113,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     # -- RPCs: each one catches everything and answers with a status code
 
     async def Classify(self, request, context):
-        return await self._answer(self._classify(request, context), context, "Classify")
+        work = self.classify(request, context.time_remaining())
+        return await self._answer(work, context, "Classify")
 
     async def Segment(self, request, context):
-        return await self._answer(self._segment(request, context), context, "Segment")
+        return await self._answer(
+            self.segment(request, context.time_remaining()), context, "Segment"
+        )
 
     async def ListModels(self, request, context):
         return await self._answer(self._list_models(), context, "ListModels")
@@ -128,7 +131,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             error = exc
         await abort(context, error, call)
 
-    # -- the work
+    # -- the work, shared with the REST port (serving/http/vision_routes.py): a request
+    # message in, its answer out, a ServingError for a bad request; `remaining` is the
+    # call's deadline in seconds (None: none)
 
     def _model(self, request, task: str) -> VisionModel:
         if not request.model:
@@ -157,10 +162,12 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 raise
             raise type(exc)(f"image {index}: {exc}") from None
 
-    async def _run(self, vision: VisionModel, tensor: np.ndarray, request, context) -> np.ndarray:
+    async def _run(
+        self, vision: VisionModel, tensor: np.ndarray, request, remaining: float | None
+    ) -> np.ndarray:
         inputs = {vision.image.name: tensor}
         try:
-            outputs = vision.model.infer(inputs, timeout=context.time_remaining())
+            outputs = vision.model.infer(inputs, timeout=remaining)
         except ModelUnavailable:
             # Reloaded while the picture was decoding: the new version takes the request if
             # it wants the same input prepared the same way.
@@ -168,10 +175,12 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             if current.model is vision.model or not _prepared_alike(current.model, vision.model):
                 raise
             vision = current
-            outputs = vision.model.infer(inputs, timeout=context.time_remaining())
+            outputs = vision.model.infer(inputs, timeout=remaining)
         return (await outputs)[vision.output]
 
-    async def _classify(self, request, context):
+    async def classify(
+        self, request: vision_pb2.ClassifyRequest, remaining: float | None = None
+    ) -> vision_pb2.ClassifyResponse:
         vision = self._model(request, "classification")
         if request.top_k < 0:
             raise InvalidRequest(f"top_k must be >= 0 (0: {DEFAULT_TOP_K}), found {request.top_k}")
@@ -198,7 +207,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             *(self._prepare(image, vision, i) for i, image in enumerate(request.images))
         )
         outputs = await asyncio.gather(
-            *(self._run(vision, p.tensor, request, context) for p in prepared)
+            *(self._run(vision, p.tensor, request, remaining) for p in prepared)
         )
         response = vision_pb2.ClassifyResponse(
             model=vision.model.name, version=vision.model.version
@@ -214,7 +223,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
         return response
 
-    async def _segment(self, request, context):
+    async def segment(
+        self, request: vision_pb2.SegmentRequest, remaining: float | None = None
+    ) -> vision_pb2.SegmentResponse:
         vision = self._model(request, "segmentation")
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
@@ -224,7 +235,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         prepared = await self._prepare(request.image, vision)
         if request.return_scores and known:
             self._check_scores_fit(known, prepared.original)
-        output = await self._run(vision, prepared.tensor, request, context)
+        output = await self._run(vision, prepared.tensor, request, remaining)
         classes = output.shape[1]
         self._check_mask_holds(vision, classes)
         if request.return_scores:
