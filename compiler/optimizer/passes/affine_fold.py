@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from netc.compiler.optimizer.base import OptimizerPass
-from netc.compiler.optimizer.passes.conv_bn import _FOLDS, Affine
+from netc.compiler.optimizer.passes.conv_bn import _FOLDS, Affine, read_batch_norm
 from netc.compiler.optimizer.passes.inferred import Dims, infer_dims
 from netc.compiler.optimizer.rewrite import (
     NameScope,
@@ -41,6 +41,9 @@ class AffineFolding(OptimizerPass):
     3. Chains: E₂(E₁(x, c₁), c₂) = x·(s₁s₂) + (t₁s₂ + t₂), a chain of n ≥ 2
        such nodes becomes one node when the result is a pure scale or shift,
        else Mul then Add; only when that makes the chain shorter.
+    4. After an inference BatchNormalization that stays (its input is not a
+       conv: DenseNet's BN after a Concat, Caffe2's BN → Mul → Add):
+       E(BN(x)) = BN'(x) with γ' = γ·s and β' = β·s + t, for c per channel.
     Kept: the Mul by ½ that completes a Gelu (x·(1 + erf(x/√2))·½, or its
     tanh form), so that onnxruntime still fuses the pattern into one op.
     Preconditions, refused with the reason: c is a float constant that does
@@ -55,6 +58,7 @@ class AffineFolding(OptimizerPass):
         graph = model.graph
         self.dims = infer_dims(model)
         names = NameScope(graph)
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         modified = False
         for node in list(graph):
             if node.graph is None or node.op_type not in _OPS or node.domain not in ("", "ai.onnx"):
@@ -73,6 +77,10 @@ class AffineFolding(OptimizerPass):
             if producer is not None and producer.op_type in _LAYERS and producer.domain == "":
                 if self._fold_after(graph, node, producer, x, affine_arrays, names):  # Case 1
                     modified = True
+                    continue
+            if producer is not None and producer.op_type == "BatchNormalization":
+                if self._fold_into_bn(graph, node, producer, x, affine_arrays, names, opset):
+                    modified = True  # Case 4
                     continue
             modified |= self._fold_before(graph, node, x, affine_arrays, names)  # Case 2
         modified |= self._merge_chains(graph, names)  # Case 3
@@ -105,6 +113,39 @@ class AffineFolding(OptimizerPass):
             self.refuse(f"{what} not folded: {problem}")
             return False
         self.note(f"{pair_label(layer, node)} → {layer.op_type}")
+        return True
+
+    # Case 4 ------------------------------------------------------------------------------
+
+    def _fold_into_bn(self, graph, node, bn, x, arrays, names, opset) -> bool:
+        what = f"{label(node, with_op=True)} after {label(bn, with_op=True)}"
+        problem = read_batch_norm(bn, bn.version or opset)
+        if isinstance(problem, str):
+            return False  # not an inference BN; ConvBatchNormFusion has said why
+        gamma, beta = constant(bn.inputs[1]), constant(bn.inputs[2])
+        assert not isinstance(gamma, str) and not isinstance(beta, str)  # read_batch_norm did
+        dims = self.dims.get(id(x))
+        rank = len(dims) if dims is not None else None
+        scale, shift = arrays
+        if rank is None and (scale.size > 1 or shift.size > 1):
+            self.refuse(f"{what} not folded: the rank of the BN's output is unknown")
+            return False
+        per_channel = _per_channel(scale, shift, gamma.size, rank or max(scale.ndim, 2))
+        if isinstance(per_channel, str):
+            self.refuse(f"{what} not folded: {per_channel}")
+            return False
+        problem = sole_reader_problem(x, node)
+        if problem is not None:
+            self.refuse(f"{what} not folded: {problem}")
+            return False
+        new_gamma = gamma.astype(np.float64) * per_channel.scale
+        new_beta = beta.astype(np.float64) * per_channel.scale + per_channel.shift
+        set_constant_input(graph, bn, 1, new_gamma.astype(gamma.dtype), names, f"{label(bn)}.scale")
+        set_constant_input(graph, bn, 2, new_beta.astype(beta.dtype), names, f"{label(bn)}.bias")
+        problem = bypass(graph, node, x)
+        if problem is not None:  # cannot happen: x feeds only this node and is no graph output
+            raise AssertionError(problem)
+        self.note(f"{pair_label(bn, node)} → BatchNormalization")
         return True
 
     # Case 2 ------------------------------------------------------------------------------

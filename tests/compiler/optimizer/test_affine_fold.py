@@ -168,3 +168,17 @@ def test_the_half_that_ends_a_gelu_stays_for_onnxruntime_to_fuse():
     optimized, reports = optimize(model, *PASSES)
     assert ops(optimized) == ops(model)
     assert any("completes a Gelu pattern" in r for r in reports[0].refusals)
+
+
+def test_per_channel_arithmetic_after_a_bn_that_stays_folds_into_it():
+    # Case 4: BN after a Concat cannot fold into a conv, but the Mul → Add after it
+    # (Caffe2's scale layer) folds into the BN's γ and β.
+    g = GraphBuilder()
+    x = g.input("x", [1, 2, 5, 5])
+    joined = g.node("Concat", [g.node("Relu", [x]), g.node("Neg", [x])], axis=1)
+    y = g.node("Mul", [g.bn(joined, 4), signed(g, "s", [1, 4, 1, 1])])
+    model = g.build(g.node("Relu", [g.node("Add", [y, signed(g, "t", [4, 1, 1])])]))
+    optimized, reports = optimize(model, *PASSES)
+    assert ops(optimized) == {"Relu": 2, "Neg": 1, "Concat": 1, "BatchNormalization": 1}
+    assert len(reports[0].notes) == 2
+    assert_same(model, optimized)
