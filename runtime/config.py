@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     input_size: tuple[int, int] | None = None
     loss: Any = None
+    losses: Any = None  # {output: {loss, weight}}: checked by netc.runtime.output_losses
     optimizer: Any = None
     schedule: Any = None
     clip_grad_norm: float | None = None
@@ -43,6 +44,7 @@ class TrainConfig:
         default_factory=lambda: {"crop_padding": 0, "hflip": False, "random_resized_crop": None}
     )
     balanced_sampling: bool = False
+    samples_per_class: int | None = None  # P×K batches (netc.runtime.pk_sampler); 0: off
     # layer-name patterns (netc.runtime.layer_patterns) frozen for the first `epochs`
     # epochs, or the whole run when epochs is None
     freeze: dict[str, Any] = field(default_factory=lambda: {"layers": [], "epochs": None})
@@ -108,6 +110,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
         seed=read.number("seed", 0, low=0, high=2**31 - 1, integer=True),
         input_size=_input_size(values.get("input_size")),
         loss=plain(values.get("loss")),
+        losses=plain(values.get("losses")),
         optimizer=plain(values.get("optimizer")),
         schedule=plain(values.get("schedule")),
         clip_grad_norm=read.number("clip_grad_norm", None, low=0, low_open=True),
@@ -119,6 +122,7 @@ def parse_training(section: Any, overrides: dict[str, Any] | None = None) -> Tra
             "random_resized_crop": _resized_crop(augment.get("random_resized_crop")),
         },
         balanced_sampling=read.boolean("balanced_sampling", False),
+        samples_per_class=read.number("samples_per_class", None, low=0, integer=True),
         freeze=_freeze(values.get("freeze")),
         lr_multipliers=_lr_multipliers(values.get("lr_multipliers")),
         metric=_choice(values, "metric", METRICS, None),

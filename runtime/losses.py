@@ -12,6 +12,7 @@ opaque device-side assert).
 | l1, l2 | classification, segmentation | (N, K, ...) | labels (N, ...) or floats (N, K, ...) |
 | contrastive, triplet | embedding | embeddings (N, D) | labels (N,) |
 | pixel_cross_entropy | segmentation | scores (N, K, H, W) | masks (N, H, W) |
+| binary_cross_entropy | classification, segmentation | logits (N, 1, ...) | 0/1 labels (N, ...) |
 
 l1 and l2 turn labels into one-hot vectors. Labels are any integer dtype; every
 loss averages ("mean" reduction).
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from netc.errors import ConfigError, InternalError, UserError
+from netc.errors import ConfigError, InternalError, UserError, describe, did_you_mean
 from netc.runtime.options import Options, parse_typed
 
 # Added under square roots of squared distances: d/dx sqrt(x) is infinite at 0,
@@ -241,12 +242,17 @@ class Triplet(Loss):
     label[n] != label[a], d Euclidean. The mean is over the triplets with
     positive loss: averaging over all valid triplets would shrink the gradient
     as training makes most of them easy. No such triplet gives 0.
+
+    `mining: hard` takes, per anchor, only its hardest positive and negative
+    (batch-hard); `mining: semi_hard`, per (anchor, positive) pair, the
+    nearest negative farther than the positive (FaceNet's); both want P×K
+    batches (netc.runtime.pk_sampler).
     """
 
     name = "triplet"
 
-    def __init__(self, margin: float) -> None:
-        self.margin = margin
+    def __init__(self, margin: float, mining: str = "all") -> None:
+        self.margin, self.mining = margin, mining
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         self._outputs(outputs, "(N, D)", dims=2, exact=False)
@@ -255,12 +261,42 @@ class Triplet(Loss):
         distance = (_distances(embeddings) + DISTANCE_EPS).sqrt()
         same = labels[:, None] == labels[None, :]
         positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        if self.mining == "hard":
+            return _batch_hard(distance, positive, ~same, self.margin)
+        if self.mining == "semi_hard":
+            return _semi_hard(distance, positive, ~same, self.margin)
         valid = positive[:, :, None] & ~same[:, None, :]  # (a, p, n)
         losses = (distance[:, :, None] - distance[:, None, :] + self.margin).clamp_min(0)
         losses = losses * valid
         # Inactive triplets add 0 to the sum; dividing by their count avoids a host sync.
         active = (losses > 0).sum().clamp_min(1)
         return losses.sum() / active
+
+
+def _batch_hard(distance: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """Batch-hard mining (Hermans et al. 2017): per anchor, its farthest positive and
+    nearest negative, max(0, d(a, p*) - d(a, n*) + margin), averaged over the anchors
+    that have both."""
+    far = torch.where(positive, distance, torch.zeros_like(distance)).amax(1)
+    near = torch.where(negative, distance, torch.full_like(distance, torch.inf)).amin(1)
+    usable = positive.any(1) & negative.any(1)
+    losses = (far - near + margin).clamp_min(0)[usable]
+    return losses.mean() if losses.numel() else distance.sum() * 0.0
+
+
+def _semi_hard(distance: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """Semi-hard mining (Schroff et al. 2015, as TensorFlow's triplet_semihard_loss): per
+    (anchor, positive) pair, the nearest negative farther than the positive; without one,
+    the farthest negative. max(0, d(a, p) - d(a, n) + margin), averaged over the pairs."""
+    d_ap = distance[:, :, None]  # (a, p, 1)
+    d_an = distance[:, None, :]  # (a, 1, n)
+    farther = negative[:, None, :] & (d_an > d_ap)
+    semi = torch.where(farther, d_an, torch.full_like(d_an, torch.inf)).amin(2)
+    fallback = torch.where(negative, distance, torch.full_like(distance, -torch.inf)).amax(1)
+    chosen = torch.where(farther.any(2), semi, fallback[:, None].expand_as(semi))
+    usable = positive & negative.any(1, keepdim=True)
+    losses = (distance - chosen + margin).clamp_min(0)[usable]
+    return losses.mean() if losses.numel() else distance.sum() * 0.0
 
 
 class PixelCrossEntropy(Loss):
@@ -301,6 +337,41 @@ class PixelCrossEntropy(Loss):
         return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
 
 
+class BinaryCrossEntropy(Loss):
+    """Sigmoid cross-entropy of one logit per example or pixel against 0/1 labels:
+
+        L = -[w·y·log σ(o) + (1 - y)·log(1 - σ(o))],  w = pos_weight
+
+    averaged over the counted examples or pixels (`ignore_index` ones are not
+    counted). `pos_weight` > 1 makes positives count more, as HED weighs its
+    rare edge pixels. Outputs (N, 1, ...) (or (N,)); targets labels (N, ...).
+    """
+
+    name = "binary_cross_entropy"
+
+    def __init__(self, pos_weight: float, ignore_index: int) -> None:
+        self.pos_weight, self.ignore_index = pos_weight, ignore_index
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        logits = outputs[:, 0] if outputs.dim() >= 2 else outputs
+        if outputs.dim() >= 2 and outputs.shape[1] != 1:
+            raise self._error(
+                "the network must give one logit per example (or pixel)",
+                "(N, 1, ...) outputs",
+                _shape(outputs),
+            )
+        layout = "(N,)" if logits.dim() == 1 else "(N, H, W)"
+        labels = self._labels(targets, tuple(logits.shape), layout, 2, self.ignore_index)
+        counted = labels != self.ignore_index
+        goal = (labels == 1).to(logits.dtype)
+        weight = torch.tensor(self.pos_weight, dtype=logits.dtype, device=logits.device)
+        losses = F.binary_cross_entropy_with_logits(
+            logits, goal, pos_weight=weight, reduction="none"
+        )
+        total = (losses * counted).sum()
+        return total / counted.sum().clamp_min(1)
+
+
 # loss name → (tasks it serves, its options)
 LOSSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cross_entropy": (("classification",), ("label_smoothing", "class_weights")),
@@ -308,13 +379,30 @@ LOSSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "l1": (("classification", "segmentation"), ()),
     "l2": (("classification", "segmentation"), ()),
     "contrastive": (("embedding",), ("margin",)),
-    "triplet": (("embedding",), ("margin",)),
+    "triplet": (("embedding",), ("margin", "mining")),
     "pixel_cross_entropy": (("segmentation",), ("ignore_index", "class_weights")),
+    "binary_cross_entropy": (("classification", "segmentation"), ("pos_weight", "ignore_index")),
 }
 
 
 def _class_weights(options: Options, num_classes: int) -> list[float] | None:
     return options.numbers("class_weights", None, length=num_classes, low=0, low_open=True)
+
+
+MINING = ("all", "hard", "semi_hard")
+
+
+def _mining(options: Options) -> str:
+    value = options.values.get("mining", "all")
+    if value not in MINING:
+        raise ConfigError(
+            f"{options.key}.mining",
+            "unknown triplet mining",
+            expected=", ".join(MINING),
+            found=describe(value),
+            hint=did_you_mean(str(value), MINING),
+        )
+    return value
 
 
 def _make(name: str, options: Options, num_classes: int) -> Loss:
@@ -334,12 +422,19 @@ def _make(name: str, options: Options, num_classes: int) -> Loss:
         margin = options.number(
             "margin", 1.0 if name == "contrastive" else 0.2, low=0, low_open=True
         )
-        return Contrastive(margin) if name == "contrastive" else Triplet(margin)
+        if name == "contrastive":
+            return Contrastive(margin)
+        return Triplet(margin, _mining(options))
     if name == "pixel_cross_entropy":
         return PixelCrossEntropy(
             num_classes,
             options.number("ignore_index", 255, integer=True),
             _class_weights(options, num_classes),
+        )
+    if name == "binary_cross_entropy":
+        return BinaryCrossEntropy(
+            options.number("pos_weight", 1.0, low=0, low_open=True),
+            options.number("ignore_index", 255, integer=True),
         )
     raise InternalError(f"loss '{name}' is listed but has no builder")
 

@@ -41,12 +41,29 @@ def _network_classes(network: Network) -> int:
     return sym.static(shape[1])
 
 
+def _binary(config: TrainConfig) -> bool:
+    """Whether the first output trains with binary_cross_entropy: one logit for two classes."""
+    losses = config.losses if isinstance(config.losses, dict) else {}
+    first = next(iter(losses.values()), None)
+    loss = first.get("loss", config.loss) if isinstance(first, dict) else config.loss
+    kind = loss.get("type") if isinstance(loss, dict) else loss
+    return kind == "binary_cross_entropy"
+
+
 def _fit_to_data(
-    network: Network, source: str, params: dict[str, Any], data: ArrayDataset, quiet: bool
+    network: Network,
+    source: str,
+    params: dict[str, Any],
+    data: ArrayDataset,
+    quiet: bool,
+    binary: bool = False,
 ) -> tuple[Network, dict[str, Any]]:
-    """Match the head to the data: set the network's num_classes when it has one."""
+    """Match the head to the data: set the network's num_classes when it has one (one
+    logit stands for two classes under binary_cross_entropy)."""
     classes = len(data.classes)
     if network.graph.task == "embedding" or _network_classes(network) == classes:
+        return network, params
+    if binary and classes == 2 and _network_classes(network) == 1:
         return network, params
     if "num_classes" in network.spec.params and "num_classes" not in params:
         say(f"note: num_classes set to {classes} to match the data ({data.source})", quiet)
@@ -129,7 +146,7 @@ def prepare(
     data = load_dataset(data_spec)
     _check_classes(network, data)
     if stored is None:
-        network, params = _fit_to_data(network, source, params, data, quiet)
+        network, params = _fit_to_data(network, source, params, data, quiet, _binary(config))
     else:
         params = stored["params"]
     data = _check_data(network, data, config)

@@ -29,6 +29,8 @@ from netc.runtime.layer_patterns import Freeze, check_patterns
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
 from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
+from netc.runtime.output_losses import OutputLosses, build_output_losses
+from netc.runtime.pk_sampler import PK, choose_pk, pk_batches
 from netc.runtime.prepare import PreparedRun
 from netc.runtime.preprocess import Augment
 from netc.runtime.progress import Progress
@@ -79,6 +81,14 @@ def _first_output(outputs: Any) -> torch.Tensor:
     return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
 
 
+def class_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scores whose argmax is the predicted class: one logit (binary_cross_entropy) is
+    class 1 where it is positive, so it becomes the two scores (0, logit)."""
+    if scores.dim() >= 2 and scores.shape[1] == 1:
+        return torch.cat([torch.zeros_like(scores), scores], dim=1)
+    return scores
+
+
 def _train_mode(module: nn.Module) -> None:
     """Training mode, except that frozen batch norms keep their running statistics too
     (eval mode in training)."""
@@ -88,6 +98,23 @@ def _train_mode(module: nn.Module) -> None:
             layer, "netc_frozen", False
         ):
             layer.eval()
+
+
+def _pk_shape(run: PreparedRun) -> PK | None:
+    config, task = run.config, run.network.graph.task
+    if task == "segmentation":
+        if config.samples_per_class:
+            raise ConfigError(
+                "training.samples_per_class",
+                "P×K batches need one class label per sample; a segmentation set has masks",
+            )
+        return None
+    classes = int(torch.unique(run.train_set.targets).numel())
+    loss = config.loss
+    if isinstance(config.losses, dict) and config.losses:
+        first = next(iter(config.losses.values()))
+        loss = first.get("loss", loss) if isinstance(first, dict) else loss
+    return choose_pk(config.samples_per_class, config.batch_size, classes, task, loss)
 
 
 def evaluate(
@@ -109,6 +136,7 @@ def evaluate(
                 scores = _first_output(module(x))
             scores = scores.float()
             total_loss += float(loss_fn(scores, y)) * len(x)
+            scores = class_scores(scores)
             if run.network.graph.task == "classification":
                 correct += metrics.correct_count(scores, y)
             elif run.network.graph.task == "segmentation":
@@ -146,6 +174,8 @@ class Session:
     skipped_steps: int = 0  # optimizer steps skipped in a row for a non-finite gradient
     seconds_before: float = 0.0  # the resumed run's training time so far
     freeze: Freeze | None = None  # layers frozen by training.freeze
+    output_losses: OutputLosses | None = None  # training.losses: what trains, when set
+    pk: PK | None = None  # P×K batches, when the run uses them
 
     @classmethod
     def start(
@@ -194,6 +224,13 @@ class Session:
             steps_per_epoch=len(run.train_set) // config.batch_size,
         )
         check_batch_statistics(module, run, world)
+        pk = _pk_shape(run)
+        if pk is not None:
+            say(
+                f"note: P×K batches: {pk.per_class} samples of each of {pk.classes} classes "
+                "(training.samples_per_class)",
+                quiet or not world.is_main,
+            )
         autocast, scaler = _autocast(device, config.precision)
         session = cls(
             run=run,
@@ -205,6 +242,17 @@ class Session:
                 torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
             ),
             loss_fn=build_loss(config.loss, task=task, num_classes=len(run.classes)),
+            output_losses=(
+                None
+                if config.losses is None
+                else build_output_losses(
+                    config.losses,
+                    config.loss,
+                    outputs=list(run.network.graph.outputs),
+                    task=task,
+                    num_classes=len(run.classes),
+                )
+            ),
             optimizer=optimizer,
             schedule=schedule,
             autocast=autocast,
@@ -212,6 +260,7 @@ class Session:
             metric=_metric(config.metric, task),
             quiet=quiet,
             freeze=freeze,
+            pk=pk,
         )
         if stored is not None:
             session.restore(stored, lr)
@@ -276,13 +325,16 @@ class Session:
         _train_mode(self.module)
         images, targets = self.run.train_set.images, self.run.train_set.targets
         balanced = config.balanced_sampling and self.run.network.graph.task == "classification"
-        batches = epoch_batches(
-            len(images),
-            config.batch_size,
-            generator,
-            targets if balanced else None,
-            config.seed * 1_000_037 + epoch,
-        )
+        if self.pk is not None:
+            batches = pk_batches(targets, self.pk, len(images) // config.batch_size, generator)
+        else:
+            batches = epoch_batches(
+                len(images),
+                config.batch_size,
+                generator,
+                targets if balanced else None,
+                config.seed * 1_000_037 + epoch,
+            )
         augment = Augment(
             config.augment["crop_padding"],
             config.augment["hflip"],
@@ -302,7 +354,7 @@ class Session:
                     world.rank * len(x) // world.size, (world.rank + 1) * len(x) // world.size
                 )
                 loss, scores = self.step(x[shard], y[shard], epoch, step)
-                figures.add(scores, y[shard].to(scores.device))
+                figures.add(class_scores(scores), y[shard].to(scores.device))
                 loss_sum += loss * len(x)
                 seen += len(x)
                 progress.update(step, loss=loss_sum / seen)
@@ -318,9 +370,13 @@ class Session:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
-            outputs = _first_output(self.trained(x))
+            every = self.trained(x)
+        outputs = _first_output(every)
         scores = outputs.detach().float()
-        loss = self.loss_fn(outputs.float(), y)
+        if self.output_losses is not None:
+            loss = self.output_losses(every, y)
+        else:
+            loss = self.loss_fn(outputs.float(), y)
         if distrib.broadcast_flag(self.world, not bool(torch.isfinite(loss))):
             raise self.diverged(float(loss.detach()), epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
