@@ -21,7 +21,9 @@ class RedundancyElimination(OptimizerPass):
     1. Reshape, Flatten, Expand, Tile whose output shape equals the input's
        (Tile: only with repeats all 1, since a repeat also copies data).
     2. Slice whose output shape equals its input's and whose steps are all 1
-       (a step of -1 over the whole axis keeps the shape but reverses it).
+       (a step of -1 over the whole axis keeps the shape but reverses it); or
+       whose constant starts/ends cover every axis it slices, each of a fixed
+       size, with step 1: x[:, :C] of a C-channel x with open H and W.
     3. Pad with constant pads all 0; Transpose with the identity perm; Cast
        to the type x already has; Concat of a single input.
     4. Mul/Div by a constant of ones, Add/Sub of a constant of zeros, when y
@@ -55,7 +57,8 @@ class RedundancyElimination(OptimizerPass):
                 continue
             why = self._noop(node)
             if why is not None:
-                modified |= self.remove_identity(graph, node, why)
+                what = f"a {node.op_type} that computes its input ({why})"
+                modified |= self.remove_identity(graph, node, what)
                 continue
             rewrite = _CHAINS.get(node.op_type)
             if rewrite is not None:
@@ -79,6 +82,8 @@ class RedundancyElimination(OptimizerPass):
             if op == "Pad" and not _all_equal(node, 1, 0):
                 return None
             return "its output has its input's shape"  # Cases 1, 2
+        if op == "Slice" and _covers_whole_axes(node, self._shape(x)):
+            return "it takes every element of the axes it slices"  # Case 2
         if op == "Pad" and len(node.inputs) > 1 and _all_equal(node, 1, 0):
             return "all its pads are 0"  # Case 3
         if op == "Transpose":
@@ -198,6 +203,39 @@ def _all_equal(node: ir.Node, index: int, number: float) -> bool:
         return False
     data = constant(node.inputs[index])
     return not isinstance(data, str) and bool(np.all(data == number))
+
+
+def _covers_whole_axes(node: ir.Node, dims: Dims | None) -> bool:
+    """A Slice-10+ whose starts, ends, axes and steps are constants that take each
+    sliced axis (of fixed size) whole, in order."""
+    if dims is None or len(node.inputs) < 3:
+        return False
+    parts = []
+    for index in range(1, 5):
+        value = node.inputs[index] if index < len(node.inputs) else None
+        if value is None:
+            parts.append(None)
+            continue
+        data = constant(value)
+        if isinstance(data, str):
+            return False
+        parts.append([int(v) for v in np.asarray(data).reshape(-1)])
+    starts, ends, axes, steps = parts
+    assert starts is not None and ends is not None  # inputs 1 and 2 exist (checked above)
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        return False
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = axis + len(dims) if axis < 0 else axis
+        size = dims[axis] if 0 <= axis < len(dims) else None
+        if not isinstance(size, int) or step != 1:
+            return False
+        start = start + size if start < 0 else start
+        end = end + size if end < 0 else end
+        if start > 0 or end < size:
+            return False
+    return True
 
 
 def _perm(node: ir.Node, rank: int | None) -> list[int] | None:

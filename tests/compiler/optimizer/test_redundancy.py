@@ -168,3 +168,16 @@ def test_cse_between_two_graph_outputs_is_refused():
     optimized, reports = optimize(model, CommonSubexpressionElimination)
     assert ops(optimized) == {"Relu": 2}
     assert "one value cannot carry both names" in reports[0].refusals[0]
+
+
+@pytest.mark.parametrize(("end", "removed"), [(4, True), (2**62, True), (-1, False), (3, False)])
+def test_a_slice_taking_a_fixed_axis_whole_goes_though_other_dims_are_open(end, removed):
+    # Case 2: GhostNet's torch.cat([a, b], 1)[:, :C] with open batch, H and W.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", ["N", 4, "H", "W"])
+    sliced = g.node("Slice", [g.node("Neg", [x]), i64(g, [0]), i64(g, [end]), i64(g, [1])])
+    model = g.build(g.node("Relu", [sliced]))
+    optimized, _ = optimize(model, *PASSES)
+    assert ("Slice" not in ops(optimized)) == removed
+    for n in (1, 3):
+        assert_same(model, optimized, N=n, H=5, W=2 + n)
