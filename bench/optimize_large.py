@@ -7,7 +7,7 @@ rounds, times file to file:
   netc               optimize_file (verified in onnxruntime)
   onnxslim           onnxslim.slim(src, dst)   (optional: pip install onnxslim)
 and prints medians, the ratio to onnxslim, and verified / no-verify. Then one
-child process per tool and model gives its peak RSS (ru_maxrss). `--profile`
+child process per tool and model gives its peak RSS (VmHWM). `--profile`
 also prints netc's cProfile by stage. The IR 3 rows take the same models in
 the IR 3 layout (initializers also graph inputs) with and without
 --freeze-initializer-inputs: BatchNormalization left, IR version, and checker.
@@ -74,7 +74,7 @@ def timings(src: Path, dst: Path, rounds: int) -> dict[str, list[float]]:
 
 
 PEAK = """
-import resource, sys, contextlib, io
+import sys, contextlib, io
 sys.path.insert(0, {bench!r})
 src, dst, tool = {src!r}, {dst!r}, {tool!r}
 if tool == "onnxslim":
@@ -84,7 +84,8 @@ if tool == "onnxslim":
 else:
     from netc.compiler.optimizer.api import optimize_file
     optimize_file(src, dst, verify=tool == "netc")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 """
 
 

@@ -26,6 +26,8 @@ from netc.compiler.optimizer.base import OptimizerPass, PassReport
 from netc.compiler.optimizer.model_bytes import (
     Originals,
     StoredTensor,
+    light_model_bytes,
+    load_ir,
     model_pieces,
     scan_initializers,
     weightless_ir,
@@ -149,8 +151,11 @@ def optimize_file(
     del verbose
     start = time.perf_counter()
     data = _read(Path(src))
+    # The weights stay in `data`; protobuf parses only the rest (see model_bytes).
+    stored = scan_initializers(data)
+    light = data if stored is None else light_model_bytes(data, stored)
     result = optimize_model(
-        parse_model(data, str(src)),
+        parse_model(light, str(src)),
         verify=verify,
         enable=enable,
         input_shapes=input_shapes,
@@ -191,6 +196,10 @@ def optimize_model(
 ) -> OptimizeResult:
     """Optimize a loaded model; `proto` is left unchanged.
 
+    `original_bytes`, when given, is the file `proto` was read from, or the file of
+    which `proto` is the light form (model_bytes.light_model_bytes): the weights are
+    read from these bytes, never from `proto`.
+
     `input_shapes` (input name, None for the only one → full shape) fixes
     the sizes used for the verification run and the MAC counts. `passes`
     replaces the pipeline (tests). `freeze_initializer_inputs` first removes
@@ -210,11 +219,7 @@ def optimize_model(
         stored = None  # not the bytes of this proto: no shortcuts
     check_model(proto, name, data=data, stored=stored)
     resolved = resolve_input_shapes(proto, input_shapes, name)
-    try:
-        model = ir.from_proto(proto)
-    except Exception as exc:
-        raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
-    originals = Originals(model, data, stored) if stored is not None else None
+    model, originals = _load_ir(proto, data, stored, name)
     ops_before = Counter(node.op_type for node in model.graph)
     ir_before = model.ir_version
     frozen = freeze_inputs(model) if freeze_initializer_inputs else []
@@ -276,11 +281,23 @@ def find_faulty_pass(
         if not verify_model(original, data, input_shapes=input_shapes, name=name).ok:
             found.append(pass_.name)
 
-    model = ir.from_proto(proto)
+    model, _ = _load_ir(proto, original, scan_initializers(original), name)
     if freeze_initializer_inputs:
         freeze_inputs(model)
     run_pipeline(model, enable=enable, passes=passes, after_each=check)
     return found[0] if found else "(none alone: the whole pipeline)"
+
+
+def _load_ir(
+    proto: onnx.ModelProto, data: bytes, stored: Sequence[StoredTensor] | None, name: str
+) -> tuple[ir.Model, Originals | None]:
+    """The IR model, its large initializers views of `data` when `stored` locates them."""
+    try:
+        if stored is not None:
+            return load_ir(proto, data, stored)
+        return ir.from_proto(proto), None
+    except Exception as exc:
+        raise UserError(f"{name}: not a well-formed ONNX model: {exc}") from None
 
 
 def freeze_inputs(model: ir.Model) -> list[str]:
@@ -360,11 +377,10 @@ def _check_with_onnx(proto: onnx.ModelProto, name: str, data: bytes | None = Non
     """onnx's own checker: attribute types, tensor sizes, unique names, required inputs,
     opset range. A graph input or output without a shape (which onnxruntime accepts) and
     ops onnx does not know (passed through untouched) are not held against the model."""
-    shapeless = [
-        value.type.tensor_type
-        for value in (*proto.graph.input, *proto.graph.output)
-        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
-    ]
+    shapeless = _shapeless(proto)
+    if shapeless and data is not None:  # `proto` may be light: check the whole model
+        proto = onnx.ModelProto.FromString(data)
+        shapeless = _shapeless(proto)
     try:  # shapes lent for the check only, not a copy of the whole model and its weights
         for tensor in shapeless:
             tensor.shape.SetInParent()
@@ -378,6 +394,14 @@ def _check_with_onnx(proto: onnx.ModelProto, name: str, data: bytes | None = Non
     finally:
         for tensor in shapeless:  # the model as it came: `proto` is left unchanged
             tensor.ClearField("shape")
+
+
+def _shapeless(proto: onnx.ModelProto) -> list[onnx.TypeProto.Tensor]:
+    return [
+        value.type.tensor_type
+        for value in (*proto.graph.input, *proto.graph.output)
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
+    ]
 
 
 def resolve_input_shapes(

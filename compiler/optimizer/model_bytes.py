@@ -61,15 +61,18 @@ MIN_EXTERNAL_BYTES = 1024
 
 @dataclass(frozen=True)
 class StoredTensor:
-    """One initializer's record in the file: [start, end) of the whole TensorProto,
-    [raw_start, raw_end) of its raw_data; `plain` when name, dims, data_type and
-    raw_data are all it has and the type is one numpy holds as stored."""
+    """One initializer's record in the file: [start, end) of the whole TensorProto (its
+    field in the graph begins at `key`), [raw_start, raw_end) of its raw_data (whose
+    field begins at `raw_key`); `plain` when name, dims, data_type and raw_data are all
+    it has and the type is one numpy holds as stored."""
 
     name: str
     dims: tuple[int, ...]
     data_type: int
+    key: int
     start: int
     end: int
+    raw_key: int
     raw_start: int
     raw_end: int
     plain: bool
@@ -77,6 +80,11 @@ class StoredTensor:
     @property
     def raw_size(self) -> int:
         return self.raw_end - self.raw_start
+
+    @property
+    def large(self) -> bool:
+        """Worth keeping out of protobuf: plain and at least MIN_EXTERNAL_BYTES."""
+        return self.plain and self.raw_size >= MIN_EXTERNAL_BYTES
 
     def array(self, data: bytes) -> np.ndarray:
         """A read-only view of the raw_data in `data` (no copy)."""
@@ -102,25 +110,27 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, value or payload start, payload end) for each field."""
+def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, value or payload start, payload end, where the field
+    begins) for each field in data[pos:end]."""
     while pos < end:
+        begins = pos
         key, pos = _varint(data, pos, end)
         number, wire = key >> 3, key & 7
         if wire == 0:
             value, pos = _varint(data, pos, end)
-            yield number, wire, value, pos
+            yield number, wire, value, pos, begins
         elif wire == 2:
             length, pos = _varint(data, pos, end)
             if pos + length > end:
                 raise _Malformed
-            yield number, wire, pos, pos + length
+            yield number, wire, pos, pos + length, begins
             pos += length
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
             if pos > end:
                 raise _Malformed
-            yield number, wire, pos, pos
+            yield number, wire, pos, pos, begins
         else:  # groups (3, 4) never occur in ONNX
             raise _Malformed
     if pos != end:
@@ -132,22 +142,67 @@ def scan_initializers(data: bytes) -> list[StoredTensor] | None:
     the layout is not the plain one (no graph, or a graph split over several fields)."""
     view = memoryview(data)
     try:
-        graphs = [(s, e) for n, w, s, e in _fields(data, 0, len(data)) if (n, w) == (7, 2)]
-        if len(graphs) != 1:
+        graph = _graph_field(data)
+        if graph is None:
             return None
-        start, end = graphs[0]
+        _, start, end = graph
         return [
-            _tensor(data, view, s, e)
-            for n, w, s, e in _fields(data, start, end)
+            _tensor(data, view, s, e, k)
+            for n, w, s, e, k in _fields(data, start, end)
             if (n, w) == (_GRAPH_INITIALIZER, 2)
         ]
     except (_Malformed, UnicodeDecodeError):
         return None
 
 
-def _tensor(data: bytes, view: memoryview, start: int, end: int) -> StoredTensor:
-    name, dims, data_type, raw, plain = "", [], 0, (start, start), True
-    for number, wire, a, b in _fields(data, start, end):
+def _graph_field(data: bytes) -> tuple[int, int, int] | None:
+    """(field begins, payload start, payload end) of the one graph field, or None."""
+    graphs = [(k, s, e) for n, w, s, e, k in _fields(data, 0, len(data)) if (n, w) == (7, 2)]
+    return graphs[0] if len(graphs) == 1 else None
+
+
+def light_model_bytes(data: bytes, stored: Sequence[StoredTensor]) -> bytes:
+    """`data` (a ModelProto that `scan_initializers` read) without the raw_data of its
+    large initializers: a model of a few kilobytes that parses in no time; `load_ir`
+    puts the data back as views of `data`."""
+    graph = _graph_field(data)
+    assert graph is not None  # scan_initializers found it
+    key, start, end = graph
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    pos = start
+    for tensor in stored:
+        if not tensor.large:
+            continue
+        header = bytes(view[tensor.start : tensor.raw_key]) + bytes(
+            view[tensor.raw_end : tensor.end]
+        )
+        parts += [view[pos : tensor.key], _key(_GRAPH_INITIALIZER, 2), _encode_varint(len(header))]
+        parts.append(header)
+        pos = tensor.end
+    parts.append(view[pos:end])
+    body = b"".join(parts)
+    return b"".join(
+        [view[:key], _key(_MODEL_GRAPH, 2), _encode_varint(len(body)), body, view[end:]]
+    )
+
+
+def load_ir(
+    proto: onnx.ModelProto, data: bytes, stored: Sequence[StoredTensor]
+) -> tuple[ir.Model, Originals]:
+    """The IR model of `proto` (whole, or light as `light_model_bytes` makes it) with
+    every large initializer a read-only view of its bytes in `data`: no copy."""
+    model = ir.from_proto(proto)
+    for record in stored:
+        value = model.graph.initializers.get(record.name)
+        if record.large and value is not None:
+            value.const_value = ir.Tensor(record.array(data), name=record.name)
+    return model, Originals(model, data, stored)
+
+
+def _tensor(data: bytes, view: memoryview, start: int, end: int, key: int) -> StoredTensor:
+    name, dims, data_type, raw, raw_key, plain = "", [], 0, (start, start), start, True
+    for number, wire, a, b, begins in _fields(data, start, end):
         if number == _DIMS and wire == 0:
             dims.append(a)
         elif number == _DIMS and wire == 2:  # packed
@@ -160,11 +215,11 @@ def _tensor(data: bytes, view: memoryview, start: int, end: int) -> StoredTensor
         elif number == _NAME and wire == 2:
             name = bytes(view[a:b]).decode()
         elif number == _RAW and wire == 2:
-            raw = (a, b)
+            raw, raw_key = (a, b), begins
         else:
             plain = False
     plain = plain and data_type in _PLAIN and raw[1] > raw[0]
-    return StoredTensor(name, tuple(dims), data_type, start, end, raw[0], raw[1], plain)
+    return StoredTensor(name, tuple(dims), data_type, key, start, end, raw_key, *raw, plain)
 
 
 def _key(number: int, wire: int) -> bytes:
@@ -204,15 +259,13 @@ class Originals:
         if found is None or found[0] is not tensor:
             return None
         record = found[1]
-        if not isinstance(tensor, ir.serde.TensorProtoTensor) or tensor.metadata_props:
+        if value.name != record.name or tensor.metadata_props:
             return None
-        proto = tensor.raw
-        same = (
-            value.name == record.name == proto.name
-            and tuple(proto.dims) == record.dims
-            and proto.data_type == record.data_type
-        )
-        return record if same else None
+        if isinstance(tensor, ir.serde.TensorProtoTensor):  # a proto can be edited in place
+            proto = tensor.raw
+            same = (proto.name, tuple(proto.dims), proto.data_type)
+            return record if same == (record.name, record.dims, record.data_type) else None
+        return record  # a view of the file's bytes, which nothing can write
 
 
 def model_pieces(model: ir.Model, originals: Originals | None) -> list[bytes | memoryview]:
@@ -262,7 +315,7 @@ def weightless_ir(
         if tensor is None:
             continue
         record = originals.record(value) if originals is not None else None
-        if record is not None and record.plain and record.raw_size >= MIN_EXTERNAL_BYTES:
+        if record is not None and record.large:
             assert originals is not None
             arrays[name] = record.array(originals.data)
         elif (
@@ -291,7 +344,7 @@ def weightless_proto(
     for descriptor, value in proto.graph.ListFields():
         if descriptor.name != "initializer":
             _copy_field(light.graph, descriptor, value)
-    by_name = {t.name: t for t in stored if t.plain and t.raw_size >= MIN_EXTERNAL_BYTES}
+    by_name = {t.name: t for t in stored if t.large}
     arrays = {}
     for tensor in proto.graph.initializer:
         record = by_name.get(tensor.name)

@@ -41,7 +41,10 @@ def constant(value: ir.Value | None) -> np.ndarray | str:
         producer = seen.producer()
         made_by = f"computed by {label(producer, with_op=True)}" if producer else "not a constant"
         return f"{seen.name!r} is {made_by}"
-    return tensor.numpy()
+    array = tensor.numpy()
+    # large weights are read-only views of the model file's bytes (model_bytes): a copy
+    # for the pass, which may compute in place, as it could with protobuf's copies
+    return array if array.flags.writeable else array.copy()
 
 
 def is_float(value: ir.Value | None) -> bool:

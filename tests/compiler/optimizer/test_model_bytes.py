@@ -13,6 +13,8 @@ from netc.compiler.optimizer.api import optimize_file, optimize_model
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.model_bytes import (
     Originals,
+    light_model_bytes,
+    load_ir,
     model_pieces,
     scan_initializers,
     weightless_ir,
@@ -20,7 +22,9 @@ from netc.compiler.optimizer.model_bytes import (
 )
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
 from netc.compiler.optimizer.pipeline import run_pipeline
+from netc.compiler.optimizer.rewrite import constant
 from netc.compiler.optimizer.verify import _session
+from netc.errors import UserError
 
 
 def net() -> onnx.ModelProto:
@@ -145,3 +149,41 @@ def test_the_written_file_is_the_result_data(tmp_path):
     assert dst.read_bytes() == result.data and result.size == len(result.data)
     assert ops(result.model) == ops(onnx.load(dst))
     assert ops(result.model)["BatchNormalization"] == 1  # bn2 stays behind its Relu
+
+
+def test_the_light_model_holds_no_large_weights_and_load_ir_puts_them_back():
+    model = net()
+    data = model.SerializeToString()
+    stored = scan_initializers(data)
+    assert stored is not None
+    light = onnx.ModelProto.FromString(light_model_bytes(data, stored))
+    assert len(light.SerializeToString()) < len(data) // 4
+    assert [t.name for t in light.graph.initializer] == [t.name for t in model.graph.initializer]
+    kept = {t.name: t for t in light.graph.initializer}
+    assert not kept["conv2.weight"].raw_data and kept["shape"].raw_data  # small ones stay
+    ir_model, _ = load_ir(light, data, stored)
+    for tensor in model.graph.initializer:
+        value = ir_model.graph.initializers[tensor.name]
+        assert value.const_value is not None
+        np.testing.assert_array_equal(value.const_value.numpy(), onnx.numpy_helper.to_array(tensor))
+    # a pass gets a copy it may change in place, never the file's read-only bytes
+    weight = constant(ir_model.graph.initializers["conv2.weight"])
+    assert isinstance(weight, np.ndarray) and weight.flags.writeable
+    weight *= 0
+    again = constant(ir_model.graph.initializers["conv2.weight"])
+    assert isinstance(again, np.ndarray) and again.any()
+
+
+def test_a_file_with_shapeless_outputs_is_checked_whole(tmp_path):
+    model = net()
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    src, dst = tmp_path / "net.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    result = optimize_file(src, dst)
+    assert result.verification is not None and result.verification.ok
+    # and what only onnx's checker finds is still found on the whole model
+    conv = model.graph.node[0]
+    conv.attribute.append(onnx.helper.make_attribute("strides", 1.5))
+    onnx.save(model, src)
+    with pytest.raises(UserError, match="not a valid ONNX model"):
+        optimize_file(src, dst)
