@@ -119,8 +119,7 @@ class AffineFolding(OptimizerPass):
 
     def _fold_into_bn(self, graph, node, bn, x, arrays, names, opset) -> bool:
         what = f"{label(node, with_op=True)} after {label(bn, with_op=True)}"
-        problem = read_batch_norm(bn, bn.version or opset)
-        if isinstance(problem, str):
+        if isinstance(read_batch_norm(bn, bn.version or opset), str):
             return False  # not an inference BN; ConvBatchNormFusion has said why
         gamma, beta = constant(bn.inputs[1]), constant(bn.inputs[2])
         assert not isinstance(gamma, str) and not isinstance(beta, str)  # read_batch_norm did

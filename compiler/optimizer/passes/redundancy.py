@@ -210,7 +210,7 @@ def _covers_whole_axes(node: ir.Node, dims: Dims | None) -> bool:
     sliced axis (of fixed size) whole, in order."""
     if dims is None or len(node.inputs) < 3:
         return False
-    parts = []
+    parts: list[list[int] | None] = []
     for index in range(1, 5):
         value = node.inputs[index] if index < len(node.inputs) else None
         if value is None:
