@@ -178,3 +178,25 @@ def test_masks_are_cropped_with_their_images():
     cropped, cropped_mask = augment(image, mask, torch.Generator().manual_seed(3))
     assert cropped_mask.dtype == torch.long
     assert torch.equal((cropped[:, 0] > 0.5).long(), cropped_mask)
+
+
+def test_the_documented_example_takes_torchvisions_resnet18(tmp_path):
+    """examples/resnet18_finetune.yaml (docs/training.md): every torchvision key lands on
+    one of its parameters, and its training settings read."""
+    from pathlib import Path
+
+    from netc.compiler.network import load
+    from netc.runtime.module import build_module
+    from netc.runtime.weight_layouts import to_netc
+
+    example = Path(__file__).parents[2] / "examples" / "resnet18_finetune.yaml"
+    network = load(str(example))
+    with torch.device("meta"):
+        ours = build_module(network.graph).state_dict()
+        theirs = torch_zoo.build("resnet18").state_dict()
+    mapped = to_netc(theirs, network.graph, ours)
+    assert sorted(mapped.tensors) == sorted(ours)
+    config = parse_training(network.spec.training)
+    assert config.normalize == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert config.freeze == {"layers": ["conv1", "bn1", "layer*"], "epochs": 2}
+    assert config.augment["random_resized_crop"] == {"scale": [0.08, 1.0], "ratio": [0.75, 4 / 3]}
