@@ -12,7 +12,8 @@ also prints netc's cProfile by stage. The IR 3 rows take the same models in
 the IR 3 layout (initializers also graph inputs) with and without
 --freeze-initializer-inputs: BatchNormalization left, IR version, and checker.
 
-    .venv/bin/python bench/optimize_large.py [--rounds 3] [--profile] [--models vgg19,fcn8s]
+    .venv/bin/python bench/optimize_large.py [--rounds 5] [--profile] [--models vgg19,fcn8s]
+    PYTHONPATH=OLD_CHECKOUT .venv/bin/python bench/optimize_large.py --no-ir3   # a before
 """
 
 from __future__ import annotations
@@ -134,10 +135,13 @@ def ir3_rows(folder: Path, name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default="vgg19,fcn8s")
     parser.add_argument("--profile", action="store_true", help="print netc's cProfile too")
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument(
+        "--no-ir3", action="store_true", help="skip the IR 3 rows (a netc before the flag)"
+    )
     args = parser.parse_args()
     names = args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +172,8 @@ def main() -> None:
                 profile(src, dst, verify=False)
                 profile(src, dst, verify=True)
             src.unlink()
+        if args.no_ir3:
+            return
         print(
             "\n| model | flag | BatchNormalization | IR version | graph inputs | onnx.checker | s |"
         )

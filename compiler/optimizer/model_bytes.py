@@ -218,7 +218,8 @@ def _tensor(data: bytes, view: memoryview, start: int, end: int, key: int) -> St
             raw, raw_key = (a, b), begins
         else:
             plain = False
-    plain = plain and data_type in _PLAIN and raw[1] > raw[0]
+    # dims are int64 read as unsigned here: a negative one is left to protobuf and the checks
+    plain = plain and data_type in _PLAIN and raw[1] > raw[0] and all(d < 2**63 for d in dims)
     return StoredTensor(name, tuple(dims), data_type, key, start, end, raw_key, *raw, plain)
 
 

@@ -18,13 +18,13 @@ from netc.cli import main
 from netc.compiler.optimizer.api import optimize_file, optimize_model
 
 
-def ir3_conv_bn(opset: int = 9, seed: int = 0) -> onnx.ModelProto:
+def ir3_conv_bn(opset: int = 9, seed: int = 0, width: int = 4) -> onnx.ModelProto:
     """Conv → BN → Relu → Conv → BN, every initializer also a graph input, IR 3."""
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     nodes = []
     x = "data"
-    for index, (cin, cout) in enumerate(((3, 4), (4, 5))):
+    for index, (cin, cout) in enumerate(((3, width), (width, 5))):
         p = f"l{index}"
         arrays[f"{p}_w"] = rng.standard_normal((cout, cin, 3, 3))
         arrays[f"{p}_b"] = rng.standard_normal(cout)
@@ -123,3 +123,15 @@ def test_cli_refuses_the_flag_with_reduced_precision(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--freeze-initializer-inputs goes with --precision fp32" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_large_ir3_weights_lent_to_onnxruntime_verify_either_way(freeze, tmp_path):
+    """Weights of 1 KiB and more reach the verifying sessions by reference, also when
+    they are graph inputs too (width 16: 1.7 and 2.8 KiB conv weights)."""
+    src, dst = tmp_path / "ir3.onnx", tmp_path / "out.onnx"
+    model = ir3_conv_bn(width=16)
+    onnx.save(model, src)
+    result = optimize_file(src, dst, freeze_initializer_inputs=freeze)
+    assert result.verification is not None and result.verification.ok
+    assert ops(onnx.load(dst))["BatchNormalization"] == (0 if freeze else 2)
