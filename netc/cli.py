@@ -558,10 +558,10 @@ def _run_optimize(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve every model in a repository over gRPC",
+        help="serve every model in a repository over gRPC and HTTP",
         description="Serve REPO/<model>/<version>/model.onnx over gRPC "
-        "(Triton/KServe v2 protocol and netc's vision service), with "
-        "Prometheus metrics over HTTP.",
+        "(Triton/KServe v2 protocol and netc's vision service) and HTTP (KServe v2 REST, "
+        "the vision service, a page to try a model at /), with Prometheus metrics.",
     )
     p.add_argument("--repository", required=True, type=Path, metavar="REPO")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -573,6 +573,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="Prometheus metrics port (default 8002; 0 picks a free one)",
     )
     p.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="HTTP/REST port: KServe v2 REST, the vision service, the page at / "
+        "(default 8000; 0 picks a free one)",
+    )
+    p.add_argument("--no-http", action="store_true", help="do not serve HTTP/REST")
     p.add_argument(
         "--max-message-mb",
         type=int,
@@ -608,7 +616,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "reload; debug a line per request (default warning: failures)",
     )
     security = p.add_argument_group("security (README.md, Security)")
-    security.add_argument("--tls-cert", type=Path, metavar="PEM", help="TLS (gRPC and metrics)")
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="TLS (gRPC, HTTP and metrics)"
+    )
     security.add_argument("--tls-key", type=Path, metavar="PEM", help="... and its private key")
     security.add_argument(
         "--tls-client-ca",
@@ -640,6 +650,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         metrics_port=None if args.no_metrics else args.metrics_port,
+        http_port=None if args.no_http else args.http_port,
         max_message_mb=args.max_message_mb,
         poll_seconds=args.poll,
         max_image_pixels=args.max_image_pixels,

@@ -42,6 +42,7 @@ class ServerOptions:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int | None = 8002
+    http_port: int | None = None  # the REST port (serving/http/): netc serve's is 8000
     max_message_mb: int = DEFAULT_MESSAGE_MB
     poll_seconds: float | None = None  # rescan the repository this often (hot reload)
     max_image_pixels: int | None = None  # vision service limit (None: images.MAX_PIXELS)
@@ -66,6 +67,8 @@ class RunningServer:
     auth: AuthInterceptor | None = None  # its reload() reads the token files again
     tls: ServerTls | None = None
     health: Any = None  # grpc.health.v1's servicer
+    http: Any = None  # serving.http.HttpServer: the REST port
+    http_port: int | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
         """Shut down: health NOT_SERVING and ServerReady false at once; new inference
@@ -84,6 +87,8 @@ class RunningServer:
             self.metrics.close()
         await self.repository.drain(deadline)
         await self.server.stop(max(0.0, deadline - loop.time()))
+        if self.http is not None:
+            await self.http.close()
         await self.repository.close()
 
 
@@ -194,6 +199,16 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
+    http = None
+    if options.http_port is not None:
+        try:
+            http = await _start_http(repository, options, limit, interceptor, server_tls)
+        except OSError as exc:  # stop what started, then say which port
+            await server.stop(0)
+            await repository.close()
+            raise OSError(
+                f"cannot serve HTTP on {options.host}:{options.http_port}: {exc.strerror or exc}"
+            ) from None
 
     async def update_health() -> None:
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -208,6 +223,8 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         server, repository, port, options.metrics_port, auth=interceptor, tls=server_tls
     )
     running.health = health
+    if http is not None:
+        running.http, running.http_port = http, http.port
     if options.metrics_port is not None:
         try:
             running.metrics = start_metrics_server(
@@ -225,6 +242,24 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
     if options.poll_seconds:
         running.tasks.append(asyncio.create_task(_poll(repository, options.poll_seconds)))
     return running
+
+
+async def _start_http(
+    repository: ModelRepository,
+    options: ServerOptions,
+    max_body: int,
+    interceptor: AuthInterceptor | None,
+    server_tls: ServerTls | None,
+):
+    """The REST port on this event loop, with gRPC's message limit, tokens and TLS.
+    (aiohttp is imported here: a server without the REST port does without it.)"""
+    from netc.serving.http import build_app, start_http
+
+    app = build_app(
+        repository, max_body=max_body, max_pixels=options.max_image_pixels, auth=interceptor
+    )
+    ssl_context = server_tls.ssl_context() if server_tls is not None else None
+    return await start_http(app, options.host, options.http_port or 0, ssl_context)
 
 
 async def _poll(repository: ModelRepository, seconds: float) -> None:
@@ -310,8 +345,12 @@ def serve_forever(repository_path: Path, options: ServerOptions) -> int:
             if running.metrics_port
             else ""
         )
+        http = (
+            f", HTTP on {scheme}://{options.host}:{running.http_port}" if running.http_port else ""
+        )
         print(
-            f"netc serving gRPC on {options.host}:{running.port}{_security(running)}{metrics}",
+            f"netc serving gRPC on {options.host}:{running.port}{_security(running)}{http}"
+            f"{metrics}",
             file=sys.stderr,
             flush=True,
         )

@@ -122,7 +122,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         )
 
     async def ListModels(self, request, context):
-        return await self._answer(self._list_models(), context, "ListModels")
+        return await self._answer(self.list_models(), context, "ListModels")
 
     async def _answer(self, work, context, call: str):
         try:
@@ -295,7 +295,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 "alone or send a smaller image"
             )
 
-    async def _list_models(self):
+    async def list_models(self) -> vision_pb2.ListModelsResponse:
         response = vision_pb2.ListModelsResponse()
         for entry in self.repository.index():
             if entry.state != "READY":

@@ -441,7 +441,7 @@ def test_a_serving_process_holds_neither_torch_nor_sklearn(root):
 
     process = subprocess.Popen(
         [sys.executable, "-m", "netc", "serve", "--repository", str(root), "--host",
-         "127.0.0.1", "--port", "0", "--no-metrics"],
+         "127.0.0.1", "--port", "0", "--no-metrics", "--no-http"],
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip

@@ -409,7 +409,8 @@ def test_the_metrics_port_gets_the_same_tls(repo, pki):
 
 # --- netc serve and netc infer as a user runs them ----------------------------------------
 
-SERVE = [sys.executable, "-m", "netc", "serve", "--repository"]
+# --no-http: these servers run beside others (tests/serving/http/ tests the REST port)
+SERVE = [sys.executable, "-m", "netc", "serve", "--no-http", "--repository"]
 
 
 def _start(repo: Path, *flags: str) -> tuple[subprocess.Popen, str]:

@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from netc.serving.client import RequestFailed, VisionClient
 
-SERVE = [sys.executable, "-m", "netc", "serve", "--repository"]
+# --no-http: these servers run beside others (tests/serving/http/ tests the REST port)
+SERVE = [sys.executable, "-m", "netc", "serve", "--no-http", "--repository"]
 
 
 @pytest.fixture

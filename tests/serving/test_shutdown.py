@@ -42,7 +42,7 @@ def _request() -> bytes:
 def _start(repository, *flags):
     process = subprocess.Popen(
         [sys.executable, "-m", "netc", "serve", "--repository", str(repository), "--host",
-         "127.0.0.1", "--port", "0", "--no-metrics", *flags],
+         "127.0.0.1", "--port", "0", "--no-metrics", "--no-http", *flags],
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
