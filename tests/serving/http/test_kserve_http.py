@@ -243,7 +243,12 @@ BAD_REQUESTS = {
     ),
     "missing input": (dict(inputs=lambda: []), 400, ["missing input 'image' (FP32 [1, 32, 32])"]),
     "extra input": (
-        dict(inputs=lambda: [_input("image", _images(1)), _input("mask", np.zeros((1, 4), np.float32))]),
+        dict(
+            inputs=lambda: [
+                _input("image", _images(1)),
+                _input("mask", np.zeros((1, 4), np.float32)),
+            ]
+        ),
         400,
         ["unexpected input 'mask'", "inputs are image"],
     ),
