@@ -9,6 +9,8 @@
 #
 #   bench/perf_analyzer.sh                       # digits and resnet18, concurrency 1 to 8
 #   MODELS=digits RANGE=1:8:7 bench/perf_analyzer.sh
+#   DELAY0=1 MODELS=digits RANGE=1:4:1 bench/perf_analyzer.sh  # also digits0: the same
+#       model with `max_queue_delay_us: 0`, measured after digits by the same server
 #
 # Settings (environment): MODELS (digits,resnet18), RANGE (1:8:1), INTERVAL_MS (2000,
 # each measurement window), STABILITY (50, % spread allowed between the last three
@@ -62,6 +64,14 @@ for model in "${WANTED[@]}"; do
     "$PYTHON" -m netc export "${ZOO[$model]}" --repository "$WORK/repo" --name "$model" \
         --no-verify >/dev/null
 done
+if [[ ${DELAY0:-0} == 1 ]]; then
+    for model in "${WANTED[@]}"; do
+        cp -r "$WORK/repo/$model" "$WORK/repo/${model}0"
+        printf 'dynamic_batching:\n  max_queue_delay_us: 0\n' >"$WORK/repo/${model}0/config.yaml"
+        ZOO[${model}0]=${ZOO[$model]}
+    done
+    IFS=, read -ra WANTED <<<"$(for m in "${WANTED[@]}"; do printf '%s,%s0,' "$m" "$m"; done)"
+fi
 
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
