@@ -13,6 +13,7 @@ NETC_SLOW_TESTS=1; every mapping's keys and shapes are checked in every run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -313,3 +314,65 @@ def test_export_and_train_take_weights_from_the_command_line(tiny, tmp_path, cap
     code = main(["export", tiny, "--weights", str(tmp_path / "w.pth"), *layout, "-o", str(out)])
     assert code == 0
     assert "layout timm (given)" in capsys.readouterr().err
+
+
+class InceptionAux(torch.nn.Module):
+    """torchvision's InceptionAux (GoogLeNet with aux_logits=True), its module names."""
+
+    def __init__(self, in_channels: int, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv = torch_zoo.BasicConv2d(in_channels, 128, kernel_size=1)
+        self.fc1 = torch.nn.Linear(2048, 1024)
+        self.fc2 = torch.nn.Linear(1024, num_classes)
+        self.dropout = torch.nn.Dropout(p=0.7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.conv(torch.nn.functional.adaptive_avg_pool2d(x, (4, 4))), 1)
+        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
+
+
+def _googlenet_with_aux_outputs(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """torchvision's GoogLeNet.forward with its auxiliary outputs (eval mode)."""
+    x = net.maxpool2(net.conv3(net.conv2(net.maxpool1(net.conv1(x)))))
+    x = net.inception4a(net.maxpool3(net.inception3b(net.inception3a(x))))
+    aux1 = net.aux1(x)
+    x = net.inception4d(net.inception4c(net.inception4b(x)))
+    aux2 = net.aux2(x)
+    x = net.inception5b(net.inception5a(net.maxpool4(net.inception4e(x))))
+    logits = net.fc(torch.flatten(net.avgpool(x), 1))
+    return {"logits": logits, "aux1": aux1, "aux2": aux2}
+
+
+def test_googlenet_with_its_auxiliary_heads_loads_torchvisions_whole_file(tmp_path):
+    """examples/googlenet_aux.yaml: torchvision's GoogLeNet file holds aux1 and aux2; all
+    of it loads, and the three outputs are torchvision's, in PyTorch and in ONNX."""
+    torch.manual_seed(0)
+    reference = torch_zoo.build("googlenet")
+    reference.aux1, reference.aux2 = InceptionAux(512), InceptionAux(528)
+    reference = _randomised(reference, seed=1)
+    torch.save(reference.state_dict(), tmp_path / "googlenet.pth")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = _googlenet_with_aux_outputs(reference, x)
+
+    example = str(Path(__file__).parents[2] / "examples" / "googlenet_aux.yaml")
+    graph = load(example, input_shape=(3, 64, 64)).graph
+    module = build_module(graph, seed=0)
+    report = load_weights(module, graph, str(tmp_path / "googlenet.pth"), None, "--init-from")
+    assert not report.new and not report.skipped, report.lines()
+    with torch.no_grad():
+        actual = module.eval()(x)
+    assert list(actual) == ["logits", "aux1", "aux2"]
+    for name in actual:
+        assert_fp32_close(actual[name], expected[name], what=name)
+
+    result = export_model(
+        example, input_shape=(3, 64, 64), weights_file=str(tmp_path / "googlenet.pth"), quiet=True
+    )
+    session = ort.InferenceSession(
+        result.model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert [o.name for o in session.get_outputs()] == ["logits", "aux1", "aux2"]
+    for name, value in zip(["logits", "aux1", "aux2"], outputs):
+        assert_fp32_close(value, expected[name], what=f"{name} in onnxruntime")
