@@ -100,6 +100,14 @@ def _train_mode(module: nn.Module) -> None:
             layer.eval()
 
 
+def _has_idle_outputs(run: PreparedRun, losses: OutputLosses | None) -> bool:
+    """Whether some output's layers get no gradient: DDP must then be told to look for
+    parameters a step leaves unused (evaluation-only outputs)."""
+    outputs = run.network.graph.outputs
+    used = {term.output for term in losses.terms} if losses else set(list(outputs)[:1])
+    return len(used) < len(outputs)
+
+
 def _pk_shape(run: PreparedRun) -> PK | None:
     config, task = run.config, run.network.graph.task
     if task == "segmentation":
@@ -224,6 +232,17 @@ class Session:
             steps_per_epoch=len(run.train_set) // config.batch_size,
         )
         check_batch_statistics(module, run, world)
+        output_losses = (
+            None
+            if config.losses is None
+            else build_output_losses(
+                config.losses,
+                config.loss,
+                outputs=list(run.network.graph.outputs),
+                task=task,
+                num_classes=len(run.classes),
+            )
+        )
         pk = _pk_shape(run)
         if pk is not None:
             say(
@@ -239,20 +258,14 @@ class Session:
             device=device,
             module=module,
             trained=(
-                torch.nn.parallel.DistributedDataParallel(module) if world.distributed else module
+                torch.nn.parallel.DistributedDataParallel(
+                    module, find_unused_parameters=_has_idle_outputs(run, output_losses)
+                )
+                if world.distributed
+                else module
             ),
             loss_fn=build_loss(config.loss, task=task, num_classes=len(run.classes)),
-            output_losses=(
-                None
-                if config.losses is None
-                else build_output_losses(
-                    config.losses,
-                    config.loss,
-                    outputs=list(run.network.graph.outputs),
-                    task=task,
-                    num_classes=len(run.classes),
-                )
-            ),
+            output_losses=output_losses,
             optimizer=optimizer,
             schedule=schedule,
             autocast=autocast,
