@@ -22,6 +22,10 @@ from netc.serving.server import BackgroundServer, ServerOptions
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+# tritonclient.http's __del__ closes the client again, which fails when the garbage
+# collector runs it on another thread (a server's): clients are kept until exit.
+KEPT: list = []
+
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -33,8 +37,8 @@ def http_options(**overrides) -> ServerOptions:
 @pytest.fixture(scope="module")
 def client(http_url):
     c = httpclient.InferenceServerClient(http_url)
-    yield c
-    c.close()
+    KEPT.append(c)
+    return c
 
 
 def _session(repo, name):
@@ -367,17 +371,18 @@ def test_oversized_body_is_413_and_the_server_goes_on(http_repo, tmp_path):
     shutil.copytree(http_repo / "lenet5", root / "lenet5")
     server = BackgroundServer(root, http_options(max_message_mb=1))
     try:
-        with httpclient.InferenceServerClient(f"127.0.0.1:{server.running.http_port}") as c:
-            big = np.zeros((1, 1, 512, 1024), np.float32)  # 2 MiB
-            _fails(
-                lambda: c.infer("lenet5", [_input("image", big)]),
-                413,
-                "is over this server's 1 MiB limit (netc serve --max-message-mb)",
-            )
-            assert c.is_server_live()
-            assert c.infer("lenet5", [_input("image", _images(1))]).as_numpy("fc3").shape == (
-                1,
-                10,
-            )
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{server.running.http_port}")
+        KEPT.append(c)
+        big = np.zeros((1, 1, 512, 1024), np.float32)  # 2 MiB
+        _fails(
+            lambda: c.infer("lenet5", [_input("image", big)]),
+            413,
+            "is over this server's 1 MiB limit (netc serve --max-message-mb)",
+        )
+        assert c.is_server_live()
+        assert c.infer("lenet5", [_input("image", _images(1))]).as_numpy("fc3").shape == (
+            1,
+            10,
+        )
     finally:
         server.stop()
