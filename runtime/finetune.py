@@ -30,6 +30,7 @@ class LoadReport:
     new: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (layer, why)
     source: str = ""  # what was read, and in which layout (empty for a plain state dict)
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [self.source] if self.source else []
@@ -43,7 +44,7 @@ class LoadReport:
             out.append(f"skipped {layer}: {why}")
         if len(self.skipped) > SKIPPED_SHOWN:
             out.append(f"skipped {len(self.skipped) - SKIPPED_SHOWN} more layers")
-        return out
+        return out + self.notes
 
 
 def _layer(key: str) -> str:
@@ -106,6 +107,19 @@ def load_weights(
         f"read {len(weights.tensors)} tensors ({weights.kind}), "
         f"layout {mapped.layout} ({how}{same})"
     )
+    if weights.kind == "ONNX initializers":
+        norms = [
+            name
+            for name in report.new
+            if isinstance(module.get_submodule(name), nn.modules.batchnorm._BatchNorm)
+        ]
+        if norms:  # torch.onnx.export's optimizer folds batch norms into the convs before
+            report.notes.append(
+                f"note: the ONNX model has no tensors for the batch norms {', '.join(norms[:5])}"
+                + (" ..." if len(norms) > 5 else "")
+                + "; an exporter that folded them into the convs before them left those "
+                "convs' weights scaled by them"
+            )
     if not report.loaded:
         raise UserError(
             f"{flag} {source}: no layer of {graph.name} matches the checkpoint by name and "

@@ -376,3 +376,19 @@ def test_googlenet_with_its_auxiliary_heads_loads_torchvisions_whole_file(tmp_pa
     assert [o.name for o in session.get_outputs()] == ["logits", "aux1", "aux2"]
     for name, value in zip(["logits", "aux1", "aux2"], outputs):
         assert_fp32_close(value, expected[name], what=f"{name} in onnxruntime")
+
+
+def test_an_onnx_file_without_batch_norm_tensors_says_they_may_be_folded(tiny, tmp_path):
+    """torch.onnx.export's optimizer folds batch norms into the convs before them."""
+    from onnx import helper, numpy_helper
+
+    state = _tiny_state()
+    initializers = [
+        numpy_helper.from_array(state[key].numpy(), key)
+        for key in ("conv1.weight", "fc.weight", "fc.bias")
+    ]
+    graph = helper.make_graph([], "folded", [], [], initializer=initializers)
+    onnx.save(helper.make_model(graph), str(tmp_path / "folded.onnx"))
+    _, report = _loaded(tiny, tmp_path / "folded.onnx")
+    assert report.new == ["bn1"]
+    assert any("no tensors for the batch norms bn1" in line for line in report.lines())
