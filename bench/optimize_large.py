@@ -95,7 +95,15 @@ PEAK_TOOL = {"netc --no-verify": "no-verify", "netc": "netc", "onnxslim": "onnxs
 
 def peak_mib(src: Path, dst: Path, tool: str) -> float:
     code = PEAK.format(bench=str(Path(__file__).parent), src=str(src), dst=str(dst), tool=tool)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # run from bench/: `python -c` puts the working folder first on sys.path, and the repo
+    # root's netc/ would shadow a PYTHONPATH checkout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent,
+    )
     return int(out.stdout.split()[-1]) / 1024
 
 
