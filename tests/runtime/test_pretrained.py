@@ -392,3 +392,19 @@ def test_an_onnx_file_without_batch_norm_tensors_says_they_may_be_folded(tiny, t
     _, report = _loaded(tiny, tmp_path / "folded.onnx")
     assert report.new == ["bn1"]
     assert any("no tensors for the batch norms bn1" in line for line in report.lines())
+
+
+def test_weights_go_with_a_description_not_a_run(tiny, tmp_path, capsys):
+    torch.save(_tiny_state(), tmp_path / "w.pth")
+    (tmp_path / "run").mkdir()
+    torch.save({}, tmp_path / "run" / "last.pt")
+    out = ["-o", str(tmp_path / "m.onnx")]
+    code = main(["export", str(tmp_path / "run"), "--weights", str(tmp_path / "w.pth"), *out])
+    assert code == 2
+    assert "--weights loads weights into a description" in capsys.readouterr().err
+    code = main(
+        ["export", tiny, "--weights", str(tmp_path / "none.pth"), "-o", str(tmp_path / "m.onnx")]
+    )
+    assert code == 2
+    assert "no such weights file or run directory" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
