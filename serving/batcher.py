@@ -152,16 +152,8 @@ class Batcher:
         times: RequestTimes,
         owned: bool,
     ) -> asyncio.Future:
-        if self.closing:
-            raise ModelUnavailable(f"model '{self.name}' is being unloaded; retry")
+        self.admit()
         loop = asyncio.get_running_loop()
-        if self.waiting() >= self.max_queue:
-            self._prune(loop.time())  # requests whose clients left must not keep others out
-            if self.waiting() >= self.max_queue:
-                raise QueueFull(
-                    f"model '{self.name}': queue is full ({self.max_queue} requests "
-                    "waiting); retry later"
-                )
         self.patience.arrived(loop.time(), len(self.queue) + sum(map(len, self.taken)))
         pending = _Pending(inputs, batch, key, loop.create_future(), deadline, times, owned)
         if self.queue and self.queued_bytes + pending.nbytes > MAX_QUEUE_BYTES:
@@ -185,6 +177,21 @@ class Batcher:
                 ):
                     _wake(gathering.waiter)
         return pending.future
+
+    def admit(self) -> None:
+        """Raise what `submit` would refuse a request with now (the model is closing, or
+        its queue is full), so a caller can refuse before decoding the request: under a
+        storm of retries every refusal's cost comes out of the model's share of the CPU."""
+        if self.closing:
+            raise ModelUnavailable(f"model '{self.name}' is being unloaded; retry")
+        if self.waiting() >= self.max_queue:
+            # requests whose clients left must not keep others out
+            self._prune(asyncio.get_running_loop().time())
+            if self.waiting() >= self.max_queue:
+                raise QueueFull(
+                    f"model '{self.name}': queue is full ({self.max_queue} requests "
+                    "waiting); retry later"
+                )
 
     def waiting(self) -> int:
         """Requests waiting to run: queued, or held by a batch gathering company."""

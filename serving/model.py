@@ -260,6 +260,12 @@ class ServedModel:
         options = session_options(replace(self.config, intra_op_threads=1))
         self.session = ort.InferenceSession(str(self.path), options, providers=providers())
 
+    def admit(self) -> None:
+        """Refuse now what queueing would refuse (a full queue, a closing model), before
+        the request is decoded and checked."""
+        if self.batcher is not None:
+            self.batcher.admit()
+
     def checked(self, request: pb.ModelInferRequest) -> CheckedRequest:
         """A ModelInferRequest decoded and checked: the request path's one decoder (gRPC's
         ModelInfer and ModelStreamInfer use it). The common request (one fixed-size

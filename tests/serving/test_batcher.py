@@ -326,6 +326,30 @@ def test_clients_that_left_do_not_fill_the_queue():
     assert [float(r["y"][0, 0]) for r in results] == [0.0, 4.0, 6.0]
 
 
+def test_admit_refuses_before_a_request_is_decoded_what_submit_would():
+    """`admit` (called before decoding, so a storm of retries costs little) refuses a full
+    queue and a closing model exactly as `submit` does, and makes room by dropping
+    requests whose clients left, as `submit` does."""
+
+    async def scenario():
+        batcher = _on_worker_thread(_slow, delay_s=0.0, max_batch=1)
+        batcher.max_queue = 1
+        running = batcher.submit(_request(0.0), 1, ("x",), None)
+        await asyncio.sleep(0.02)  # request 0 runs; the queue is empty
+        batcher.admit()  # room for one
+        queued = batcher.submit(_request(1.0), 1, ("x",), None)
+        with pytest.raises(QueueFull, match="queue is full"):
+            batcher.admit()
+        queued.cancel()  # its client hangs up: there is room again
+        batcher.admit()
+        await running
+        await batcher.close()
+        with pytest.raises(ModelUnavailable, match="being unloaded"):
+            batcher.admit()
+
+    asyncio.run(scenario())
+
+
 def test_a_large_input_after_small_ones_runs_off_the_event_loop():
     """Run time follows the input's size: many tiny pictures must not make a huge one run
     on the event loop, where it would hold every other call."""
