@@ -21,6 +21,11 @@ requests, the request serialized once):
   netc-nobatch `netc serve` with dynamic batching off
   netc-on-threads  netc's ModelInfer handler code on grpc's thread-pool server
                (leader/follower batching): aio vs threads for the real work
+  http-echo    an aiohttp.web server answering a POST with a body of the size of
+               netc's REST answer (the floor for any aiohttp server; driven, like
+               netc-http, by an aiohttp client process)
+  netc-http    `netc serve`'s REST port (serving/http/, the same server as `netc`):
+               KServe v2 infer with Triton's binary tensor data in and out
 for the digits classifier (lenet5, 1x32x32) and resnet18 (3x224x224), at
 concurrency 1 and 16.
 
@@ -29,7 +34,7 @@ swings by 2x, so every target is measured `--repeats` times in interleaved
 rounds (drift hits all targets alike) and the table shows the medians.
 
     .venv/bin/python bench/serve.py [--requests 5000] [--resnet-requests 200] [--repeats 3]
-                                    [--models digits,resnet18]
+                                    [--models digits,resnet18] [--only TARGET,...]
 
 `--int8` instead serves resnet18 twice from one `netc serve`: fp32 (the
 export after `netc optimize`) and int8 (the same, quantized by netc's int8
@@ -137,6 +142,26 @@ def echo_server(
         await server.wait_for_termination()
 
     asyncio.run(run())
+
+
+def http_echo_server(port: int, response_size: int) -> None:
+    """aiohttp.web answering every POST with `response_size` bytes, as netc's REST port
+    answers (its JSON header's length in Inference-Header-Content-Length)."""
+    from aiohttp import web
+
+    reply = b"x" * response_size
+
+    async def echo(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(
+            body=reply,
+            content_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": "0"},
+        )
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/{path:.*}", echo)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 def threads_server(port: int, model_path: str) -> None:
@@ -276,6 +301,48 @@ def load(port: int, method: str, payload_file: str, concurrency: int, requests: 
     print(json.dumps(asyncio.run(run())))
 
 
+def http_load(port: int, path: str, payload_file: str, concurrency: int, requests: int) -> None:
+    """`load` over HTTP: POST the body (a binary-data infer request: its JSON header's
+    length is the first line of the file) with aiohttp's client, keep-alive."""
+    import aiohttp
+
+    header_length, payload = Path(payload_file).read_bytes().split(b"\n", 1)
+    headers = {
+        "Inference-Header-Content-Length": header_length.decode(),
+        "Content-Type": "application/octet-stream",
+    }
+    url = f"http://127.0.0.1:{port}{path}"
+
+    async def run() -> list[float]:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def call() -> None:
+                async with session.post(url, data=payload, headers=headers) as answer:
+                    await answer.read()
+                    if answer.status != 200:
+                        raise RuntimeError(f"{url}: {answer.status} {await answer.text()}")
+
+            for _ in range(min(20, requests)):  # warm-up
+                await call()
+            latencies: list[float] = []
+            remaining = [requests]
+
+            async def caller() -> None:
+                while remaining[0] > 0:
+                    remaining[0] -= 1
+                    begin = time.perf_counter()
+                    await call()
+                    latencies.append(time.perf_counter() - begin)
+
+            begin = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            latencies.append(-(time.perf_counter() - begin))  # last entry: wall time
+            return latencies
+
+    print(json.dumps(asyncio.run(run())))
+
+
 def drive(port: int, method: str, payload: bytes, concurrency: int, requests: int) -> dict:
     with tempfile.NamedTemporaryFile(delete=False) as handle:
         handle.write(payload)
@@ -284,7 +351,7 @@ def drive(port: int, method: str, payload: bytes, concurrency: int, requests: in
             [
                 PY,
                 __file__,
-                "--load",
+                "--http-load" if method.startswith("/v2/") else "--load",
                 str(port),
                 method,
                 handle.name,
@@ -358,6 +425,40 @@ def infer_request(model: str, shape: tuple[int, ...]) -> bytes:
     return request.SerializeToString()
 
 
+def http_infer_body(model: str, shape: tuple[int, ...]) -> bytes:
+    """A KServe v2 infer request with Triton's binary data (the same input as
+    `infer_request`), its outputs asked for binary; the first line is the JSON's length."""
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    data = x.tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, *shape],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return str(len(header)).encode() + b"\n" + header + data
+
+
+def http_response_size(port: int, model: str, body: bytes) -> int:
+    import urllib.request
+
+    header_length, payload = body.split(b"\n", 1)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/{model}/infer",
+        data=payload,
+        headers={"Inference-Header-Content-Length": header_length.decode()},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return len(answer.read())
+
+
 def response_size(port: int, request: bytes) -> int:
     import grpc
 
@@ -378,6 +479,9 @@ def main() -> None:
         "--models", default="digits,resnet18", help="which of digits,resnet18 to measure"
     )
     parser.add_argument("--int8", action="store_true", help="resnet18 int8 beside fp32")
+    parser.add_argument(
+        "--only", help="measure these targets alone (e.g. netc,echo-aio,netc-http,http-echo)"
+    )
     args = parser.parse_args()
     if args.int8:
         int8_main(args.resnet_requests, args.repeats)
@@ -411,8 +515,10 @@ def main() -> None:
     rows = []
     servers = []
     try:
-        ports = {key: free_port() for key in ("batch", "nobatch")}
+        ports = {key: free_port() for key in ("batch", "nobatch", "http")}
         for key, repo in repos.items():
+            # the REST port on the batching server: netc-http and netc share one server
+            http = ["--http-port", str(ports["http"])] if key == "batch" else ["--no-http"]
             servers.append(
                 start(
                     [
@@ -427,6 +533,7 @@ def main() -> None:
                         "--port",
                         str(ports[key]),
                         "--no-metrics",
+                        *http,
                     ],
                     ports[key],
                 )
@@ -440,6 +547,7 @@ def main() -> None:
                 args.repeats,
                 repos["batch"] / name / "1" / "model.onnx",
                 ports,
+                args.only.split(",") if args.only else None,
             )
     finally:
         for process in servers:
@@ -473,7 +581,7 @@ def int8_main(requests: int, repeats: int) -> None:
     names = ("resnet18", "resnet18_int8")
     port = free_port()
     serve = ["serve", "--repository", str(repo), "--host", "127.0.0.1", "--port", str(port)]
-    server = start([PY, "-m", "netc", *serve, "--no-metrics"], port)
+    server = start([PY, "-m", "netc", *serve, "--no-metrics", "--no-http"], port)
     infer = "/inference.GRPCInferenceService/ModelInfer"
     runs = {(name, c): [] for name in names for c in (1, 16)}
     ort_runs = {name: [] for name in names}
@@ -533,13 +641,23 @@ def median_stats(runs: list[dict]) -> dict:
     return stats
 
 
-def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
-    """Rows for one model: every target `repeats` times in interleaved rounds, medians."""
+def measure_model(name, shape, requests, repeats, onnx_path, ports, only=None) -> list:
+    """Rows for one model: every target (or those in `only`) `repeats` times in
+    interleaved rounds, medians."""
     infer = "/inference.GRPCInferenceService/ModelInfer"
     request = infer_request(name, shape)
     reply_size = response_size(ports["batch"], request)
+    http_body = http_infer_body(name, shape)
+    http_port = free_port()
+    http_reply_size = http_response_size(ports["http"], name, http_body)
+    process = subprocess.Popen(
+        [PY, __file__, "--http-echo", str(http_port), str(http_reply_size)],
+        stderr=subprocess.PIPE,
+    )
+    processes = [process]
+    start_wait(http_port, process)
     wait_s = ort_numbers(onnx_path, shape, min(requests, 200), serving=False)["p50"] / 1e3
-    echo_ports, processes = {}, []
+    echo_ports = {}
     for threads in (False, True):
         port = free_port()
         process = subprocess.Popen(
@@ -573,9 +691,12 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
         "netc": (ports["batch"], infer),
         "netc-nobatch": (ports["nobatch"], infer),
         "netc-on-threads": (threads_port, infer),
+        "http-echo": (http_port, "/v2/echo"),
+        "netc-http": (ports["http"], f"/v2/models/{name}/infer"),
     }
     one_caller = ("echo-wait", "echo-model")
-    at = {1: list(targets), 16: [t for t in targets if t not in one_caller]}
+    chosen = [t for t in targets if only is None or t in only]
+    at = {1: chosen, 16: [t for t in chosen if t not in one_caller]}
     runs = {(c, target): [] for c in (1, 16) for target in at[c]}
     ort_runs = {False: [], True: []}
     try:
@@ -585,7 +706,8 @@ def measure_model(name, shape, requests, repeats, onnx_path, ports) -> list:
             for c in (1, 16):
                 for target in at[c]:
                     port, method = targets[target]
-                    runs[(c, target)].append(drive(port, method, request, c, requests))
+                    payload = http_body if method.startswith("/v2/") else request
+                    runs[(c, target)].append(drive(port, method, payload, c, requests))
     finally:
         for process in processes:
             process.kill()
@@ -637,8 +759,27 @@ def report(rows) -> None:
     print("\n".join(checks))
 
 
+def _http_checks(name, c, measured, rounds) -> list[str]:
+    """The REST port against its floor (the aiohttp echo) and against gRPC."""
+    if "netc-http" not in measured or "http-echo" not in measured:
+        return []
+    http, echo = measured["netc-http"], measured["http-echo"]
+    each = [n["rps"] / e["rps"] for n, e in zip(rounds["netc-http"], rounds["http-echo"])]
+    line = (
+        f"{name} c={c}: netc-http {http['rps']:.0f} req/s = {http['rps'] / echo['rps']:.0%} "
+        f"of the HTTP echo floor [round by round: {', '.join(f'{r:.0%}' for r in each)}]"
+    )
+    if "netc" in measured:
+        line += f"; HTTP/gRPC {http['rps'] / measured['netc']['rps']:.2f}"
+    return [line]
+
+
 def _checks(name, c, size, measured, ort_stats, rounds) -> list[str]:
     """The issue's targets against default onnxruntime; in brackets, against netc's options."""
+    grpc_targets = ("netc", "echo-aio", "netc-nobatch", "echo-threads", "netc-on-threads")
+    needed = (*grpc_targets, *(("echo-wait", "echo-model") if c == 1 else ()))
+    if not all(t in measured for t in needed):  # --only: the gRPC lines need every target
+        return _http_checks(name, c, measured, rounds)
     netc, echo = measured["netc"], measured["echo-aio"]
     default, serving = ort_stats["default"], ort_stats["serving"]
     if c == 1:
@@ -675,12 +816,17 @@ def _checks(name, c, size, measured, ort_stats, rounds) -> list[str]:
         f"{netc['rps'] / measured['netc-nobatch']['rps']:.2f}; aio/threads ratio: echo "
         f"{echo['rps'] / measured['echo-threads']['rps']:.2f}, netc's handler "
         f"{netc['rps'] / measured['netc-on-threads']['rps']:.2f}; request {size / 1024:.1f} KiB",
+        *_http_checks(name, c, measured, rounds),
     ]
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--load":
         load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--http-load":
+        http_load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--http-echo":
+        http_echo_server(int(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--threads-server":
         threads_server(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--echo":
