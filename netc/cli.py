@@ -279,6 +279,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="turn fc layers into convs: a dense predictor for any input size",
     )
     p.add_argument(
+        "--pixel-input",
+        action="store_true",
+        help="the model takes raw pixel values 0..255, as Triton's image_client.py sends "
+        "them (-s NONE): its scaling and mean/std normalisation go into the graph",
+    )
+    p.add_argument(
         "--input-shape",
         type=_input_shape,
         metavar="C,H,W",
@@ -322,6 +328,7 @@ def _run_export(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         weights_file=args.weights,
         weights_layout=args.weights_layout,
+        pixel_input=args.pixel_input,
     )
     if not result.trained:
         say(

@@ -29,6 +29,7 @@ from netc.compiler.ir import Graph
 from netc.compiler.ir_passes.fc_to_conv import to_fully_convolutional
 from netc.compiler.network import load, load_string
 from netc.compiler.onnx_export import export_onnx, metadata_for
+from netc.compiler.pixel_input import pixel_input_model
 from netc.console import say
 from netc.errors import UserError
 from netc.fileio import write_atomic
@@ -281,9 +282,11 @@ def export_model(
     weights_file: str | None = None,
     weights_layout: str | None = None,
     quiet: bool = False,
+    pixel_input: bool = False,
 ) -> ExportResult:
     """`source` as a verified ONNX model; `weights_file` (for a description) gives its
-    weights, read in `weights_layout` (None: detected)."""
+    weights, read in `weights_layout` (None: detected). `pixel_input`: the model takes raw
+    pixels 0..255, its preprocessing in the graph (`compiler.pixel_input`)."""
     if weights_file is not None and _is_checkpoint(source):
         raise UserError(
             f"--weights loads weights into a description; {source} is a run or checkpoint "
@@ -346,6 +349,8 @@ def export_model(
         raise UserError(f"the exported model does not pass onnx.checker: {exc}") from None
     size = preprocessing.get("resize_to") if whitening is not None else None
     worst = check_against_torch(model, graph, weights, whitening, size) if verify else None
+    if pixel_input:  # after the PyTorch check, which runs the model as PyTorch takes it
+        model = pixel_input_model(model, _sample_shapes(graph, size) if verify else ())
     return ExportResult(model, graph, "model" in state or weights_file is not None, worst)
 
 
