@@ -28,7 +28,15 @@ def annotate_static_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[
     """
     graph = model.graph
     values = _all_values(graph)
-    saved = {id(v): (v, v.shape, v.type) for v in values}
+    # inference also retypes values inside subgraphs (an If's branches): restore those too
+    inner = [
+        value
+        for node in ir.traversal.RecursiveGraphIterator(graph)
+        if node.graph is not graph
+        for value in (*node.inputs, *node.outputs)
+        if value is not None
+    ]
+    saved = {id(v): (v, v.shape, v.type) for v in values + inner}
     try:
         for value in graph.inputs:
             name = value.name

@@ -54,7 +54,9 @@ def _key(node: ir.Node) -> tuple | None:
         if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
             return None
         value = attr.value
-        if isinstance(value, ir.TensorProtocol):
+        if isinstance(value, ir.StringTensor):
+            value = (value.dtype, tuple(value.shape), tuple(value.string_data()))
+        elif isinstance(value, ir.TensorProtocol):
             value = (value.dtype, tuple(value.shape), value.tobytes())
         elif isinstance(value, list):
             value = tuple(value)

@@ -23,7 +23,16 @@ def infer_dims(model: ir.Model, dtypes: dict[int, ir.DataType] | None = None) ->
     graph = model.graph
     values = list(graph.inputs) + list(graph.initializers.values())
     values += [out for node in graph for out in node.outputs]
-    saved = [(v, v.shape, v.type) for v in values]
+    # Inference also rewrites the types of values inside subgraphs (an If's branches):
+    # those are restored too, though only the main graph's are reported.
+    inner = [
+        value
+        for node in ir.traversal.RecursiveGraphIterator(graph)
+        if node.graph is not graph
+        for value in (*node.inputs, *node.outputs)
+        if value is not None
+    ]
+    saved = [(v, v.shape, v.type) for v in values + inner]
     found: dict[int, Dims] = {}
     try:
         with quiet_onnx_ir():

@@ -202,3 +202,41 @@ def test_mobilenet_style_every_bn_fused_and_verified(mobilenet, tmp_path):
     assert any(note.endswith("→ Gemm") for note in fusion.notes)
     assert bn_count(optimized) <= onnxoptimizer_bn(mobilenet)
     assert bn_count(optimized) <= onnxruntime_bn(mobilenet, tmp_path)
+
+
+def test_shape_inference_leaves_the_types_inside_subgraphs_alone():
+    # Inference (for MAC counts and the folding passes) once retyped a branch's sequence
+    # as a tensor, and the optimized If no longer loaded.
+    import numpy as np
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+
+    seq = oh.make_sequence_type_proto(oh.make_tensor_type_proto(TensorProto.FLOAT, [5]))
+    opt = oh.make_optional_type_proto(seq)
+    value = numpy_helper.from_array(np.arange(5, dtype=np.float32), "v")
+    else_body = oh.make_graph(
+        [
+            oh.make_node("Constant", [], ["x"], value=value),
+            oh.make_node("SequenceConstruct", ["x"], ["else_seq"]),
+            oh.make_node("Optional", ["else_seq"], ["else_opt"]),
+        ],
+        "else_body",
+        [],
+        [oh.make_value_info("else_opt", opt)],
+    )
+    then_body = oh.make_graph(
+        [oh.make_node("Optional", [], ["none"], type=seq)],
+        "then_body",
+        [],
+        [oh.make_value_info("none", opt)],
+    )
+    graph = oh.make_graph(
+        [oh.make_node("If", ["cond"], ["out"], then_branch=then_body, else_branch=else_body)],
+        "if",
+        [oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [oh.make_value_info("out", opt)],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    model.ir_version = 8
+    result = optimize_model(model, name="if")  # raises if the optimized model does not run
+    assert result.verification.ok

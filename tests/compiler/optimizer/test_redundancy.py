@@ -181,3 +181,37 @@ def test_a_slice_taking_a_fixed_axis_whole_goes_though_other_dims_are_open(end, 
     assert ("Slice" not in ops(optimized)) == removed
     for n in (1, 3):
         assert_same(model, optimized, N=n, H=5, W=2 + n)
+
+
+def test_cse_compares_string_tensor_attributes():
+    # LabelEncoder's keys_tensor is a string tensor (it has no raw bytes to compare).
+    import onnx
+    import onnx.helper as oh
+
+    keys = oh.make_tensor("keys", onnx.TensorProto.STRING, [2], [b"a", b"b"])
+    values = oh.make_tensor("values", onnx.TensorProto.INT64, [2], [1, 2])
+    nodes = [
+        oh.make_node(
+            "LabelEncoder",
+            ["x"],
+            [y],
+            domain="ai.onnx.ml",
+            keys_tensor=keys,
+            values_tensor=values,
+            default_tensor=oh.make_tensor("d", 7, [1], [0]),
+        )
+        for y in ("y1", "y2")
+    ]
+    nodes.append(oh.make_node("Add", ["y1", "y2"], ["z"]))
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.STRING, [3])],
+        [oh.make_tensor_value_info("z", onnx.TensorProto.INT64, [3])],
+    )
+    model = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("ai.onnx.ml", 4)]
+    )
+    model.ir_version = 8
+    optimized, _ = optimize(model, CommonSubexpressionElimination)
+    assert ops(optimized) == {"LabelEncoder": 1, "Add": 1}
