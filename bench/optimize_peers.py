@@ -3,7 +3,8 @@
 Run through `bench/optimize.py --peers`. Each model is exported with
 torch.onnx's TorchScript exporter at opset 17 with BatchNormalization kept
 (TrainingMode.PRESERVE, no exporter constant folding; random weights and BN
-statistics, batch 1, 3x224x224), then optimized by netc (verified), onnxslim
+statistics, batch 1, 3x224x224; NAME@open rows leave batch, height and
+width open), then optimized by netc (verified), onnxslim
 and onnx-simplifier. Per model it prints node counts, the foldable
 constant/shape nodes and the BatchNormalization nodes each leaves, and the
 latency of each result as a ratio to the raw export's at ORT_DISABLE_ALL and
@@ -35,12 +36,15 @@ TIMM_MODELS = (
     "convnext_atto",
     "regnetx_002",
 )
+# also exported with batch, height and width open, where shapes are symbolic
+OPEN_SIZE_MODELS = ("ghostnet_100", "convnext_atto")
 ZOO_MODELS = ("resnet18", "googlenet", "densenet121", "resnet50")
 SHAPE_OPS = {"Shape", "Size"}
 
 
-def timm_export(name: str) -> onnx.ModelProto:
-    """A timm model, random weights and BN statistics, exported with BN kept."""
+def timm_export(name: str, open_sizes: bool = False) -> onnx.ModelProto:
+    """A timm model, random weights and BN statistics, exported with BN kept; with
+    `open_sizes` the batch, height and width of the input are left open."""
     import torchvision_standin
 
     torchvision_standin.install()
@@ -65,6 +69,7 @@ def timm_export(name: str) -> onnx.ModelProto:
             do_constant_folding=False,
             training=torch.onnx.TrainingMode.PRESERVE,
             input_names=["image"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}} if open_sizes else None,
         )
     return onnx.load_from_string(buffer.getvalue())
 
@@ -111,6 +116,23 @@ def foldable_left(model: onnx.ModelProto) -> int:
     return count
 
 
+def ort_all_nodes(model: onnx.ModelProto) -> int:
+    """Nodes in onnxruntime's own saved model at ORT_ENABLE_ALL: a noise-free check that
+    a rewrite cost the runtime none of its fusions (more nodes than raw's would say so)."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        options.optimized_model_filepath = os.path.join(tmp, "ort.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return len(onnx.load(options.optimized_model_filepath).graph.node)
+
+
 def bn_left(model: onnx.ModelProto) -> int:
     return sum(node.op_type == "BatchNormalization" for node in model.graph.node)
 
@@ -132,7 +154,13 @@ def compare(
         print(f"(not installed, left out: {', '.join(sorted(missing))})")
     header = f"{'model':<24} {'raw':>5} " + " ".join(f"{n:>9}" for n in names)
     print("nodes (foldable constant/shape nodes left, BatchNormalization left)")
-    print(header + "   seconds to optimize: " + " / ".join(names))
+    print(
+        header
+        + "   seconds to optimize: "
+        + " / ".join(names)
+        + "   nodes after ORT_ENABLE_ALL: "
+        + " / ".join(["raw", *names])
+    )
     variants_per_row = []
     for label, raw in rows:
         variants: dict[str, onnx.ModelProto] = {"raw": raw}
@@ -150,7 +178,8 @@ def compare(
             for n in names
         )
         times = " / ".join(f"{s:.1f}" for s in seconds)
-        print(f"{label:<24} {len(raw.graph.node):>5} {cells}   {times}", flush=True)
+        ort_nodes = " / ".join(str(ort_all_nodes(variants[n])) for n in ["raw", *names])
+        print(f"{label:<24} {len(raw.graph.node):>5} {cells}   {times}   {ort_nodes}", flush=True)
     print(f"\nlatency / raw's, median of {runs} interleaved runs; raw#2 = a second raw session")
     cols = ["raw#2", *names]
     print(f"{'model':<24} {'ORT opt':<7} {'raw ms':>7} " + " ".join(f"{c:>9}" for c in cols))
@@ -173,6 +202,9 @@ def run(runs: int, session, latency, levels, zoo_export, models: str | None = No
     for name in TIMM_MODELS if have_timm else ():
         if wanted is None or f"timm/{name}" in wanted or name in wanted:
             rows.append((f"timm/{name}", timm_export(name)))
+    for name in OPEN_SIZE_MODELS if have_timm else ():
+        if wanted is None or f"timm/{name}@open" in wanted:
+            rows.append((f"timm/{name}@open", timm_export(name, open_sizes=True)))
     for name in ZOO_MODELS:
         if wanted is None or f"zoo/{name}" in wanted:
             rows.append((f"zoo/{name}", zoo_export(name)))
