@@ -16,6 +16,7 @@ from torch import nn
 from netc.console import say
 from netc.errors import ConfigError
 from netc.runtime import distributed as distrib
+from netc.runtime.pk_sampler import PK, choose_pk
 from netc.runtime.prepare import PreparedRun
 from netc.runtime.preprocess import balanced_sampler
 
@@ -102,3 +103,29 @@ def epoch_batches(
         order = torch.randperm(count, generator=generator)
     usable = count - count % batch  # drop the ragged last batch (see say_left_out)
     return list(order[:usable].split(batch))
+
+
+def pk_shape(run: PreparedRun, quiet: bool) -> PK | None:
+    """The P×K shape of the run's batches (netc.runtime.pk_sampler), said once; None for
+    plain shuffled (or class-balanced) batches."""
+    config, task = run.config, run.network.graph.task
+    if task == "segmentation":
+        if config.samples_per_class:
+            raise ConfigError(
+                "training.samples_per_class",
+                "P×K batches need one class label per sample; a segmentation set has masks",
+            )
+        return None
+    classes = int(torch.unique(run.train_set.targets).numel())
+    loss = config.loss
+    if isinstance(config.losses, dict) and config.losses:
+        first = next(iter(config.losses.values()))
+        loss = first.get("loss", loss) if isinstance(first, dict) else loss
+    pk = choose_pk(config.samples_per_class, config.batch_size, classes, task, loss)
+    if pk is not None:
+        say(
+            f"note: P×K batches: {pk.per_class} samples of each of {pk.classes} classes "
+            "(training.samples_per_class)",
+            quiet,
+        )
+    return pk

@@ -22,20 +22,21 @@ from netc.errors import ConfigError, UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint, metrics
 from netc.runtime import distributed as distrib
-from netc.runtime.batches import check_batch_statistics, epoch_batches, say_left_out
+from netc.runtime.batches import check_batch_statistics, epoch_batches, pk_shape, say_left_out
 from netc.runtime.config import TASK_METRICS, TrainConfig
 from netc.runtime.finetune import load_weights
-from netc.runtime.layer_patterns import Freeze, check_patterns
+from netc.runtime.layer_patterns import Freeze
 from netc.runtime.losses import build_loss
 from netc.runtime.module import build_module
-from netc.runtime.optim import build_optimizer, build_scheduler, clip_gradients
+from netc.runtime.optim import build_scheduler, clip_gradients
 from netc.runtime.output_losses import OutputLosses, build_output_losses
-from netc.runtime.pk_sampler import PK, choose_pk, pk_batches
+from netc.runtime.pk_sampler import PK, pk_batches
 from netc.runtime.prepare import PreparedRun
 from netc.runtime.preprocess import Augment
 from netc.runtime.progress import Progress
 from netc.runtime.resume import replan, resume_note, schedule_state
 from netc.runtime.threads import ThreadChoice, choose_threads, step_timer
+from netc.runtime.trained_params import freeze_and_optimizer
 
 EVAL_BATCH = 256
 MAX_SKIPPED_STEPS = 10  # consecutive non-finite gradients before training stops
@@ -106,23 +107,6 @@ def _has_idle_outputs(run: PreparedRun, losses: OutputLosses | None) -> bool:
     outputs = run.network.graph.outputs
     used = {term.output for term in losses.terms} if losses else set(list(outputs)[:1])
     return len(used) < len(outputs)
-
-
-def _pk_shape(run: PreparedRun) -> PK | None:
-    config, task = run.config, run.network.graph.task
-    if task == "segmentation":
-        if config.samples_per_class:
-            raise ConfigError(
-                "training.samples_per_class",
-                "P×K batches need one class label per sample; a segmentation set has masks",
-            )
-        return None
-    classes = int(torch.unique(run.train_set.targets).numel())
-    loss = config.loss
-    if isinstance(config.losses, dict) and config.losses:
-        first = next(iter(config.losses.values()))
-        loss = first.get("loss", loss) if isinstance(first, dict) else loss
-    return choose_pk(config.samples_per_class, config.batch_size, classes, task, loss)
 
 
 def evaluate(
@@ -213,18 +197,7 @@ class Session:
         if device.type == "cuda":
             # Module.to documents memory_format; its typed overloads leave it out
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        freeze = Freeze.select(module, config.freeze["layers"], config.freeze["epochs"])
-        if freeze.layers and freeze.epochs is not None and world.distributed:
-            raise ConfigError(
-                "training.freeze.epochs",
-                "a freeze for the first epochs is not supported with several processes "
-                "(DDP fixes the trained parameters when it starts)",
-                hint="freeze for the whole run (drop epochs), or train in one process",
-            )
-        if freeze.epochs is None:
-            freeze.apply(None)  # as trainable: false: left out of the optimizer
-        check_patterns(module, list(config.lr_multipliers), "training.lr_multipliers")
-        optimizer = build_optimizer(module, config.optimizer, lr_multipliers=config.lr_multipliers)
+        freeze, optimizer = freeze_and_optimizer(module, config, world)
         schedule = build_scheduler(
             optimizer,
             config.schedule,
@@ -243,13 +216,7 @@ class Session:
                 num_classes=len(run.classes),
             )
         )
-        pk = _pk_shape(run)
-        if pk is not None:
-            say(
-                f"note: P×K batches: {pk.per_class} samples of each of {pk.classes} classes "
-                "(training.samples_per_class)",
-                quiet or not world.is_main,
-            )
+        pk = pk_shape(run, quiet or not world.is_main)
         autocast, scaler = _autocast(device, config.precision)
         session = cls(
             run=run,

@@ -426,9 +426,9 @@ def test_without_clip_grad_norm_a_non_finite_gradient_never_reaches_the_weights(
 
 def _recording_lrs(monkeypatch):
     """The lr of every optimizer step the run takes, in order."""
-    from netc.runtime import session
+    from netc.runtime import trained_params
 
-    build = session.build_optimizer
+    build = trained_params.build_optimizer
     used = []
 
     def recording(module, config, **options):
@@ -438,7 +438,7 @@ def _recording_lrs(monkeypatch):
         )
         return optimizer
 
-    monkeypatch.setattr(session, "build_optimizer", recording)
+    monkeypatch.setattr(trained_params, "build_optimizer", recording)
     return used
 
 
