@@ -349,6 +349,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {path} ({result.graph.name}, {len(result.model.graph.node)} nodes, "
         f"{size / 2**20:.1f} MiB){check}"
+        + ("; takes pixel values 0..255 (--pixel-input)" if args.pixel_input else "")
     )
     return 0
 

@@ -195,3 +195,16 @@ def test_models_it_cannot_edit_are_refused_with_the_reason():
     model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
     with pytest.raises(UserError, match="float32 NCHW picture input; 'image' is UINT8"):
         take_pixels(model)
+
+
+def test_export_writes_a_pixel_input_file_with_o(tmp_path, capsys):
+    from netc.cli import main
+
+    out = tmp_path / "lenet5.onnx"
+    assert main(["export", "lenet5", "-o", str(out), "--pixel-input"]) == 0
+    assert "takes pixel values 0..255 (--pixel-input)" in capsys.readouterr().out
+    model = onnx.load(out)
+    first = model.graph.node[0]
+    assert (first.op_type, first.input[0]) == ("Mul", "image")  # a zoo net: no mean or std
+    pre = ModelCard.from_model(model).preprocessing
+    assert pre is not None and (pre.mean, pre.std, pre.value_range) == (None, None, (0.0, 255.0))
