@@ -180,6 +180,8 @@ def compare(
         times = " / ".join(f"{s:.1f}" for s in seconds)
         ort_nodes = " / ".join(str(ort_all_nodes(variants[n])) for n in ["raw", *names])
         print(f"{label:<24} {len(raw.graph.node):>5} {cells}   {times}   {ort_nodes}", flush=True)
+    if runs <= 0:
+        return  # --runs 0: the node table only
     print(f"\nlatency / raw's, median of {runs} interleaved runs; raw#2 = a second raw session")
     cols = ["raw#2", *names]
     print(f"{'model':<24} {'ORT opt':<7} {'raw ms':>7} " + " ".join(f"{c:>9}" for c in cols))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from netc.compiler.optimizer.base import OptimizerPass
+from netc.compiler.optimizer.passes.inferred import Dims, infer_dims, static
 from netc.compiler.optimizer.rewrite import constant, label
 from netc.compiler.optimizer.verify import RANDOM_OPS
 
@@ -17,6 +20,25 @@ ALWAYS_FOLD_BYTES = 4096
 # Ops never evaluated here: their output is not a function of their inputs
 # (random), or folding them is the job of a pass that knows their algebra.
 NOT_FOLDED = RANDOM_OPS | {"Constant", "Identity", "Dropout"}
+# Ops whose output can be far larger than their inputs: evaluated only when shape
+# inference has said how large, so that a ConstantOfShape of 10⁹ elements is refused
+# before it is computed, not after it has filled the memory.
+GROWING_OPS = {
+    "ConstantOfShape",
+    "Expand",
+    "Tile",
+    "Range",
+    "Resize",
+    "Upsample",
+    "Pad",
+    "OneHot",
+    "EyeLike",
+    "MatMul",
+    "Gemm",
+    "Einsum",
+    "Col2Im",
+    "CenterCropPad",
+}
 
 
 class ConstantFolding(OptimizerPass):
@@ -40,7 +62,9 @@ class ConstantFolding(OptimizerPass):
     - outputs that are graph outputs (they keep their producer, see case 1);
     - a result larger than ALWAYS_FOLD_BYTES and larger than the constants
       that only this node reads: folding a Tile, Expand or ConstantOfShape
-      would make the file bigger;
+      would make the file bigger (judged from inferred shapes before the
+      evaluation; an op of GROWING_OPS whose size inference cannot tell is
+      not evaluated at all);
     - ops the reference evaluator cannot run, or results that are not tensors.
     Initializers that are also graph inputs (IR 3) are not constants: a
     caller may feed them.
@@ -51,6 +75,9 @@ class ConstantFolding(OptimizerPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         opsets = dict(model.opset_imports)
+        self._model = model
+        self._dims: dict[int, Dims] | None = None  # inferred when a candidate first needs it
+        self._dtypes: dict[int, ir.DataType] = {}
         modified = False
         for node in list(graph):
             if node.domain not in ("", "ai.onnx"):
@@ -94,21 +121,25 @@ class ConstantFolding(OptimizerPass):
             if out.is_graph_output():
                 self.refuse(f"{what} not folded: its output {out.name!r} is a graph output")
                 return False
-        results = _evaluate(node, arrays, opsets)
-        if isinstance(results, str):
-            self.refuse(f"{what} not folded: {results}")
-            return False
-        size = sum(r.nbytes for r in results)
         freed = sum(
             a.nbytes
             for a, v in zip(arrays, node.inputs)
             if a is not None and v is not None and _only_reader(v, node)
         )
+        estimate = self._estimated_bytes(node)
+        if estimate is None and node.op_type in GROWING_OPS:
+            self.refuse(f"{what} not folded: the size of its value is not known beforehand")
+            return False
+        if estimate is not None and estimate > ALWAYS_FOLD_BYTES and estimate > freed:
+            self.refuse(_too_big(what, estimate, freed))
+            return False
+        results = _evaluate(node, arrays, opsets)
+        if isinstance(results, str):
+            self.refuse(f"{what} not folded: {results}")
+            return False
+        size = sum(r.nbytes for r in results)
         if size > ALWAYS_FOLD_BYTES and size > freed:
-            self.refuse(
-                f"{what} not folded: its value ({size:,} bytes) is larger than the constants "
-                f"it reads ({freed:,} bytes), so folding would make the file bigger"
-            )
+            self.refuse(_too_big(what, size, freed))
             return False
         tensors = [ir.tensor(r, name=out.name) for r, out in zip(results, node.outputs)]
         _replace_with_initializer(graph, node, tensors)
@@ -116,8 +147,28 @@ class ConstantFolding(OptimizerPass):
         self.note(f"{what} folded into a constant ({shapes})")
         return True
 
+    def _estimated_bytes(self, node: ir.Node) -> int | None:
+        """The size of the node's outputs by shape inference, or None when not known."""
+        if self._dims is None:
+            self._dims = infer_dims(self._model, self._dtypes)
+        total = 0
+        for out in node.outputs:
+            dims = static(self._dims.get(id(out)))
+            if dims is None:
+                return None
+            dtype = self._dtypes.get(id(out))
+            total += math.ceil(math.prod(dims) * (dtype.itemsize if dtype is not None else 8))
+        return total
+
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
+def _too_big(what: str, size: int, freed: int) -> str:
+    return (
+        f"{what} not folded: its value ({size:,} bytes) is larger than the constants "
+        f"it reads ({freed:,} bytes), so folding would make the file bigger"
+    )
 
 
 def _only_reader(value: ir.Value, node: ir.Node) -> bool:

@@ -115,3 +115,14 @@ def test_nodes_that_must_stay_computed_are_refused(case):
         assert ops(optimized)["Neg"] == 1
         assert "is a graph output" in reports[0].refusals[0]
         assert_same(model, optimized)
+
+
+def test_a_huge_constant_of_shape_is_refused_before_it_is_computed():
+    # 10¹² floats: evaluating first would fill the memory; the inferred size refuses it.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [1])
+    huge = g.node("ConstantOfShape", [g.const("shape", np.array([10**6, 10**6], np.int64))])
+    model = g.build(g.node("Add", [x, g.node("ReduceSum", [huge], keepdims=0)]))
+    optimized, reports = optimize(model, ConstantFolding)
+    assert ops(optimized)["ConstantOfShape"] == 1
+    assert "4,000,000,000,000 bytes" in reports[0].refusals[0]
