@@ -107,6 +107,14 @@ def load_weights(
         f"read {len(weights.tensors)} tensors ({weights.kind}), "
         f"layout {mapped.layout} ({how}{same})"
     )
+    reshaped = sum(1 for _, why in report.skipped if why.startswith("shape"))
+    layers = len(report.loaded) + len(report.new) + reshaped
+    many = reshaped > max(1, len(report.loaded) / 4) or 2 * len(report.loaded) < layers
+    if report.loaded and many:  # a new head reshapes a layer or two, not a quarter of them
+        report.notes.append(
+            f"note: {len(report.loaded)} of the network's {layers} layers loaded and "
+            f"{reshaped} have other shapes in {source}: is it a checkpoint of another network?"
+        )
     if weights.kind == "ONNX initializers":
         norms = [
             name

@@ -408,3 +408,31 @@ def test_weights_go_with_a_description_not_a_run(tiny, tmp_path, capsys):
     assert code == 2
     assert "no such weights file or run directory" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_another_networks_checkpoint_is_said_to_be_one(tmp_path):
+    """resnet50's file into resnet18: the stem's conv1 and bn1 fit, little else."""
+    with torch.device("meta"):
+        theirs = torch_zoo.build("resnet50").state_dict()
+    torch.save(
+        {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in theirs.items()}, tmp_path / "r50.pth"
+    )
+    graph = load("resnet18", input_shape=(3, 32, 32)).graph
+    module = build_module(graph, seed=0)
+    report = load_weights(module, graph, str(tmp_path / "r50.pth"), None, "--init-from")
+    assert report.loaded[:2] == ["conv1", "bn1"] and len(report.loaded) == 26
+    assert any("41 layers loaded and 15 have other shapes" in line for line in report.lines())
+
+
+def test_train_takes_a_given_layout(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.replace("[3, 16, 16]", "[1, 8, 8]").replace("[4, 3, 3, 3]", ""))
+    state = _tiny_state()
+    state["conv1.weight"] = state["conv1.weight"][:, :1].contiguous()
+    save_file(state, str(tmp_path / "w.safetensors"))
+    args = ["train", str(spec), "--data", "digits", "--epochs", "1", "--set", "num_classes=10"]
+    init = ["--init-from", str(tmp_path / "w.safetensors"), "--weights-layout", "torchvision"]
+    assert main([*args, *init, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "read 7 tensors (safetensors), layout torchvision (given)" in err
+    assert "loaded 2 layers: conv1, bn1" in err and "skipped fc: shape (5, 4)" in err
