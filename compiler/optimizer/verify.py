@@ -122,13 +122,14 @@ def verify(
             f"{_short(exc)}; give the input sizes with --input-shape, or skip the check "
             "with --no-verify"
         ) from None
+    names = [o.name for o in reference.get_outputs()]
+    types = [o.type for o in reference.get_outputs()]
+    del reference  # one session at a time: each holds its own copy of a large model's weights
     try:
         candidate = _session(optimized, "the optimized model")
         actual = [candidate.run(None, feed) for feed in feeds]
     except Exception as exc:
         return VerifyResult(ok=False, input_shapes=shapes, error=_short(exc))
-    names = [o.name for o in reference.get_outputs()]
-    types = [o.type for o in reference.get_outputs()]
     return _compare(names, types, expected, actual, shapes)
 
 
