@@ -49,6 +49,11 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable netc checkpoint ({first})") from None
+    return checked(state, path)
+
+
+def checked(state: Any, path: Path) -> dict[str, Any]:
+    """`state`, read from `path`, as a netc checkpoint; UserError when it is not one."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a netc checkpoint (format {FORMAT})")
     for key, kind in REQUIRED.items():

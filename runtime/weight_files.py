@@ -58,7 +58,7 @@ def read_weights(source: str | Path) -> WeightFile:
     else:
         loaded = _torch_load(path)
         if isinstance(loaded, dict) and loaded.get("format") == checkpoint.FORMAT:
-            return WeightFile(path, "netc checkpoint", checkpoint.load(path)["model"])
+            return WeightFile(path, "netc checkpoint", checkpoint.checked(loaded, path)["model"])
         tensors, kind = _state_dict(loaded, path), "PyTorch state_dict"
     if not tensors:
         raise UserError(f"{path} holds no tensors ({kind})")

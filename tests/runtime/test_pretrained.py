@@ -436,3 +436,17 @@ def test_train_takes_a_given_layout(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "read 7 tensors (safetensors), layout torchvision (given)" in err
     assert "loaded 2 layers: conv1, bn1" in err and "skipped fc: shape (5, 4)" in err
+
+
+def test_a_netc_checkpoint_file_reads_as_one(tmp_path):
+    from netc.runtime import checkpoint
+
+    state = _tiny_state()
+    checkpoint.save(tmp_path / "last.pt", {"model": state, "description": TINY, "params": {}})
+    weights = read_weights(tmp_path / "last.pt")
+    assert weights.kind == "netc checkpoint" and torch.equal(
+        weights.tensors["fc.bias"], state["fc.bias"]
+    )
+    checkpoint.save(tmp_path / "broken.pt", {"model": state})
+    with pytest.raises(UserError, match="not a complete netc checkpoint: 'description' is missing"):
+        read_weights(tmp_path / "broken.pt")
