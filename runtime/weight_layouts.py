@@ -164,12 +164,17 @@ def to_netc(
     scores = [_score(candidate, target) for candidate in candidates]
     best = candidates[scores.index(max(scores))]  # first of the best: netc, torchvision, timm
     best.detected = True
-    best.same_as = [  # only layouts that know this network: the rest say nothing about it
-        candidate.layout
-        for candidate, score in zip(candidates, scores)
-        if candidate is not best
-        and score == max(scores)
-        and candidate.tensors.keys() == best.tensors.keys()
-        and (candidate.layout == "netc" or graph.name in TABLES[candidate.layout])
+    names = _names(best.layout, graph)
+    best.same_as = [  # layouts that name this network's layers as the one found does
+        other for other in LAYOUTS if other != best.layout and _names(other, graph) == names
     ]
     return best
+
+
+def _names(layout: str, graph: Graph) -> dict[str, str] | None:
+    """How `layout` names the layers of `graph` where netc's differ; None when it does
+    not know the network."""
+    if layout == "netc":
+        return {}
+    table = TABLES[layout].get(graph.name)
+    return None if table is None else table(graph)

@@ -450,3 +450,19 @@ def test_a_netc_checkpoint_file_reads_as_one(tmp_path):
     checkpoint.save(tmp_path / "broken.pt", {"model": state})
     with pytest.raises(UserError, match="not a complete netc checkpoint: 'description' is missing"):
         read_weights(tmp_path / "broken.pt")
+
+
+def test_the_report_names_only_layouts_that_name_the_layers_alike():
+    def detected(name: str, library_names: bool) -> tuple[str, list[str]]:
+        graph = load(name).graph
+        with torch.device("meta"):
+            ours = build_module(graph).state_dict()
+            theirs = torch_zoo.build(name).state_dict() if library_names else ours
+        mapped = to_netc(theirs, graph, ours)
+        return mapped.layout, mapped.same_as
+
+    assert detected("vgg11", library_names=False) == ("netc", [])
+    assert detected("vgg11", library_names=True) == ("torchvision", [])
+    assert detected("densenet121", library_names=True) == ("torchvision", ["timm"])
+    assert detected("resnet18", library_names=True) == ("netc", ["torchvision", "timm"])
+    assert detected("alexnet", library_names=True) == ("netc", ["torchvision"])
