@@ -116,6 +116,9 @@ def prepare(model: OnnxModel, picture: torch.Tensor) -> tuple[torch.Tensor, np.n
     except ValueError as exc:
         raise UserError(f"{model.path}: {exc}") from None
     mean, std = normalisation
+    low, high = pre.value_range  # as the server prepares it (serving/images/prepare.py)
+    if (low, high) != (0.0, 1.0):
+        x = x * (high - low) + low
     if mean is not None:
         x = x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     if std is not None:

@@ -35,6 +35,25 @@ def test_intermediate_outputs_equal_the_run_layers(tmp_path):
         assert_fp32_close(actual[layer], expected[layer].detach())
 
 
+def test_a_pixel_input_model_is_fed_what_the_server_feeds_it(tmp_path):
+    """`--pixel-input` moves the normalisation into the graph and says value_range
+    [0, 255] on the card: inspect scales the picture to that range, so the first conv's
+    maps equal those of the ordinary export on the normalised picture."""
+    from netc.compiler.pixel_input import take_pixels
+
+    _, path = exported(tmp_path)
+    pixels_path = tmp_path / "pixels.onnx"
+    write_model(take_pixels(onnx_outputs.load(path).proto), pixels_path)
+    picture = source.read_picture(write_picture(tmp_path / "bar.png"), 1)
+    plain, pixels = onnx_outputs.load(path), onnx_outputs.load(pixels_path)
+    _, x_plain = onnx_outputs.prepare(plain, picture)
+    shown, x_pixels = onnx_outputs.prepare(pixels, picture)
+    assert_fp32_close(x_pixels, shown[None].numpy() * 255)
+    expected = onnx_outputs.intermediate(plain, x_plain, ["conv1"])["conv1"]
+    actual = onnx_outputs.intermediate(pixels, x_pixels, ["conv1"])["conv1"]
+    assert_fp32_close(actual, expected)
+
+
 def test_cli_on_onnx(tmp_path, capsys):
     _, path = exported(tmp_path)
     picture = str(write_picture(tmp_path / "bar.png"))
