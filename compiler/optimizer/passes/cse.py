@@ -16,7 +16,7 @@ class CommonSubexpressionElimination(OptimizerPass):
        input values (not merely equal ones: DuplicateInitializerRemoval merges
        equal constants) compute the same outputs; the later one's readers
        read the earlier one's outputs and the later one goes.
-    Refused or skipped: random ops (two draws differ), nodes with subgraphs,
+    Refused or skipped: random ops and Dropout (two draws differ), nodes with subgraphs,
     nodes with more than one output, and a later node whose output is a
     graph output while the earlier one's output is too (one value cannot
     carry both names). Applied in graph order, so a merge upstream makes
@@ -46,8 +46,11 @@ class CommonSubexpressionElimination(OptimizerPass):
         return ir.passes.PassResult(model, modified)
 
 
+_DRAWS = RANDOM_OPS | {"Dropout"}  # a Dropout left in the graph may be in training mode
+
+
 def _key(node: ir.Node) -> tuple | None:
-    if len(node.outputs) != 1 or node.op_type in RANDOM_OPS or not node.inputs:
+    if len(node.outputs) != 1 or node.op_type in _DRAWS or not node.inputs:
         return None
     attrs = []
     for name, attr in sorted(node.attributes.items()):
