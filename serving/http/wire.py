@@ -130,9 +130,11 @@ def _input(index: int, tensor: Any) -> Tensor:
     datatype = _text(tensor.get("datatype"), f"input '{name}' datatype")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in shape
+        isinstance(d, int) and not isinstance(d, bool) and -(2**63) <= d < 2**63 for d in shape
     ):
-        raise InvalidRequest(f"input '{name}': shape must be a list of integers, found {shape!r}")
+        raise InvalidRequest(
+            f"input '{name}': shape must be a list of integers, found {clip(repr(shape))}"
+        )
     parameters = dict(_object(tensor.get("parameters", {}), f"input '{name}' parameters"))
     size = parameters.pop(BINARY_SIZE, None)
     if size is not None:

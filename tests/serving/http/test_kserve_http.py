@@ -320,6 +320,16 @@ RAW_BODIES = {  # what tritonclient would never send, sent as is
         None,
         "input 'image': JSON data holds 'x', not a FP32 value",
     ),
+    "shape not a list": (
+        b'{"inputs":[{"name":"image","shape":"1x32","datatype":"FP32","data":[]}]}',
+        None,
+        "input 'image': shape must be a list of integers, found '1x32'",
+    ),
+    "negative dimension": (
+        b'{"inputs":[{"name":"image","shape":[-1,1,32,32],"datatype":"FP32","data":[]}]}',
+        None,
+        "input 'image': shape [-1, 1, 32, 32] has a negative dimension",
+    ),
     "header length past the body": (b"{}", "99", "Inference-Header-Content-Length is '99'"),
     "binary sizes past the data": (
         b'{"inputs":[{"name":"image","shape":[1,1,32,32],"datatype":"FP32",'
