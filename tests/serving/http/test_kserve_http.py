@@ -162,6 +162,17 @@ def test_classification_extension(client, http_repo, binary):
         assert [t.split(":")[2] for t in texts] == [LABELS[i] for i in best]
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client, http_repo, algorithm):
+    """tritonclient.http's request_compression_algorithm: the body arrives compressed."""
+    images = _images(2, seed=5)
+    (expected,) = _session(http_repo, "lenet5").run(None, {"image": images})
+    result = client.infer(
+        "lenet5", [_input("image", images)], request_compression_algorithm=algorithm
+    )
+    assert_fp32_close(result.as_numpy("fc3"), expected)
+
+
 def test_async_infer(client, http_repo):
     images = _images(4, seed=3)
     (expected,) = _session(http_repo, "lenet5").run(None, {"image": images})
