@@ -200,3 +200,20 @@ def test_the_documented_example_takes_torchvisions_resnet18(tmp_path):
     assert config.normalize == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert config.freeze == {"layers": ["conv1", "bn1", "layer*"], "epochs": 2}
     assert config.augment["random_resized_crop"] == {"scale": [0.08, 1.0], "ratio": [0.75, 4 / 3]}
+
+
+def test_trainable_false_on_a_block_freezes_its_every_layer():
+    from netc.compiler.network import load_string
+    from netc.runtime.module import build_module
+
+    text = zoo.read("resnet18").replace(
+        "{name: layer1, block: basic, repeat: 2, channels: 64}",
+        "{name: layer1, block: basic, repeat: 2, channels: 64, trainable: false}",
+    )
+    graph = load_string(text.replace("image: [3, 224, 224]", "image: [3, 32, 32]")).graph
+    frozen = {node.name for node in graph.nodes if not node.trainable}
+    assert "layer1.0.conv1" in frozen and "layer1.1.bn2" in frozen
+    assert not any(name.startswith("layer2") for name in frozen)
+    module = build_module(graph, seed=0)
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    assert "layer1.0.conv1.weight" not in trainable and "layer2.0.conv1.weight" in trainable
