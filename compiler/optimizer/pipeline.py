@@ -14,7 +14,7 @@ from netc.compiler.optimizer.passes.cleanup import (
     DuplicateInitializerRemoval,
     IdentityElimination,
 )
-from netc.compiler.optimizer.passes.constant_fold import ConstantFolding
+from netc.compiler.optimizer.passes.constant_fold import ConstantFolding, LargeConstantFolding
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
 from netc.compiler.optimizer.passes.cse import CommonSubexpressionElimination
 from netc.compiler.optimizer.passes.pad_fold import PadFolding
@@ -31,19 +31,21 @@ from netc.errors import InternalError, UserError, did_you_mean
 # The table of contents. Order matters: clean-up first, so that Identity chains
 # and Dropouts no longer separate a conv from its BN; then shapes and constants
 # (shape folding leaves chains of constants that constant folding evaluates, and
-# no-op and repeated nodes show only once their inputs are constants); folds next
-# (BN before the plain Mul/Add folds, which then see a conv with its BN gone);
-# dead code last, since every fold leaves old parameters behind.
+# no-op nodes show only once their inputs are constants); folds next (BN before
+# the plain Mul/Add folds, which then see a conv with its BN gone); repeated nodes
+# are merged after the folds, since a conv whose output two BNs read can fold
+# neither; dead code last, since every fold leaves old parameters behind.
 PIPELINE: list[type[OptimizerPass]] = [
     IdentityElimination,
     DropoutRemoval,
     ShapeFolding,
     ConstantFolding,
+    LargeConstantFolding,  # flag fold_large_constants
     RedundancyElimination,
-    CommonSubexpressionElimination,
     ConvBatchNormFusion,
     AffineFolding,
     PadFolding,
+    CommonSubexpressionElimination,
     IdentityPoolRemoval,
     PoolMerge,
     AvgPoolAhead,

@@ -148,22 +148,26 @@ class ConstantFolding(OptimizerPass):
         if estimate is None and node.op_type in GROWING_OPS:
             self.refuse(f"{what} not folded: the size of its value is not known beforehand")
             return False
-        if estimate is not None and estimate > ALWAYS_FOLD_BYTES and estimate > freed:
-            self.refuse(_too_big(what, estimate, freed))
+        if estimate is not None and self._too_big(estimate, freed):
+            self.refuse(_too_big_reason(what, estimate, freed))
             return False
         results = _evaluate(node, arrays, opsets)
         if isinstance(results, str):
             self.refuse(f"{what} not folded: {results}")
             return False
         size = sum(r.nbytes for r in results)
-        if size > ALWAYS_FOLD_BYTES and size > freed:
-            self.refuse(_too_big(what, size, freed))
+        if self._too_big(size, freed):
+            self.refuse(_too_big_reason(what, size, freed))
             return False
         tensors = [ir.tensor(r, name=out.name) for r, out in zip(results, node.outputs)]
         _replace_with_initializer(graph, node, tensors)
         shapes = ", ".join(str(list(r.shape)) for r in results)
         self.note(f"{what} folded into a constant ({shapes})")
         return True
+
+    def _too_big(self, size: int, freed: int) -> bool:
+        """Folding a value of `size` bytes that frees `freed` bytes would grow the file."""
+        return size > ALWAYS_FOLD_BYTES and size > freed
 
     def _estimated_bytes(self, node: ir.Node) -> int | None:
         """The size of the node's outputs by shape inference, or None when not known."""
@@ -179,10 +183,32 @@ class ConstantFolding(OptimizerPass):
         return total
 
 
+class LargeConstantFolding(ConstantFolding):
+    """ConstantFolding without the size cap, on request (--enable fold_large_constants).
+
+    For models that compute their weights at load time, such as the onnx
+    package's "light" model zoo whose every weight is a ConstantOfShape: the
+    weights become initializers (the file grows to their full size, as with
+    onnx-simplifier or onnxslim), and then BN and the other folds can reach
+    them. A value whose size shape inference cannot tell beforehand is still
+    not computed. Runs right after ConstantFolding.
+    """
+
+    name = "large_constant_folding"
+    flag = "fold_large_constants"
+
+    def _too_big(self, size: int, freed: int) -> bool:
+        return size > MAX_FOLD_BYTES
+
+
+# Even on request, no folded value above this: past 2 GB a model needs external data.
+MAX_FOLD_BYTES = 2**30
+
+
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
 
-def _too_big(what: str, size: int, freed: int) -> str:
+def _too_big_reason(what: str, size: int, freed: int) -> str:
     return (
         f"{what} not folded: its value ({size:,} bytes) is larger than the constants "
         f"it reads ({freed:,} bytes), so folding would make the file bigger"

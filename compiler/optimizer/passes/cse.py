@@ -12,10 +12,12 @@ from netc.compiler.optimizer.verify import RANDOM_OPS
 class CommonSubexpressionElimination(OptimizerPass):
     """Merge nodes that compute the same thing: f(x₁…xₙ) twice → once.
 
-    1. Two nodes with the same domain, op type, attributes and the very same
-       input values (not merely equal ones: DuplicateInitializerRemoval merges
-       equal constants) compute the same outputs; the later one's readers
-       read the earlier one's outputs and the later one goes.
+    1. Two nodes with the same domain, op type, attributes and inputs compute
+       the same outputs; the later one's readers read the earlier one's
+       outputs and the later one goes. Inputs are the same when they are the
+       very same value, or two constants (initializers that are not graph
+       inputs) of equal dtype, shape and contents: two 1x1 convs with equal
+       weights on one input are one conv.
     Refused or skipped: random ops and Dropout (two draws differ), nodes with subgraphs,
     nodes with more than one output, and a later node whose output is a
     graph output while the earlier one's output is too (one value cannot
@@ -27,15 +29,16 @@ class CommonSubexpressionElimination(OptimizerPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        seen: dict[tuple, ir.Node] = {}
+        seen: dict[tuple, list[ir.Node]] = {}
         modified = False
         for node in list(graph):
             key = _key(node)
             if key is None:
                 continue
-            first = seen.get(key)
+            candidates = seen.setdefault(key, [])
+            first = next((c for c in candidates if _same_constants(c, node)), None)
             if first is None:
-                seen[key] = node
+                candidates.append(node)
                 continue
             problem = bypass(graph, node, first.outputs[0])
             if problem is None:
@@ -64,5 +67,38 @@ def _key(node: ir.Node) -> tuple | None:
         elif isinstance(value, list):
             value = tuple(value)
         attrs.append((name, attr.type, value))
-    inputs = tuple(id(v) if v is not None else None for v in node.inputs)
+    inputs = tuple(_input_key(v) for v in node.inputs)
     return (node.domain, node.op_type, node.overload, inputs, tuple(attrs))
+
+
+def _is_constant(value: ir.Value) -> bool:
+    return value.is_initializer() and not value.is_graph_input() and value.const_value is not None
+
+
+def _input_key(value: ir.Value | None) -> object:
+    """The value itself, or for a constant its dtype and shape (contents are compared
+    only between nodes whose keys match, see `_same_constants`)."""
+    if value is None:
+        return None
+    if _is_constant(value):
+        tensor = value.const_value
+        assert tensor is not None
+        return ("constant", tensor.dtype, tuple(tensor.shape))
+    return id(value)
+
+
+def _same_constants(first: ir.Node, node: ir.Node) -> bool:
+    """The constant inputs of two nodes with equal keys hold equal data."""
+    for a, b in zip(first.inputs, node.inputs):
+        if a is None or b is None or a is b or not _is_constant(a):
+            continue
+        x, y = a.const_value, b.const_value
+        assert x is not None and y is not None
+        if isinstance(x, ir.StringTensor) or isinstance(y, ir.StringTensor):
+            if not isinstance(x, ir.StringTensor) or not isinstance(y, ir.StringTensor):
+                return False
+            if list(x.string_data()) != list(y.string_data()):
+                return False
+        elif x.tobytes() != y.tobytes():
+            return False
+    return True

@@ -126,3 +126,19 @@ def test_a_huge_constant_of_shape_is_refused_before_it_is_computed():
     optimized, reports = optimize(model, ConstantFolding)
     assert ops(optimized)["ConstantOfShape"] == 1
     assert "4,000,000,000,000 bytes" in reports[0].refusals[0]
+
+
+def test_large_constants_fold_only_on_request_and_then_bn_folds_too():
+    # The onnx package's "light" models compute every weight with ConstantOfShape.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [1, 16, 6, 6])
+    shape = g.const("shape", np.array([16, 16, 3, 3], np.int64))  # 9,216 bytes
+    fill = onnx.numpy_helper.from_array(np.array([0.01], np.float32))
+    weight = g.node("ConstantOfShape", [shape], value=fill)
+    model = g.build(g.bn(g.node("Conv", [x, weight], pads=[1, 1, 1, 1]), 16))
+    default, reports = optimize(model)
+    assert ops(default)["BatchNormalization"] == 1
+    assert any("make the file bigger" in r for rep in reports for r in rep.refusals)
+    folded, _ = optimize(model, enable={"fold_large_constants"})
+    assert ops(folded) == {"Conv": 1}
+    assert_same(model, folded)

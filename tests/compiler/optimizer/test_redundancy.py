@@ -215,3 +215,16 @@ def test_cse_compares_string_tensor_attributes():
     model.ir_version = 8
     optimized, _ = optimize(model, CommonSubexpressionElimination)
     assert ops(optimized) == {"LabelEncoder": 1, "Add": 1}
+
+
+def test_cse_merges_nodes_whose_constants_are_equal_and_keeps_those_that_differ():
+    # Two convs with equal weights on one input are one conv; a third with other
+    # weights stays.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [1, 3, 5, 5])
+    w = np.ones((4, 3, 1, 1), np.float32)
+    convs = [g.node("Conv", [x, g.const(f"w{i}", w * (1 if i < 2 else 2))]) for i in range(3)]
+    model = g.build(g.node("Sum", convs))
+    optimized, _ = optimize(model, CommonSubexpressionElimination)
+    assert ops(optimized) == {"Conv": 2, "Sum": 1}
+    assert_same(model, optimized)
