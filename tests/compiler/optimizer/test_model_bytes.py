@@ -187,3 +187,14 @@ def test_a_file_with_shapeless_outputs_is_checked_whole(tmp_path):
     onnx.save(model, src)
     with pytest.raises(UserError, match="not a valid ONNX model"):
         optimize_file(src, dst)
+
+
+def test_a_large_weight_with_too_few_bytes_is_refused_by_name(tmp_path):
+    model = net()
+    weight = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    weight.raw_data = weight.raw_data[:-8]  # still over 1 KiB: found by the scan, not parsed
+    src = tmp_path / "net.onnx"
+    onnx.save(model, src)
+    with pytest.raises(UserError, match=r"initializer 'conv2.weight' holds 9208 bytes, its shape"):
+        optimize_file(src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
