@@ -164,3 +164,29 @@ def test_http_inferences_land_in_the_prometheus_metrics(secure):
     for _ in range(3):
         assert _call(secure, "/v2/models/lenet5/infer", TOKEN, "POST", body)[0] == 200
     assert _successes(render(server.running.repository)) == before + 3
+
+
+def test_readme_security_curl_example(secure, tmp_path):
+    """README's Security section's curl line, run with its files (ca.crt, tokens.txt) in
+    place; only the port and the model (lenet5 here) change."""
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed here")
+    server, cert = secure
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Security", 1)[1].split("\n## ", 1)[0]
+    (line,) = [x for x in section.splitlines() if x.startswith("curl ") and "8000" in x]
+    shutil.copy(cert, tmp_path / "ca.crt")  # self-signed: its own CA
+    (tmp_path / "tokens.txt").write_text(f"{TOKEN}\n")
+    command = line.replace("localhost:8000", f"localhost:{server.running.http_port}")
+    done = subprocess.run(
+        ["bash", "-c", command.replace("/models/digits", "/models/lenet5") + " --fail-with-body"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert json.loads(done.stdout)["name"] == "lenet5"
