@@ -97,7 +97,7 @@ class AffineFolding(OptimizerPass):
         if channels is None:
             self.refuse(f"{what} not folded: the layer's channel count is unknown")
             return False
-        rank = _out_rank(layer, self.dims)
+        rank = _out_rank(layer)
         per_channel = _per_channel(scale, shift, channels, rank)
         if isinstance(per_channel, str):
             self.refuse(f"{what} not folded: {per_channel}")
@@ -123,7 +123,7 @@ class AffineFolding(OptimizerPass):
             return False  # not an inference BN; ConvBatchNormFusion has said why
         gamma, beta = constant(bn.inputs[1]), constant(bn.inputs[2])
         assert not isinstance(gamma, str) and not isinstance(beta, str)  # read_batch_norm did
-        dims = self.dims.get(id(x))
+        dims = self.dims.get(x)
         rank = len(dims) if dims is not None else None
         scale, shift = arrays
         if rank is None and (scale.size > 1 or shift.size > 1):
@@ -176,7 +176,7 @@ class AffineFolding(OptimizerPass):
         if isinstance(per_channel, str):
             self.refuse(f"{what} not folded: {per_channel}")
             return False
-        x_dims = self.dims.get(id(x))
+        x_dims = self.dims.get(x)
         if scale.size > 1 and (x_dims is None or len(x_dims) < 2 or x_dims[1] != cin):
             # x of one channel times a per-channel s is broadcast to cin channels: the
             # conv could not read x itself
@@ -238,7 +238,7 @@ class AffineFolding(OptimizerPass):
         assert first_side is not None
         x = chain[0].inputs[first_side[0]]
         assert x is not None
-        dims = self.dims.get(id(x))
+        dims = self.dims.get(x)
         scale: np.ndarray = np.ones(())
         shift: np.ndarray = np.zeros(())
         what = f"{label(chain[0], with_op=True)} … {label(chain[-1], with_op=True)}"
@@ -361,7 +361,7 @@ def _channels(layer: ir.Node) -> int | None:
     return int(weight.shape[0] if layer.attributes.get_int("transB", 0) else weight.shape[1])
 
 
-def _out_rank(layer: ir.Node, dims: dict[int, Dims]) -> int:
+def _out_rank(layer: ir.Node) -> int:
     if layer.op_type in ("Conv", "ConvTranspose"):
         weight = constant(layer.inputs[1])
         assert not isinstance(weight, str)

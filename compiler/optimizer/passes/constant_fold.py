@@ -94,8 +94,8 @@ class ConstantFolding(OptimizerPass):
         graph = model.graph
         opsets = dict(model.opset_imports)
         self._model = model
-        self._dims: dict[int, Dims] | None = None  # inferred when a candidate first needs it
-        self._dtypes: dict[int, ir.DataType] = {}
+        self._dims: dict[ir.Value, Dims] | None = None  # inferred when a candidate first needs it
+        self._dtypes: dict[ir.Value, ir.DataType] = {}
         modified = False
         for node in list(graph):
             if node.domain not in ("", "ai.onnx"):
@@ -175,10 +175,10 @@ class ConstantFolding(OptimizerPass):
             self._dims = infer_dims(self._model, self._dtypes)
         total = 0
         for out in node.outputs:
-            dims = static(self._dims.get(id(out)))
+            dims = static(self._dims.get(out))
             if dims is None:
                 return None
-            dtype = self._dtypes.get(id(out))
+            dtype = self._dtypes.get(out)
             total += math.ceil(math.prod(dims) * (dtype.itemsize if dtype is not None else 8))
         return total
 

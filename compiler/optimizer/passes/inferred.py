@@ -16,10 +16,12 @@ from netc.compiler.optimizer.shapes import quiet_onnx_ir
 Dims = tuple[int | str | None, ...]
 
 
-def infer_dims(model: ir.Model, dtypes: dict[int, ir.DataType] | None = None) -> dict[int, Dims]:
-    """id(value) → its dims (int, symbol name, or None for unknown), for every value
+def infer_dims(
+    model: ir.Model, dtypes: dict[ir.Value, ir.DataType] | None = None
+) -> dict[ir.Value, Dims]:
+    """value → its dims (int, symbol name, or None for unknown), for every value
     shape inference reaches; values it cannot reach are absent. `dtypes`, when given,
-    receives id(value) → element type likewise."""
+    receives value → element type likewise."""
     graph = model.graph
     values = list(graph.inputs) + list(graph.initializers.values())
     values += [out for node in graph for out in node.outputs]
@@ -33,7 +35,7 @@ def infer_dims(model: ir.Model, dtypes: dict[int, ir.DataType] | None = None) ->
         if value is not None
     ]
     saved = [(v, v.shape, v.type) for v in values + inner]
-    found: dict[int, Dims] = {}
+    found: dict[ir.Value, Dims] = {}
     try:
         with quiet_onnx_ir():
             try:
@@ -42,9 +44,9 @@ def infer_dims(model: ir.Model, dtypes: dict[int, ir.DataType] | None = None) ->
                 pass
         for value in values:
             if value.shape is not None:
-                found[id(value)] = tuple(_dim(d) for d in value.shape.dims)
+                found[value] = tuple(_dim(d) for d in value.shape.dims)
             if dtypes is not None and value.dtype is not None:
-                dtypes[id(value)] = value.dtype
+                dtypes[value] = value.dtype
     finally:
         for value, shape, type_ in saved:
             value.shape, value.type = shape, type_

@@ -46,7 +46,7 @@ class RedundancyElimination(OptimizerPass):
     name = "redundancy_elimination"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.dtypes: dict[int, ir.DataType] = {}
+        self.dtypes: dict[ir.Value, ir.DataType] = {}
         self.dims = infer_dims(model, self.dtypes)
         graph = model.graph
         modified = False
@@ -66,7 +66,7 @@ class RedundancyElimination(OptimizerPass):
         return ir.passes.PassResult(model, modified)
 
     def _shape(self, value: ir.Value | None) -> Dims | None:
-        return None if value is None else self.dims.get(id(value))
+        return None if value is None else self.dims.get(value)
 
     def _noop(self, node: ir.Node) -> str | None:
         """Why `node` computes its first input (cases 1-4), or None when it does not."""
@@ -90,7 +90,7 @@ class RedundancyElimination(OptimizerPass):
             perm = node.attributes.get_ints("perm")
             if perm is not None and list(perm) == list(range(len(perm))):
                 return "its perm is the identity"
-        dtype = x.dtype or self.dtypes.get(id(x))
+        dtype = x.dtype or self.dtypes.get(x)
         if op == "Cast" and dtype is not None:
             to = node.attributes.get_int("to")
             if to is not None and ir.DataType(to) == dtype:

@@ -41,7 +41,7 @@ class ShapeFolding(OptimizerPass):
                 continue
             if node.op_type not in ("Shape", "Size") or node.inputs[0] is None:
                 continue
-            x_dims = dims.get(id(node.inputs[0]))
+            x_dims = dims.get(node.inputs[0])
             what = label(node, with_op=True)
             if x_dims is None:
                 self.refuse(f"{what} kept: the shape of its input is not known")
