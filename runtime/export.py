@@ -35,7 +35,7 @@ from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint
 from netc.runtime.config import parse_normalize
-from netc.runtime.finetune import load_weights
+from netc.runtime.finetune import module_with_weights
 from netc.runtime.module import build_module
 from netc.runtime.preprocess import whiten
 
@@ -164,8 +164,7 @@ def _with_weights(
     graph: Graph, weights: str, layout: str | None, quiet: bool
 ) -> dict[str, torch.Tensor]:
     """The description's module with the weights of `weights` loaded by layer name."""
-    module = build_module(graph, seed=0)
-    report = load_weights(module, graph, weights, layout, "--weights")
+    module, report = module_with_weights(graph, weights, layout, "--weights")
     for line in report.lines():
         say(f"weights {weights}: {line}", quiet)
     return module.state_dict()
@@ -224,7 +223,9 @@ def check_against_torch(
     size: list[int] | None = None,
 ) -> float:
     """Largest |onnxruntime - PyTorch| over seeded inputs; UserError beyond tolerance."""
-    module = build_module(graph)
+    with torch.device("meta"):  # every weight is given: no initialisation to pay for
+        module = build_module(graph)
+    module = module.to_empty(device="cpu")
     module.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     module.eval()
     options = ort.SessionOptions()

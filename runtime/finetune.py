@@ -18,8 +18,9 @@ from torch import nn
 
 from netc.compiler.ir import Graph
 from netc.errors import UserError
-from netc.runtime.weight_files import read_weights
-from netc.runtime.weight_layouts import to_netc
+from netc.runtime.module import build_module
+from netc.runtime.weight_files import WeightFile, read_weights
+from netc.runtime.weight_layouts import Mapped, to_netc
 
 SKIPPED_SHOWN = 20  # skipped layers listed one a line; the rest are counted
 
@@ -100,6 +101,38 @@ def load_weights(
     name, in `layout` (None: detected); UserError when not one layer matches."""
     weights = read_weights(source)
     mapped = to_netc(weights.tensors, graph, module.state_dict(), layout)
+    return _load_mapped(module, graph, weights, mapped, source, flag)
+
+
+def module_with_weights(
+    graph: Graph, source: str, layout: str | None, flag: str, seed: int = 0
+) -> tuple[nn.Module, LoadReport]:
+    """A module computing `graph` with the weights of `source` loaded (as `load_weights`).
+    It is initialised (from `seed`) only when the file leaves a tensor out: drawing random
+    weights that are all replaced costs seconds for a 100M-parameter network."""
+    with torch.device("meta"):  # names and shapes only: nothing allocated
+        skeleton = build_module(graph)
+    weights = read_weights(source)
+    shapes = skeleton.state_dict()
+    mapped = to_netc(weights.tensors, graph, shapes, layout)
+    complete = all(
+        key in mapped.tensors and mapped.tensors[key].shape == value.shape
+        for key, value in shapes.items()
+        if not key.endswith("num_batches_tracked")
+    )
+    if not complete:
+        module = build_module(graph, seed=seed)
+        return module, _load_mapped(module, graph, weights, mapped, source, flag)
+    module = skeleton.to_empty(device="cpu")
+    for name, buffer in module.named_buffers():
+        if name.endswith("num_batches_tracked") and name not in mapped.tensors:
+            buffer.zero_()  # to_empty left it unset; a file without it means none counted
+    return module, _load_mapped(module, graph, weights, mapped, source, flag)
+
+
+def _load_mapped(
+    module: nn.Module, graph: Graph, weights: WeightFile, mapped: Mapped, source: str, flag: str
+) -> LoadReport:
     report = load_by_name(module, mapped.tensors, mapped.origin)
     how = "detected" if mapped.detected else "given"
     same = f"; {' and '.join(mapped.same_as)} name them alike" if mapped.same_as else ""

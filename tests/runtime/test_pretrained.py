@@ -466,3 +466,14 @@ def test_the_report_names_only_layouts_that_name_the_layers_alike():
     assert detected("densenet121", library_names=True) == ("torchvision", ["timm"])
     assert detected("resnet18", library_names=True) == ("netc", ["torchvision", "timm"])
     assert detected("alexnet", library_names=True) == ("netc", ["torchvision"])
+
+
+def test_a_file_that_leaves_layers_out_exports_them_freshly_initialised(tiny, tmp_path, capsys):
+    state = {k: v for k, v in _tiny_state().items() if not k.startswith("bn1.")}
+    torch.save(state, tmp_path / "w.pth")
+    result = export_model(tiny, weights_file=str(tmp_path / "w.pth"))
+    assert "new (freshly initialised): bn1" in capsys.readouterr().err
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    np.testing.assert_array_equal(weights["fc.bias"], state["fc.bias"].numpy())
+    np.testing.assert_array_equal(weights["bn1.running_var"], np.ones(4, np.float32))
+    assert result.max_error is not None and result.max_error < 1e-4
