@@ -206,8 +206,9 @@ async def start(repository_path: Path, options: ServerOptions) -> RunningServer:
         except OSError as exc:  # stop what started, then say which port
             await server.stop(0)
             await repository.close()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's is long
             raise OSError(
-                f"cannot serve HTTP on {options.host}:{options.http_port}: {exc.strerror or exc}"
+                f"cannot serve HTTP on {options.host}:{options.http_port}: {reason}"
             ) from None
 
     async def update_health() -> None:
