@@ -35,7 +35,7 @@ from netc.errors import UserError
 from netc.fileio import write_atomic
 from netc.runtime import checkpoint
 from netc.runtime.config import parse_normalize
-from netc.runtime.finetune import module_with_weights
+from netc.runtime.finetune import fills_every_tensor, module_with_weights
 from netc.runtime.module import build_module
 from netc.runtime.preprocess import whiten
 
@@ -225,7 +225,7 @@ def check_against_torch(
     """Largest |onnxruntime - PyTorch| over seeded inputs; UserError beyond tolerance."""
     with torch.device("meta"):  # every weight is given: no initialisation to pay for
         module = build_module(graph)
-    module = module.to_empty(device="cpu")
+    module = module.to_empty(device="cpu") if fills_every_tensor(module) else build_module(graph)
     module.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     module.eval()
     options = ort.SessionOptions()

@@ -115,7 +115,7 @@ def module_with_weights(
     weights = read_weights(source)
     shapes = skeleton.state_dict()
     mapped = to_netc(weights.tensors, graph, shapes, layout)
-    complete = all(
+    complete = fills_every_tensor(skeleton) and all(
         key in mapped.tensors and mapped.tensors[key].shape == value.shape
         for key, value in shapes.items()
         if not key.endswith("num_batches_tracked")
@@ -128,6 +128,12 @@ def module_with_weights(
         if name.endswith("num_batches_tracked") and name not in mapped.tensors:
             buffer.zero_()  # to_empty left it unset; a file without it means none counted
     return module, _load_mapped(module, graph, weights, mapped, source, flag)
+
+
+def fills_every_tensor(module: nn.Module) -> bool:
+    """Whether loading a state_dict sets every tensor of `module`: not so when a layer
+    keeps a buffer out of its state_dict, which `to_empty` would leave unset."""
+    return not any(layer._non_persistent_buffers_set for layer in module.modules())
 
 
 def _load_mapped(
