@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from netc.errors import UserError
@@ -34,11 +34,17 @@ def check_output(path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, data: bytes | Iterable[bytes | memoryview]) -> None:
+def write_atomic(
+    path: str | Path,
+    data: bytes | Iterable[bytes | memoryview],
+    before_rename: Callable[[], None] | None = None,
+) -> None:
     """Write `data` (bytes, or pieces written one after another: a large model need not
     be joined first) to a temporary file beside `path`, fsync, then rename over it. A failure
     (no permission, no space, a file where a folder should be) is a UserError naming
-    the path, and leaves no new empty folder behind."""
+    the path, and leaves no new empty folder behind. `before_rename()` runs between the
+    fsync and the rename; if it raises, nothing is written (a write that waits on a check
+    running meanwhile)."""
     path = check_output(path)
     created = _first_missing(path.parent)
     tmp = None
@@ -53,6 +59,8 @@ def write_atomic(path: str | Path, data: bytes | Iterable[bytes | memoryview]) -
                 handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except OSError as exc:
         _clean_up(tmp, path.parent, created)

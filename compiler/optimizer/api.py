@@ -10,6 +10,7 @@ the first pass after which the outputs no longer match.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -154,19 +155,68 @@ def optimize_file(
     # The weights stay in `data`; protobuf parses only the rest (see model_bytes).
     stored = scan_initializers(data)
     light = data if stored is None else light_model_bytes(data, stored)
-    result = optimize_model(
-        parse_model(light, str(src)),
-        verify=verify,
-        enable=enable,
-        input_shapes=input_shapes,
-        name=str(src),
-        original_bytes=data,
-        freeze_initializer_inputs=freeze_initializer_inputs,
-    )
-    write_atomic(dst, result.pieces)
+    writer = _WriteWhileVerifying(dst)
+    try:
+        result = optimize_model(
+            parse_model(light, str(src)),
+            verify=verify,
+            enable=enable,
+            input_shapes=input_shapes,
+            name=str(src),
+            original_bytes=data,
+            freeze_initializer_inputs=freeze_initializer_inputs,
+            _before_verify=writer.start,
+        )
+    except BaseException:
+        writer.finish(keep=False)
+        raise
+    writer.finish(keep=True)
     result.destination = str(dst)
     result.seconds = time.perf_counter() - start
     return result
+
+
+class _Abandoned(Exception):
+    """The verification failed: the written file must not replace the destination."""
+
+
+class _WriteWhileVerifying:
+    """Writes the optimized model in a thread while onnxruntime verifies it, and renames
+    it over the destination only when the verification passed: on a large model the
+    write (seconds of copying and fsync) and the check overlap, and a failed check still
+    writes nothing (write_atomic's before_rename waits for the verdict)."""
+
+    def __init__(self, dst: str | Path) -> None:
+        self.dst = dst
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.verdict = threading.Event()
+        self.keep = False
+
+    def start(self, pieces: list[bytes | memoryview]) -> None:
+        self.thread = threading.Thread(target=self._write, args=(pieces,), daemon=True)
+        self.thread.start()
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        try:
+            write_atomic(self.dst, pieces, before_rename=self._wait)
+        except BaseException as exc:  # handed to finish(), in the caller's thread
+            self.error = exc
+
+    def _wait(self) -> None:
+        self.verdict.wait()
+        if not self.keep:
+            raise _Abandoned
+
+    def finish(self, keep: bool) -> None:
+        """Rename the file into place (keep) or remove it; raise what the write raised."""
+        self.keep = keep
+        self.verdict.set()
+        if self.thread is None:
+            return
+        self.thread.join()
+        if keep and self.error is not None:
+            raise self.error
 
 
 def file_to_file(
@@ -193,6 +243,7 @@ def optimize_model(
     original_bytes: bytes | None = None,
     passes: Sequence[type[OptimizerPass]] | None = None,
     freeze_initializer_inputs: bool = False,
+    _before_verify: Callable[[list[bytes | memoryview]], None] | None = None,
 ) -> OptimizeResult:
     """Optimize a loaded model; `proto` is left unchanged.
 
@@ -239,6 +290,8 @@ def optimize_model(
         initializer_inputs=sum(1 for v in model.graph.inputs if v.is_initializer()),
         ir_versions=(ir_before, model.ir_version),
     )
+    if _before_verify is not None:  # optimize_file: the write starts, and waits on the check
+        _before_verify(pieces)
     if verify:
         check_deterministic(proto, name)
         # Both models go to onnxruntime without their weights, which it takes by

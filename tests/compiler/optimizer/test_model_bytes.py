@@ -9,6 +9,7 @@ from builders import GraphBuilder, ops, random_feeds, run
 from helpers import assert_fp32_close
 from test_verify import CorruptBias
 
+from netc.compiler.optimizer import pipeline
 from netc.compiler.optimizer.api import optimize_file, optimize_model
 from netc.compiler.optimizer.base import OptimizerPass
 from netc.compiler.optimizer.model_bytes import (
@@ -20,10 +21,11 @@ from netc.compiler.optimizer.model_bytes import (
     weightless_ir,
     weightless_proto,
 )
+from netc.compiler.optimizer.passes.cleanup import DeadNodeRemoval
 from netc.compiler.optimizer.passes.conv_bn import ConvBatchNormFusion
 from netc.compiler.optimizer.pipeline import run_pipeline
 from netc.compiler.optimizer.rewrite import constant
-from netc.compiler.optimizer.verify import _session
+from netc.compiler.optimizer.verify import VerificationError, _session
 from netc.errors import UserError
 
 
@@ -136,8 +138,6 @@ class CorruptBigWeight(OptimizerPass):
 
 @pytest.mark.parametrize("corrupt", [CorruptBigWeight, CorruptBias])
 def test_verification_still_catches_a_changed_weight(corrupt):
-    from netc.compiler.optimizer.verify import VerificationError
-
     with pytest.raises(VerificationError, match="computes something else"):
         optimize_model(net(), passes=[ConvBatchNormFusion, corrupt])
 
@@ -198,3 +198,36 @@ def test_a_large_weight_with_too_few_bytes_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match=r"initializer 'conv2.weight' holds 9208 bytes, its shape"):
         optimize_file(src, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+# --- the write overlaps the verification; a failed check still writes nothing ------------
+
+
+@pytest.fixture
+def corrupting_pipeline(monkeypatch):
+    monkeypatch.setattr(
+        pipeline, "PIPELINE", [ConvBatchNormFusion, CorruptBigWeight, DeadNodeRemoval]
+    )
+
+
+def test_a_failed_check_leaves_the_old_file_and_no_trace(tmp_path, corrupting_pipeline):
+    src, dst = tmp_path / "net.onnx", tmp_path / "out.onnx"
+    onnx.save(net(), src)
+    dst.write_bytes(b"the previous version")
+    with pytest.raises(VerificationError):
+        optimize_file(src, dst)
+    assert dst.read_bytes() == b"the previous version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "out.onnx"]
+    nested = tmp_path / "new" / "folder" / "out.onnx"
+    with pytest.raises(VerificationError):
+        optimize_file(src, nested)
+    assert not (tmp_path / "new").exists()  # the folders the write made are gone too
+
+
+def test_a_write_that_fails_is_reported_after_a_passing_check(tmp_path):
+    src, dst = tmp_path / "net.onnx", tmp_path / "out.onnx"
+    onnx.save(net(), src)
+    dst.mkdir()
+    with pytest.raises(UserError, match="exists and is not a regular file"):
+        optimize_file(src, dst)
+    assert dst.is_dir()
