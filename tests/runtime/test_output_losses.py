@@ -135,3 +135,28 @@ def test_a_one_logit_classifier_trains_with_binary_cross_entropy(tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=y)
     result = train(str(spec), str(tmp_path / "data.npz"), tmp_path / "run", quiet=True)
     assert result.history[-1]["val_accuracy"] > 0.9  # logit > 0 read as class 1
+
+
+def test_deep_supervision_trains_every_side_output(tmp_path):
+    """examples/tinyseg_deep_supervision.yaml on a few small pictures of `shapes`."""
+    from pathlib import Path
+
+    from netc.runtime.datasets import make_shapes
+
+    data = make_shapes(count=48, size=16, seed=1)
+    np.savez(tmp_path / "shapes.npz", x=data.images.numpy(), y=data.targets.numpy())
+    example = Path(__file__).parents[2] / "examples" / "tinyseg_deep_supervision.yaml"
+    overrides = {"epochs": 1, "threads": 1}
+    result = train(
+        str(example),
+        str(tmp_path / "shapes.npz"),
+        tmp_path / "run",
+        overrides=overrides,
+        quiet=True,
+    )
+    assert "val_mean_iou" in result.history[0]
+    graph = load_string(example.read_text()).graph
+    start = build_module(graph, seed=0).state_dict()
+    trained = checkpoint.load(tmp_path / "run")["model"]
+    for side in ("side1.weight", "side2.weight", "classifier.weight"):
+        assert not torch.equal(trained[side], start[side]), side
