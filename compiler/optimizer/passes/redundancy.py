@@ -19,7 +19,10 @@ class RedundancyElimination(OptimizerPass):
     No-op nodes, y = x → readers of y read x (shapes "equal" means equal at
     every input size: the same ints, or the same named symbol):
     1. Reshape, Flatten, Expand, Tile whose output shape equals the input's
-       (Tile: only with repeats all 1, since a repeat also copies data).
+       (Tile: only with repeats all 1, since a repeat also copies data); and
+       a Reshape whose target is built from x's own dims, as in
+       x.view(x.size(0), -1) of an (N, C) x with N open: the target
+       Concat(Unsqueeze(Gather(Shape(x), 0)), [-1]) is [N, C] at every N.
     2. Slice whose output shape equals its input's and whose steps are all 1
        (a step of -1 over the whole axis keeps the shape but reverses it); or
        whose constant starts/ends cover every axis it slices, each of a fixed
@@ -73,6 +76,8 @@ class RedundancyElimination(OptimizerPass):
         op, x, y = node.op_type, node.inputs[0], node.outputs[0]
         assert x is not None  # call() skips nodes without a first input
         same = same_dims(self._shape(x), self._shape(y))
+        if op == "Reshape" and len(node.inputs) > 1 and self._target_is_own_shape(node):
+            return "its target is its input's own shape"  # Case 1
         if op in _SHAPE_KEEPING and same:
             if op == "Tile" and not _all_equal(node, 1, 1):
                 return None
@@ -102,6 +107,28 @@ class RedundancyElimination(OptimizerPass):
             if not isinstance(other, str) and other.size and np.all(other == _NEUTRAL[op]):
                 return f"it {op.lower()}s by {_NEUTRAL[op]:g} everywhere"
         return None
+
+    def _target_is_own_shape(self, node: ir.Node) -> bool:
+        """Case 1's Reshape(x, target) with target[i] = dim i of x at every size: each
+        element dim i read from Shape(x), the fixed size of dim i, 0 (copy; allowzero=0),
+        or a single -1 (the one dim left, once all others match)."""
+        x, target = node.inputs[0], node.inputs[1]
+        dims = self._shape(x)
+        elements = None if dims is None else _shape_elements(target, x, len(dims), depth=8)
+        if dims is None or elements is None or len(elements) != len(dims):
+            return False
+        copy_zero = node.attributes.get_int("allowzero", 0) == 0
+        unmatched = 0
+        for i, element in enumerate(elements):
+            if element == ("dim", i) or (isinstance(dims[i], int) and element == dims[i]):
+                continue
+            if element == 0 and copy_zero:
+                continue
+            if element == -1:
+                unmatched += 1
+                continue
+            return False
+        return unmatched <= 1
 
     def _reshape_pair(self, graph: ir.Graph, node: ir.Node) -> bool:
         # Case 5.
@@ -185,6 +212,47 @@ _CHAINS = {
     "Squeeze": RedundancyElimination._squeeze_pair,
     "Unsqueeze": RedundancyElimination._squeeze_pair,
 }
+
+
+Element = int | tuple[str, int]
+
+
+def _shape_elements(
+    value: ir.Value | None, x: ir.Value | None, rank: int, depth: int
+) -> list[Element] | None:
+    """A 1-D shape tensor as its elements: ints where constant, ("dim", i) where it is
+    dim i of `x` read at run time (Shape(x), then Gather, Unsqueeze, Concat); None when
+    it is anything else."""
+    if value is None or depth == 0:
+        return None
+    data = constant(value)
+    if not isinstance(data, str):
+        return [int(v) for v in np.asarray(data).reshape(-1)] if data.ndim <= 1 else None
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    op = node.op_type
+    if op == "Shape" and node.inputs[0] is x:
+        start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end")
+        if start != 0 or end is not None:
+            return None
+        return [("dim", i) for i in range(rank)]
+    if op == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
+        parts = [_shape_elements(v, x, rank, depth - 1) for v in node.inputs]
+        if any(p is None for p in parts):
+            return None
+        return [e for p in parts if p is not None for e in p]
+    if op == "Unsqueeze":
+        inner = _shape_elements(node.inputs[0], x, rank, depth - 1)
+        return inner if inner is not None and len(inner) == 1 else None
+    if op == "Gather" and node.attributes.get_int("axis", 0) == 0 and len(node.inputs) == 2:
+        source = _shape_elements(node.inputs[0], x, rank, depth - 1)
+        index = constant(node.inputs[1])
+        if source is None or isinstance(index, str) or index.size != 1:
+            return None
+        i = int(index.reshape(-1)[0])
+        return [source[i]] if -len(source) <= i < len(source) else None
+    return None
 
 
 def _producer(node: ir.Node, op_type: str) -> ir.Node | None:

@@ -228,3 +228,36 @@ def test_cse_merges_nodes_whose_constants_are_equal_and_keeps_those_that_differ(
     optimized, _ = optimize(model, CommonSubexpressionElimination)
     assert ops(optimized) == {"Conv": 2, "Sum": 1}
     assert_same(model, optimized)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "removed"),
+    [
+        (["dim0", [-1]], True),  # x.view(x.size(0), -1)
+        (["dim0", [6]], True),
+        ([[0], "dim1"], True),  # 0 copies dim 0
+        (["dim0", [3, 2]], False),  # a different shape
+        (["dim1", [-1]], False),  # dim 1 where dim 0 belongs
+    ],
+)
+def test_a_reshape_to_its_own_open_shape_is_removed(pieces, removed):
+    # Case 1 with a target computed from the input's own dims.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", ["N", 6])
+    y = g.node("Neg", [x])
+    shape = g.node("Shape", [y])
+    parts = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            index = g.const(g.fresh("i"), np.array(int(piece[-1]), np.int64))
+            dim = g.node("Gather", [shape, index], axis=0)
+            parts.append(g.node("Unsqueeze", [dim, i64(g, [0])]))
+        else:
+            parts.append(i64(g, piece))
+    model = g.build(g.node("Reshape", [y, g.node("Concat", parts, axis=0)]))
+    optimized, _ = optimize(model, *PASSES)
+    assert ("Reshape" not in ops(optimized)) == removed
+    if removed:
+        assert ops(optimized) == {"Neg": 1}
+    for n in (1, 6):
+        assert_same(model, optimized, N=n)
