@@ -158,5 +158,8 @@ def test_deep_supervision_trains_every_side_output(tmp_path):
     graph = load_string(example.read_text()).graph
     start = build_module(graph, seed=0).state_dict()
     trained = checkpoint.load(tmp_path / "run")["model"]
-    for side in ("side1.weight", "side2.weight", "classifier.weight"):
+    for side in ("side1.weight", "side2_scores.weight", "classifier.weight"):
         assert not torch.equal(trained[side], start[side]), side
+    from netc.cli import main
+
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "deep.onnx")]) == 0
