@@ -1,4 +1,5 @@
-"""`netc serve`: the gRPC server (grpc.aio) and the metrics endpoint, put together.
+"""`netc serve`: the gRPC server (grpc.aio), the REST port (serving/http/, aiohttp on the
+same event loop, calling the same services' code) and the metrics endpoint, put together.
 
 Services: `inference.GRPCInferenceService` (Triton/KServe v2), netc's vision
 service, `grpc.health.v1.Health` (SERVING once every model is loaded) and
