@@ -129,10 +129,7 @@ class ConstantFolding(OptimizerPass):
                 return False  # not a candidate: silent, most nodes are like this
             arrays.append(data)
         what = label(node, with_op=True)
-        if any(
-            isinstance(a.value, (ir.Graph, list)) and a.type in _GRAPH_ATTRS
-            for a in node.attributes.values()
-        ):
+        if any(a.type in _GRAPH_ATTRS for a in node.attributes.values()):
             self.refuse(f"{what} not folded: it has a subgraph")
             return False
         for out in node.outputs:

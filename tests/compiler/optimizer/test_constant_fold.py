@@ -142,3 +142,24 @@ def test_large_constants_fold_only_on_request_and_then_bn_folds_too():
     folded, _ = optimize(model, enable={"fold_large_constants"})
     assert ops(folded) == {"Conv": 1}
     assert_same(model, folded)
+
+
+def test_a_node_with_a_subgraph_is_not_evaluated():
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [2])
+    branches = {}
+    for name, number in (("then_branch", 1.0), ("else_branch", 2.0)):
+        out = f"{name}_out"
+        body = oh.make_graph(
+            [oh.make_node("Constant", [], [out], value_floats=[number, number])],
+            name,
+            [],
+            [oh.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [2])],
+        )
+        branches[name] = body
+    chosen = g.node("If", [g.const("cond", np.array(True))], **branches)
+    model = g.build(g.node("Add", [x, chosen]))
+    optimized, reports = optimize(model, ConstantFolding)
+    assert ops(optimized) == {"If": 1, "Add": 1}
+    assert "it has a subgraph" in reports[0].refusals[0]
+    assert_same(model, optimized)
