@@ -97,14 +97,17 @@ class ConstantFolding(OptimizerPass):
         self._dims: dict[ir.Value, Dims] | None = None  # inferred when a candidate first needs it
         self._dtypes: dict[ir.Value, ir.DataType] = {}
         modified = False
+        lifted = 0
         for node in list(graph):
             if node.domain not in ("", "ai.onnx"):
                 continue
             if node.op_type == "Constant":
-                modified |= self._lift(graph, node)  # Case 1
+                lifted += self._lift(graph, node)  # Case 1
             elif node.op_type not in NOT_FOLDED and node.inputs:
                 modified |= self._fold(graph, node, opsets)  # Case 2
-        return ir.passes.PassResult(model, modified)
+        if lifted:
+            self.note(f"{lifted} Constant node{'s' * (lifted > 1)} → initializers")
+        return ir.passes.PassResult(model, modified or bool(lifted))
 
     def _lift(self, graph: ir.Graph, node: ir.Node) -> bool:
         out = node.outputs[0]

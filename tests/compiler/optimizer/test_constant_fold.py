@@ -58,7 +58,8 @@ def test_a_chain_of_constants_folds_into_one_initializer():
     assert ops(optimized) == {"Reshape": 1}
     target = optimized.graph.node[0].input[1]
     np.testing.assert_array_equal(initializer(optimized, target), [2, 3, 4])
-    assert len(reports[0].notes) == 4  # three Unsqueeze and the Concat
+    assert len(reports[0].notes) == 5  # three Unsqueeze, the Concat, and the lifts
+    assert reports[0].notes[-1] == "3 Constant nodes → initializers"
     assert_same(model, optimized)
 
 
