@@ -182,7 +182,7 @@ def soak(root: Path, seconds: float) -> int:
     model = make_repository(root)
     server = subprocess.Popen(
         [PY, "-m", "netc", "serve", "--repository", str(root), "--host", "127.0.0.1",
-         "--port", "0", "--no-metrics", "--poll", "0.2"],
+         "--port", "0", "--no-metrics", "--no-http", "--poll", "0.2"],
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip

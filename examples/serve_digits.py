@@ -98,6 +98,7 @@ def main(run_dir: Path, repository: Path) -> None:
             "--port",
             str(port),
             "--no-metrics",
+            "--no-http",
         ]
     )
     try:

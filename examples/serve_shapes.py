@@ -51,7 +51,7 @@ def main(run_dir: Path, repository: Path, out: Path) -> None:
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "netc", "serve", "--repository", str(repository),
-         "--host", "127.0.0.1", "--port", str(port), "--no-metrics"]
+         "--host", "127.0.0.1", "--port", str(port), "--no-metrics", "--no-http"]
     )  # fmt: skip
     try:
         wait_until_serving(address, server)

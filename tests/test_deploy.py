@@ -27,6 +27,7 @@ from netc.serving.server import LIVENESS, BackgroundServer, ServerOptions
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 GRPC_PORT, METRICS_PORT = 8001, 8002  # netc serve's defaults, Triton's ports
+HTTP_PORT = 8000  # Triton's REST port, netc serve's --http-port default
 
 
 def _documents() -> list[tuple[str, dict]]:
@@ -156,6 +157,7 @@ def test_the_deployment_runs_netc_serve_on_its_ports():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.port, args.metrics_port) == (ports["grpc"], ports["metrics"])
     assert (args.port, args.metrics_port) == (GRPC_PORT, METRICS_PORT)
+    assert args.http_port == ports["http"] == HTTP_PORT and not args.no_http
     assert not args.no_metrics
 
 
@@ -201,6 +203,7 @@ def test_the_services_reach_the_pods_ports():
     (main,) = [s for s in services if s["spec"].get("clusterIP") != "None"]
     assert {p["name"]: p["port"] for p in main["spec"]["ports"]} == {
         "grpc": GRPC_PORT,
+        "http": HTTP_PORT,
         "metrics": METRICS_PORT,
     }
 
@@ -225,8 +228,9 @@ def test_the_serving_runtime_serves_onnx_over_grpc_v2_on_8001():
     (container,) = runtime["containers"]
     args = _serve_args(_container_argv(container))
     assert str(args.repository) == "/mnt/models"  # where KServe's storage initializer puts it
-    (port,) = container["ports"]
+    (port,) = container["ports"]  # KServe routes one port: gRPC's, and REST is off
     assert (port["name"], port["containerPort"], args.port) == ("h2c", GRPC_PORT, GRPC_PORT)
+    assert args.no_http
     assert container["readinessProbe"]["grpc"]["port"] == args.port
     assert container["livenessProbe"]["grpc"] == {"port": args.port, "service": LIVENESS}
     assert _one("ServingRuntime")["spec"]["annotations"]["prometheus.kserve.io/port"] == str(
@@ -266,7 +270,8 @@ def test_the_image_runs_netc_serve(name):
     cmd = [json.loads(arg) for op, arg in final if op == "CMD"][-1]
     args = _serve_args([*entrypoint, *cmd])
     exposed = {int(p) for op, arg in final if op == "EXPOSE" for p in arg.split()}
-    assert exposed == {args.port, args.metrics_port} == {GRPC_PORT, METRICS_PORT}
+    assert exposed == {args.port, args.http_port, args.metrics_port}
+    assert exposed == {GRPC_PORT, HTTP_PORT, METRICS_PORT} and not args.no_http
     assert any(op == "USER" for op, _ in final)  # not root
     for op, arg in steps:
         if op == "COPY" and not arg.startswith("--from"):
