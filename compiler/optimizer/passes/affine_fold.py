@@ -34,10 +34,12 @@ class AffineFolding(OptimizerPass):
        of the layer's output, E(layer(x)) = layer'(x), with the weights
        scaled per output channel and the bias b' = b·s + t: the algebra of
        ConvBatchNormFusion's cases 1-4, whose code does it.
-    2. Before a Conv: Conv(x·s, W, b) = Conv(x, W·s over the input-channel
-       axis, b) when s varies only along x's axis 1. Zero padding commutes
-       with the scaling (0·s = 0), so any padding is fine; an Add before a
-       Conv is refused, since padded zeros would not get the +t.
+    2. Before a Conv: Conv(x·s + t, W, b) = Conv(x, W·s over the input-channel
+       axis, b + W·t) when s and t vary only along x's axis 1, where (W·t)[o]
+       sums o's weights times t over its group's input channels. Zero padding
+       commutes with the scaling (0·s = 0), so with t = 0 any padding is
+       fine; a shift before a padded conv is refused, since the padded zeros
+       would not get the +t.
     3. Chains: E₂(E₁(x, c₁), c₂) = x·(s₁s₂) + (t₁s₂ + t₂), a chain of n ≥ 2
        such nodes becomes one node when the result is a pure scale or shift,
        else Mul then Add; only when that makes the chain shorter.
@@ -81,8 +83,15 @@ class AffineFolding(OptimizerPass):
             if producer is not None and producer.op_type == "BatchNormalization":
                 if self._fold_into_bn(graph, node, producer, x, affine_arrays, names, opset):
                     modified = True  # Case 4
-                    continue
-            modified |= self._fold_before(graph, node, x, affine_arrays, names)  # Case 2
+        # Case 2 runs last to first, so that in x·s + t → Conv the shift folds first and
+        # the scale then meets the conv.
+        for node in reversed(list(graph)):
+            if node.graph is None or node.op_type not in _OPS or node.domain not in ("", "ai.onnx"):
+                continue
+            side = _affine_side(node)
+            if side is not None:
+                index, affine_arrays = side
+                modified |= self._fold_before(graph, node, node.inputs[index], affine_arrays, names)
         modified |= self._merge_chains(graph, names)  # Case 3
         return ir.passes.PassResult(model, modified)
 
@@ -159,8 +168,8 @@ class AffineFolding(OptimizerPass):
         if conv.inputs[0] is not y:
             return False
         scale, shift = arrays
-        if np.any(shift != 0):
-            self.refuse(f"{what} not folded: a shift before a conv would miss the padded zeros")
+        if np.any(shift != 0) and _pads_input(conv):
+            self.refuse(f"{what} not folded: a shift before a padded conv would miss the zeros")
             return False
         problem = sole_reader_problem(y, conv)
         if problem is not None:
@@ -177,7 +186,9 @@ class AffineFolding(OptimizerPass):
             self.refuse(f"{what} not folded: {per_channel}")
             return False
         x_dims = self.dims.get(x)
-        if scale.size > 1 and (x_dims is None or len(x_dims) < 2 or x_dims[1] != cin):
+        if max(scale.size, shift.size) > 1 and (
+            x_dims is None or len(x_dims) < 2 or x_dims[1] != cin
+        ):
             # x of one channel times a per-channel s is broadcast to cin channels: the
             # conv could not read x itself
             self.refuse(f"{what} not folded: the input's channel count is not known to be {cin}")
@@ -187,6 +198,19 @@ class AffineFolding(OptimizerPass):
         grouped = weight.astype(np.float64).reshape(group, cout // group, *weight.shape[1:])
         factor = per_channel.scale.reshape(group, 1, cin // group, *(1,) * (weight.ndim - 2))
         scaled = (grouped * factor).reshape(weight.shape).astype(weight.dtype)
+        if np.any(per_channel.shift != 0):
+            # W·(x + t) = W·x + W·t: t is constant over the image, so W·t adds to the bias
+            # of output o the sum of o's weights times t over o's group's input channels.
+            bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
+            bias = np.zeros(cout) if bias_value is None else constant(bias_value)
+            if isinstance(bias, str):
+                self.refuse(f"{what} not folded: the conv bias is not a constant: {bias}")
+                return False
+            per_group = grouped.reshape(group, cout // group, cin // group, -1)
+            shift_g = per_channel.shift.reshape(group, cin // group)
+            added = np.einsum("gock,gc->go", per_group, shift_g).reshape(cout)
+            new_bias = (bias.astype(np.float64) + added).astype(weight.dtype)
+            set_constant_input(graph, conv, 2, new_bias, names, f"{label(conv)}.bias")
         set_constant_input(graph, conv, 1, scaled, names, f"{label(conv)}.weight")
         problem = bypass(graph, node, x)
         if problem is not None:  # cannot happen: y feeds only the conv and is no graph output
@@ -312,6 +336,14 @@ def _affine_side(node: ir.Node) -> tuple[int, tuple[np.ndarray, np.ndarray]] | N
     if op == "Sub":
         return index, ((np.ones(()), -c) if index == 0 else (-np.ones(()), c))
     return None
+
+
+def _pads_input(conv: ir.Node) -> bool:
+    """The conv reads padding around its input (explicit pads, or auto_pad SAME_*)."""
+    auto_pad = conv.attributes.get_string("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        return True
+    return auto_pad == "NOTSET" and any(conv.attributes.get_ints("pads", []))
 
 
 def _completes_gelu(node: ir.Node) -> bool:
