@@ -91,11 +91,18 @@ def expand(spec: NetworkSpec, overrides: dict[str, Any] | None = None) -> Expans
     }
     if not outputs:
         outputs = {last.text: state.resolve(last, None)}
+    layer_names = {layer.name for layer in state.layers}
     for out, source in outputs.items():
+        loc = spec.outputs[out][1] if out in spec.outputs else spec.layers.loc
         if source in state.input_names:
+            raise SpecError(f"output '{out}' is a network input, not a layer", loc=loc)
+        if out != source and (out in layer_names or out in state.input_names):
+            # an exported graph names every tensor by its layer, so the two would collide
+            other = "layer" if out in layer_names else "network input"
             raise SpecError(
-                f"output '{out}' is a network input, not a layer",
-                loc=spec.outputs[out][1] if out in spec.outputs else spec.layers.loc,
+                f"output '{out}' gives layer '{source}' the name of another {other}, "
+                f"'{out}'; name the output differently (e.g. '{out}_out')",
+                loc=loc,
             )
     return Expansion(state.layers, outputs, state.input_names, state.disabled)
 

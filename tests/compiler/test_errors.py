@@ -73,6 +73,12 @@ CASES: dict[str, Case] = {
             "only H and W may be open",
         ),
     ),
+    "output_renames_onto_a_layer": Case(
+        8,
+        9,
+        None,
+        ("output 'side' gives layer 'side_up' the name of another layer", "e.g. 'side_out'"),
+    ),
     "unknown_output": Case(
         8, 11, None, ("unknown output layer 'logit'", "found 'logit'", "did you mean 'logits'?")
     ),
