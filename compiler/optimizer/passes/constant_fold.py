@@ -37,6 +37,9 @@ DISAGREEING_OPS = {
     "StringNormalizer",
 }
 NOT_FOLDED |= DISAGREEING_OPS
+# A quantized model's DequantizeLinear of an int8 weight is the pattern runtimes turn
+# into int8 kernels: folded to float, the conv would run in float.
+NOT_FOLDED |= {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 # Ops whose output can be far larger than their inputs: evaluated only when shape
 # inference has said how large, so that a ConstantOfShape of 10⁹ elements is refused
 # before it is computed, not after it has filled the memory.
@@ -75,8 +78,9 @@ class ConstantFolding(OptimizerPass):
        Reshape of a weight initializer feeding Gemm or MatMul is this case.
 
     Refused, with the reason:
-    - random ops, nodes with subgraphs, nodes of other domains, and the ops
-      of DISAGREEING_OPS (the reference evaluator and onnxruntime differ);
+    - random ops, nodes with subgraphs, nodes of other domains, the ops
+      of DISAGREEING_OPS (the reference evaluator and onnxruntime differ),
+      and (De)QuantizeLinear (a quantized model's int8 weights stay int8);
     - outputs that are graph outputs (they keep their producer, see case 1);
     - a result larger than ALWAYS_FOLD_BYTES and larger than the constants
       that only this node reads: folding a Tile, Expand or ConstantOfShape

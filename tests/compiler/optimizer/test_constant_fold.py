@@ -164,3 +164,16 @@ def test_a_node_with_a_subgraph_is_not_evaluated():
     assert ops(optimized) == {"If": 1, "Add": 1}
     assert "it has a subgraph" in reports[0].refusals[0]
     assert_same(model, optimized)
+
+
+def test_a_quantized_weight_stays_quantized():
+    # DequantizeLinear(int8 W) → Conv is what runtimes run as an int8 conv.
+    g = GraphBuilder(opset=17)
+    x = g.input("x", [1, 2, 4, 4])
+    w = g.const("w", np.arange(-8, 10, dtype=np.int8).reshape(2, 1, 3, 3))
+    dq = g.node(
+        "DequantizeLinear", [w, g.const("scale", np.float32(0.1)), g.const("zero", np.int8(0))]
+    )
+    model = g.build(g.node("Conv", [x, dq], group=2))
+    optimized, _ = optimize(model, ConstantFolding)
+    assert ops(optimized) == {"DequantizeLinear": 1, "Conv": 1}
