@@ -28,7 +28,7 @@ from netc.serving.errors import InvalidRequest, ModelUnavailable, Unsupported, a
 from netc.serving.images.decode import decode, pixel_count, pixel_limit
 from netc.serving.images.masks import encode_png
 from netc.serving.images.prepare import ImageInput, image_input, prepare
-from netc.serving.images.scores import dense_scores, probabilities
+from netc.serving.images.scores import dense_scores, probabilities, score_classes
 from netc.serving.model import ServedModel
 from netc.serving.repository import ModelRepository
 
@@ -229,14 +229,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         vision = self._model(request, "segmentation")
         if not request.HasField("image"):
             raise InvalidRequest("the request has no image")
-        known = vision.classes  # checked before any work, when the model says K
+        known = vision.classes and score_classes(vision.classes)  # checked before any work
         if known:
             self._check_mask_holds(vision, known)
         prepared = await self._prepare(request.image, vision)
         if request.return_scores and known:
             self._check_scores_fit(known, prepared.original)
         output = await self._run(vision, prepared.tensor, request, remaining)
-        classes = output.shape[1]
+        classes = score_classes(output.shape[1])
         self._check_mask_holds(vision, classes)
         if request.return_scores:
             self._check_scores_fit(classes, prepared.original)

@@ -286,3 +286,31 @@ def test_a_model_with_more_classes_than_a_mask_holds_is_refused_before_any_work(
             assert "model 'wide' has 300 classes; masks hold at most 256" in str(error)
     finally:
         running.stop()
+
+
+def test_one_logit_models_answer_two_classes(tmp_path):
+    """A classifier and a segmenter with one output channel (trained with binary
+    cross-entropy): the score is class 1's logit, so the answer has two classes, the
+    sigmoid's, and the mask marks where the logit is positive."""
+    repo = tmp_path / "repo"
+    for zoo, name in (("lenet5", "binary"), ("tinyseg", "edges")):
+        export = ["export", zoo, "--repository", str(repo), "--name", name]
+        assert main([*export, "--set", "num_classes=1", "--no-verify"]) == 0
+    picture = RNG.random((32, 32)).astype(np.float32)  # a pixel tensor, already 32x32
+    running = BackgroundServer(repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None))
+    try:
+        with VisionClient(running.address) as client:
+            (labels,) = client.classify([picture], "binary", top_k=5)
+            mask, names, probs = client.segment(np.dstack([picture] * 3), "edges", scores=True)
+    finally:
+        running.stop()
+    scores = {index: score for _, index, score in labels}
+    assert sorted(scores) == [0, 1] and abs(scores[0] + scores[1] - 1) < 1e-5
+    model = onnx.load(repo / "binary" / "1" / "model.onnx")
+    pre = json.loads({p.key: p.value for p in model.metadata_props}["netc.preprocessing"])
+    x = (picture - (pre["mean"] or [0])[0]) / (pre["std"] or [1])[0]
+    logit = _session(repo, "binary").run(None, {"image": x[None, None]})[0].item()
+    assert abs(scores[1] - 1 / (1 + np.exp(-logit))) < 1e-5
+    assert names == ["0", "1"] and probs is not None and probs.shape == (2, 32, 32)
+    np.testing.assert_array_equal(mask, (probs[1] > 0.5).astype(np.uint8))
+    assert_fp32_close(probs.sum(axis=0), np.ones((32, 32), np.float32))

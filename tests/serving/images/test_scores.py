@@ -57,3 +57,23 @@ def test_scores_pass_through_when_already_probabilities():
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+def test_one_logit_is_two_classes_through_the_sigmoid():
+    """A binary cross-entropy head's single score is the logit of class 1: a softmax over
+    it would say 1.0 whatever it is."""
+    from netc.serving.images.scores import score_classes
+
+    logits = np.array([-3.0, 0.0, 2.5], np.float32)
+    for value in logits:
+        p = probabilities(np.array([value]))
+        sigmoid = 1 / (1 + np.exp(-value))
+        assert_fp32_close(p, np.array([1 - sigmoid, sigmoid], np.float32))
+    assert score_classes(1) == 2 and score_classes(2) == 2 and score_classes(7) == 7
+    edges = RNG.standard_normal((1, 30, 40)).astype(np.float32)  # a one-channel score map
+    prepared = Prepared(edges[None], (30, 40), (30, 40))
+    mask, probs = dense_scores(edges, prepared, want_scores=True)
+    np.testing.assert_array_equal(mask, (edges[0] > 0).astype(np.uint8))
+    assert probs.shape == (2, 30, 40)
+    assert_fp32_close(probs[1], torch.sigmoid(torch.from_numpy(edges[0])))
+    assert_fp32_close(probs.sum(axis=0), np.ones((30, 40), np.float32))
