@@ -35,7 +35,14 @@ from netc.compiler.optimizer.model_bytes import (
     weightless_proto,
 )
 from netc.compiler.optimizer.pipeline import run_pipeline
-from netc.compiler.optimizer.verify import VerificationError, VerifyResult, check_deterministic
+from netc.compiler.optimizer.verify import (
+    Reference,
+    VerificationError,
+    VerifyResult,
+    check_deterministic,
+    compare_to,
+    run_reference,
+)
 from netc.compiler.optimizer.verify import verify as verify_model
 from netc.errors import UserError
 from netc.fileio import write_atomic
@@ -268,8 +275,21 @@ def optimize_model(
     stored = scan_initializers(data)
     if stored is not None and [t.name for t in stored] != [t.name for t in proto.graph.initializer]:
         stored = None  # not the bytes of this proto: no shortcuts
-    check_model(proto, name, data=data, stored=stored)
     resolved = resolve_input_shapes(proto, input_shapes, name)
+    reference = None
+    if verify:
+        check_deterministic(proto, name)
+        # The original's run does not depend on the passes: it goes on a thread while they
+        # work (onnxruntime leaves Python's lock free), the check's longest part on a
+        # large model. Its weights are views of `data`, shared with the passes' reads.
+        def original_outputs() -> Reference:
+            source = weightless_proto(proto, data, stored) if stored is not None else data
+            return run_reference(source, input_shapes=resolved, name=name)
+
+        reference = _Background(original_outputs)
+    # While the original runs; a model the checker refuses is refused first (the thread's
+    # own failure on it is never asked for).
+    check_model(proto, name, data=data, stored=stored)
     model, originals = _load_ir(proto, data, stored, name)
     ops_before = Counter(node.op_type for node in model.graph)
     ir_before = model.ir_version
@@ -292,16 +312,10 @@ def optimize_model(
     )
     if _before_verify is not None:  # optimize_file: the write starts, and waits on the check
         _before_verify(pieces)
-    if verify:
-        check_deterministic(proto, name)
+    if reference is not None:
         # Both models go to onnxruntime without their weights, which it takes by
         # reference from the arrays: unchanged ones are views of `data`, shared by both.
-        result.verification = verify_model(
-            weightless_proto(proto, data, stored) if stored is not None else data,
-            weightless_ir(model, originals),
-            input_shapes=resolved,
-            name=name,
-        )
+        result.verification = compare_to(reference.result(), weightless_ir(model, originals))
         if not result.verification.ok:
             culprit = find_faulty_pass(
                 proto, data, enable, passes, resolved, name, freeze_initializer_inputs
@@ -313,6 +327,31 @@ def optimize_model(
             )
     result.seconds = time.perf_counter() - start
     return result
+
+
+class _Background:
+    """`function()` (the original's run) on a thread; `result()` waits for it and returns
+    its value or raises its exception (a UserError when the original cannot be run)."""
+
+    def __init__(self, function: Callable[[], Reference]) -> None:
+        self._value: Reference | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = function()
+            except BaseException as exc:  # handed to the caller by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="netc-verify-reference", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Reference:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def find_faulty_pass(

@@ -96,21 +96,27 @@ class VerifyResult:
         return any(t == (FP16_RTOL, FP16_ATOL) for t in self.tolerances.values())
 
 
-def verify(
+@dataclass(frozen=True)
+class Reference:
+    """The original model's outputs on seeded inputs: what a candidate must reproduce."""
+
+    feeds: list[dict[str, np.ndarray]]
+    shapes: list[dict[str, tuple[int, ...]]]
+    expected: list[list[np.ndarray]]
+    names: list[str]
+    types: list[str]
+
+
+def run_reference(
     original: ModelSource,
-    optimized: ModelSource,
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     name: str = "the model",
-) -> VerifyResult:
-    """Run both models on the same inputs and compare every output.
-
-    `input_shapes` (name → full shape) replaces the open-size defaults with
-    one size. Raises UserError when the *original* cannot be run (an op
-    onnxruntime lacks, inputs it cannot take); a failing optimized model is
-    a failed result, not an exception.
-    """
+) -> Reference:
+    """Run the original on the check's inputs (`verify`'s first half; the optimizer runs it
+    on a thread while its passes work, as onnxruntime leaves Python's lock free). Raises
+    UserError when the original cannot be run."""
     reference = _session(original, name)
     feeds = input_feeds(reference, input_shapes=input_shapes, seed=seed)
     shapes = [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds]
@@ -124,13 +130,38 @@ def verify(
         ) from None
     names = [o.name for o in reference.get_outputs()]
     types = [o.type for o in reference.get_outputs()]
-    del reference  # one session at a time: each holds its own copy of a large model's weights
+    return Reference(feeds, shapes, expected, names, types)
+
+
+def compare_to(reference: Reference, optimized: ModelSource) -> VerifyResult:
+    """Run `optimized` on the reference's inputs and compare every output (`verify`'s
+    second half); a failing optimized model is a failed result, not an exception."""
     try:
         candidate = _session(optimized, "the optimized model")
-        actual = [candidate.run(None, feed) for feed in feeds]
+        actual = [candidate.run(None, feed) for feed in reference.feeds]
     except Exception as exc:
-        return VerifyResult(ok=False, input_shapes=shapes, error=_short(exc))
-    return _compare(names, types, expected, actual, shapes)
+        return VerifyResult(ok=False, input_shapes=reference.shapes, error=_short(exc))
+    return _compare(reference.names, reference.types, reference.expected, actual, reference.shapes)
+
+
+def verify(
+    original: ModelSource,
+    optimized: ModelSource,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    name: str = "the model",
+) -> VerifyResult:
+    """Run both models on the same inputs and compare every output.
+
+    `input_shapes` (name → full shape) replaces the open-size defaults with
+    one size. Raises UserError when the *original* cannot be run (an op
+    onnxruntime lacks, inputs it cannot take); a failing optimized model is
+    a failed result, not an exception. One session at a time: each holds its
+    own copy of a large model's weights.
+    """
+    reference = run_reference(original, input_shapes=input_shapes, seed=seed, name=name)
+    return compare_to(reference, optimized)
 
 
 def input_feeds(
