@@ -29,8 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
-from netc.serving.batching_policy import RunCost, patience_for
+from netc.serving.batching_policy import RefusalPace, RunCost, patience_for
 from netc.serving.batching_tensors import Tensors, array_nbytes, merge, split
 from netc.serving.errors import (
     DeadlineExceeded,
@@ -105,12 +106,14 @@ class Batcher:
         max_queue: int,
         instances: int,
         stats: ModelStats,
+        refusals_per_second: int = 0,
     ) -> None:
         """`max_delay_s`: how long a short batch waits for company; None: `auto`."""
         self.name, self.run, self.batching = name, run, batching
         self.max_queue, self.stats = max_queue, stats
         self.patience = patience_for(batching, max(1, max_batch), preferred, max_delay_s)
         self.cost = RunCost()
+        self.refusals = RefusalPace(refusals_per_second)
         self.queue: deque[_Pending] = deque()
         self.queued_bytes = 0  # inputs held by `queue`: kept in step wherever it changes
         self.idle: list[asyncio.Future] = []  # workers waiting for any request
@@ -192,6 +195,17 @@ class Batcher:
                     f"model '{self.name}': queue is full ({self.max_queue} requests "
                     "waiting); retry later"
                 )
+
+    async def paced(self, refusal: Exception) -> NoReturn:
+        """Raise `refusal` (`admit`'s) once its turn comes (`RefusalPace`)."""
+        delay = self.refusals.delay(asyncio.get_running_loop().time())
+        if delay > 0:
+            self.refusals.held += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.refusals.held -= 1
+        raise refusal
 
     def waiting(self) -> int:
         """Requests waiting to run: queued, or held by a batch gathering company."""

@@ -14,6 +14,7 @@ IDLE_GAP_S = 0.01  # a gap between arrivals longer than this is idleness, not lo
 FRUITLESS_WAITS = 2  # waits that brought nobody before `auto` stops waiting
 PEAK_DECAY = 1 / 32  # how fast `auto` forgets a peak of concurrent requests, per arrival
 INLINE_NS = 1_000_000  # batches expected to run faster than this skip the worker thread
+MAX_HELD_REFUSALS = 256  # refusals waiting for their turn; past this, refused at once
 
 
 class Patience:
@@ -179,3 +180,33 @@ class RunCost:
             if self.ns_per_element is None
             else 0.9 * self.ns_per_element + 0.1 * per_element
         )
+
+
+class RefusalPace:
+    """When a refusal (a full queue's RESOURCE_EXHAUSTED) is answered: at most
+    `per_second` a second go out, each later one held until its turn.
+
+    A lone excess request is refused at once; a storm of clients that retry the moment
+    they are refused is paced. Every refusal costs the client and the server the
+    request's bytes and a round trip, on the cores the model runs on: unpaced, 16
+    clients retrying a 10 ms model's 590 KB requests made ~600 refusals a second and
+    left the model a third of its unloaded rate (bench/README.md, "overload"). Held
+    calls are bounded (`max_held`); past that a refusal is answered at once. 0 a second
+    answers every refusal at once, as Triton does.
+    """
+
+    __slots__ = ("held", "interval", "max_held", "next_at")
+
+    def __init__(self, per_second: int, max_held: int = MAX_HELD_REFUSALS) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.max_held = max_held
+        self.held = 0  # refusals waiting for their turn (the caller counts them)
+        self.next_at = float("-inf")  # the earliest time the next refusal may go out
+
+    def delay(self, now: float) -> float:
+        """Seconds the refusal arriving at `now` waits before it is answered."""
+        if self.interval == 0.0 or self.held >= self.max_held:
+            return 0.0
+        turn = max(now, self.next_at)
+        self.next_at = turn + self.interval
+        return turn - now

@@ -7,7 +7,9 @@ dynamic_batching:             # or false
                               # to 1 ms, only while clients send concurrently), or microseconds
                               # (0: never wait; batches form from what queued while the model ran)
   preferred_batch_sizes: [8, 16]
-  max_queue_size: 256         # beyond this (or 2 GiB of queued inputs), RESOURCE_EXHAUSTED at once
+  max_queue_size: 256         # beyond this (or 2 GiB of queued inputs), RESOURCE_EXHAUSTED
+  refusals_per_second: 50     # a storm of refusals is paced: at most this many answered a
+                              # second, the rest held until their turn (0: all at once)
 instances: 1                  # requests run concurrently on this many threads
 intra_op_threads: 0           # onnxruntime threads per run (0: its default)
 labels: [cat, dog]            # when the model carries none (or labels_file: labels.txt)
@@ -40,7 +42,12 @@ KEYS = (
     "input_format",
 )
 INPUT_FORMATS = ("NCHW", "NHWC")
-BATCHING_KEYS = ("max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
+BATCHING_KEYS = (
+    "max_queue_delay_us",
+    "preferred_batch_sizes",
+    "max_queue_size",
+    "refusals_per_second",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class ModelConfig:
     max_queue_delay_us: int | None = None  # None: auto
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
+    refusals_per_second: int = 50  # serving.batching_policy.RefusalPace
     instances: int = 1
     intra_op_threads: int = 0
     labels: tuple[str, ...] | None = None
@@ -205,6 +213,7 @@ def load_config(folder: Path) -> ModelConfig:
         max_queue_delay_us=_delay(batching),
         preferred_batch_sizes=_preferred(batching),
         max_queue_size=_int(batching, "max_queue_size", 1),
+        refusals_per_second=_int(batching, "refusals_per_second", 0),
         instances=_int(data, "instances", 1),
         intra_op_threads=_int(data, "intra_op_threads", 0),
         labels=_labels(data, folder),

@@ -28,7 +28,7 @@ from netc.protos.generated import grpc_service_pb2 as pb
 from netc.serving.batcher import DRAIN_S, Batcher
 from netc.serving.batching_tensors import CheckedRequest, Tensors
 from netc.serving.config import ModelConfig
-from netc.serving.errors import InvalidRequest, ModelFailed, clip
+from netc.serving.errors import InvalidRequest, ModelFailed, QueueFull, clip
 from netc.serving.model_info import DATATYPES, ONNX_TYPES, ModelInfo, TensorSpec
 from netc.serving.stats import ModelStats, RequestTimes
 from netc.serving.tensors import common_request, decode_inputs
@@ -204,6 +204,7 @@ class ServedModel:
             max_delay_s=None if delay is None else delay / 1e6,
             preferred=info.preferred_batch_sizes,
             max_queue=self.config.max_queue_size,
+            refusals_per_second=self.config.refusals_per_second,
             instances=self.config.instances,
             stats=self.stats,
         )
@@ -260,11 +261,16 @@ class ServedModel:
         options = session_options(replace(self.config, intra_op_threads=1))
         self.session = ort.InferenceSession(str(self.path), options, providers=providers())
 
-    def admit(self) -> None:
-        """Refuse now what queueing would refuse (a full queue, a closing model), before
-        the request is decoded and checked."""
-        if self.batcher is not None:
+    async def admit(self) -> None:
+        """Refuse what queueing would refuse (a full queue, a closing model) before the
+        request is decoded and checked; a full queue's refusal waits its turn when
+        refusals come faster than `refusals_per_second` (batching_policy.RefusalPace)."""
+        if self.batcher is None:
+            return
+        try:
             self.batcher.admit()
+        except QueueFull as refusal:
+            await self.batcher.paced(refusal)
 
     def checked(self, request: pb.ModelInferRequest) -> CheckedRequest:
         """A ModelInferRequest decoded and checked: the request path's one decoder (gRPC's

@@ -304,7 +304,7 @@ class TritonService(pb_grpc.GRPCInferenceServiceServicer):
         model = self.repository.get(request.model_name, request.model_version)
         times = model.stats.begin(start)
         try:
-            model.admit()  # a full queue refuses before the request is decoded
+            await model.admit()  # a full queue refuses before the request is decoded
             _check_parameters(request)
             wanted = _requested_outputs(request, model)
             timeout = _timeout(request, remaining)

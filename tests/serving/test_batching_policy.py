@@ -7,6 +7,7 @@ from netc.serving.batching_policy import (
     PEAK_DECAY,
     AutoDelay,
     FixedDelay,
+    RefusalPace,
     RunCost,
     patience_for,
 )
@@ -146,3 +147,19 @@ def test_run_cost_is_a_moving_average_of_recent_runs():
     assert cost.ns_per_element == pytest.approx(0.9 * 10 + 0.1 * 110)
     cost.observe(0, 500)  # a batch without input values counts as one
     assert cost.ns_per_element == pytest.approx(0.9 * 20 + 0.1 * 500)
+
+
+def test_refusals_go_out_at_most_at_their_pace():
+    pace = RefusalPace(50)  # one every 20 ms
+    assert pace.delay(10.0) == 0.0  # a lone refusal: at once
+    assert [pace.delay(10.001) for _ in range(3)] == pytest.approx([0.019, 0.039, 0.059])
+    assert pace.delay(11.0) == 0.0  # the storm over, at once again
+
+
+def test_held_refusals_are_bounded_and_zero_a_second_is_unpaced():
+    pace = RefusalPace(10, max_held=2)
+    pace.delay(0.0)
+    pace.held = 2  # two wait their turn: the next is answered at once, its turn not taken
+    assert pace.delay(0.0) == 0.0 and pace.next_at == pytest.approx(0.1)
+    unpaced = RefusalPace(0)
+    assert all(unpaced.delay(0.0) == 0.0 for _ in range(100))

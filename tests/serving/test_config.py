@@ -24,11 +24,12 @@ def test_every_setting_is_read(tmp_path):
         tmp_path,
         "max_batch_size: 8\n"
         "dynamic_batching: {max_queue_delay_us: 250, preferred_batch_sizes: [8, 4], "
-        "max_queue_size: 32}\n"
+        "max_queue_size: 32, refusals_per_second: 7}\n"
         "instances: 2\nintra_op_threads: 3\nlabels_file: labels.txt\nversion_policy: [1, 3]\n",
     )
     assert config.max_batch_size == 8 and config.max_queue_delay_us == 250
     assert config.preferred_batch_sizes == (4, 8) and config.max_queue_size == 32
+    assert config.refusals_per_second == 7
     assert (config.instances, config.intra_op_threads) == (2, 3)
     assert config.labels == ("cat", "dog") and config.version_policy == (1, 3)
 
@@ -119,3 +120,9 @@ def test_a_bad_value_names_its_line_and_column_as_the_compiler_does(tmp_path, te
     with pytest.raises(UserError) as error:
         _load(tmp_path, text)
     assert render(error.value).startswith(f"{tmp_path / 'config.yaml'}:{at}: error: ")
+
+
+def test_refusals_per_second_is_a_count_from_zero(tmp_path):
+    assert _load(tmp_path, "dynamic_batching: {refusals_per_second: 0}\n").refusals_per_second == 0
+    with pytest.raises(UserError, match=r"'refusals_per_second' must be an integer >= 0, found -1"):
+        _load(tmp_path, "dynamic_batching: {refusals_per_second: -1}\n")

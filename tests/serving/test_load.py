@@ -61,15 +61,21 @@ def _load(address, data, clients, seconds, during=None):
 # Overload: the excess is refused at once and cheaply; what is accepted is served.
 
 
-@pytest.fixture
-def small_queue(tmp_path):
+def _slow_repo(root, pace: str = ""):
     """REPO/slow: about 10 ms a request, one at a time, at most 4 waiting."""
-    folder = tmp_path / "repo" / "slow"
+    folder = root / "repo" / "slow"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").write_bytes(slow_model(30))
     (folder / "config.yaml").write_text(
-        "max_batch_size: 0\ndynamic_batching: {max_queue_size: 4}\n"
+        f"max_batch_size: 0\ndynamic_batching: {{max_queue_size: 4{pace}}}\n"
     )
+    return root / "repo"
+
+
+@pytest.fixture
+def small_queue(tmp_path):
+    """The slow model, its refusals answered at once (refusals_per_second: 0)."""
+    _slow_repo(tmp_path, ", refusals_per_second: 0")
     server = BackgroundServer(
         tmp_path / "repo", ServerOptions(host="127.0.0.1", port=0, metrics_port=None)
     )
@@ -108,6 +114,30 @@ def test_overload_is_refused_quickly_and_the_server_recovers(small_queue):
         assert time.perf_counter() - start < 10
     stats = small_queue.running.repository.get("slow").stats
     assert stats.success.count >= len(served) + 1
+
+
+def test_a_storm_of_refusals_is_paced_and_the_model_keeps_serving(tmp_path):
+    """16 clients retrying at once on a 4-deep queue, refusals paced at 20 a second: the
+    refusals that go out stay near that pace (each costs the model's cores a request's
+    bytes), the accepted requests are served, and the storm over, a request is answered."""
+    repo = _slow_repo(tmp_path, ", refusals_per_second: 20")
+    server = BackgroundServer(repo, ServerOptions(host="127.0.0.1", port=0, metrics_port=None))
+    try:
+        data = _slow_request()
+        start = time.perf_counter()
+        outcomes = _load(server.address, data, clients=16, seconds=2.0)
+        elapsed = time.perf_counter() - start
+        refused = [seconds for code, seconds, _ in outcomes if code == "RESOURCE_EXHAUSTED"]
+        served = [seconds for code, seconds, _ in outcomes if code == "OK"]
+        assert {code for code, _, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
+        assert len(served) >= 20 and max(served) < 10
+        # 20 a second, plus the first of each burst: unpaced, this storm makes hundreds
+        assert len(refused) <= 20 * elapsed + 16, (len(refused), elapsed)
+        channel, call = _caller(server.address)
+        with channel:
+            assert call(data, timeout=30).outputs[0].shape == [1, 16]
+    finally:
+        server.stop()
 
 
 # Reload under load: versions come and go, every answer comes from a complete model.
