@@ -10,9 +10,10 @@ the optimized file does not gain shapes it did not ask for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
@@ -26,9 +27,25 @@ def annotate_static_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[
     Inputs not named keep their declared shape. Inference failures are not
     errors: values it could not reach simply have no static shape.
     """
+    with shape_inference(model, input_shapes) as values:
+        for value in values:
+            dims = static_dims(value.shape)
+            if dims is not None:
+                value.meta[STATIC_SHAPE] = dims
+
+
+@contextlib.contextmanager
+def shape_inference(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> Iterator[list[ir.Value]]:
+    """ONNX shape inference run on `model` (its inputs first given `input_shapes`, where
+    named) for the with-block, which gets the main graph's values to read; every value's
+    shape and type, those inside subgraphs too (inference retypes an If's branches), are
+    put back afterwards, so the optimized file does not gain shapes it did not ask for.
+    An op inference rejects is not an error: values it could not reach keep what the
+    model says."""
     graph = model.graph
     values = _all_values(graph)
-    # inference also retypes values inside subgraphs (an If's branches): restore those too
     inner = [
         value
         for node in ir.traversal.RecursiveGraphIterator(graph)
@@ -36,20 +53,25 @@ def annotate_static_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[
         for value in (*node.inputs, *node.outputs)
         if value is not None
     ]
-    saved = {id(v): (v, v.shape, v.type) for v in values + inner}
+    saved = [(v, v.shape, v.type) for v in values + inner]
     try:
         for value in graph.inputs:
             name = value.name
-            if name is not None and name in input_shapes and not value.is_initializer():
+            if (
+                input_shapes
+                and name is not None
+                and name in input_shapes
+                and not value.is_initializer()
+            ):
                 value.shape = ir.Shape(list(input_shapes[name]))
         with quiet_onnx_ir():
-            ShapeInferencePass(strict_mode=False)(model)
-        for value in values:
-            dims = static_dims(value.shape)
-            if dims is not None:
-                value.meta[STATIC_SHAPE] = dims
+            try:
+                ShapeInferencePass(strict_mode=False)(model)
+            except Exception:  # an op shape inference rejects: use what the model has
+                pass
+        yield values
     finally:
-        for value, shape, type_ in saved.values():
+        for value, shape, type_ in saved:
             value.shape, value.type = shape, type_
 
 

@@ -9,9 +9,8 @@ afterwards, so the optimized file does not gain shapes it did not ask for.
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
-from netc.compiler.optimizer.shapes import quiet_onnx_ir
+from netc.compiler.optimizer.shapes import shape_inference
 
 Dims = tuple[int | str | None, ...]
 
@@ -22,34 +21,13 @@ def infer_dims(
     """value → its dims (int, symbol name, or None for unknown), for every value
     shape inference reaches; values it cannot reach are absent. `dtypes`, when given,
     receives value → element type likewise."""
-    graph = model.graph
-    values = list(graph.inputs) + list(graph.initializers.values())
-    values += [out for node in graph for out in node.outputs]
-    # Inference also rewrites the types of values inside subgraphs (an If's branches):
-    # those are restored too, though only the main graph's are reported.
-    inner = [
-        value
-        for node in ir.traversal.RecursiveGraphIterator(graph)
-        if node.graph is not graph
-        for value in (*node.inputs, *node.outputs)
-        if value is not None
-    ]
-    saved = [(v, v.shape, v.type) for v in values + inner]
     found: dict[ir.Value, Dims] = {}
-    try:
-        with quiet_onnx_ir():
-            try:
-                ShapeInferencePass(strict_mode=False)(model)
-            except Exception:  # an op shape inference rejects: use what the model has
-                pass
+    with shape_inference(model) as values:
         for value in values:
             if value.shape is not None:
                 found[value] = tuple(_dim(d) for d in value.shape.dims)
             if dtypes is not None and value.dtype is not None:
                 dtypes[value] = value.dtype
-    finally:
-        for value, shape, type_ in saved:
-            value.shape, value.type = shape, type_
     return found
 
 
