@@ -29,7 +29,13 @@ from google.protobuf import json_format
 from netc.protos.generated import grpc_service_pb2 as pb
 from netc.serving.errors import InvalidRequest, Unsupported, clip
 from netc.serving.http.app import error_response, json_response, read_body, services
-from netc.serving.http.wire import HEADER_LENGTH, infer_answer, infer_call, parse_header
+from netc.serving.http.wire import (
+    HEADER_LENGTH,
+    infer_answer,
+    infer_call,
+    parse_header,
+    set_parameters,
+)
 
 THREAD_BODY = 1 << 18  # JSON bodies over 256 KiB are parsed off the event loop
 VERSIONED = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
@@ -143,19 +149,7 @@ def _repository_parameters(body: dict, target) -> None:
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidRequest('"parameters" must be a JSON object')
-    for key, value in parameters.items():
-        slot = target[key]
-        if isinstance(value, bool):
-            slot.bool_param = value
-        elif isinstance(value, int):
-            slot.int64_param = value
-        elif isinstance(value, str):
-            slot.string_param = value
-        else:
-            raise InvalidRequest(
-                f"parameter '{clip(key)}' is a {type(value).__name__}; expected a bool, an "
-                "integer or a string"
-            )
+    set_parameters(target, parameters, "parameters")
 
 
 async def load(request: web.Request) -> web.Response:

@@ -80,7 +80,7 @@ def infer_call(header: dict, binary: memoryview, model: str, version: str) -> In
         request.id = _text(header["id"], "id")
     parameters = _object(header.get("parameters", {}), "parameters")
     call = InferCall(request, binary_default=bool(parameters.pop("binary_data_output", False)))
-    _set_parameters(request.parameters, parameters, "parameters")
+    set_parameters(request.parameters, parameters, "parameters")
     inputs = header.get("inputs")
     if not isinstance(inputs, list):
         raise InvalidRequest('the request has no "inputs" list')
@@ -91,7 +91,7 @@ def infer_call(header: dict, binary: memoryview, model: str, version: str) -> In
     offset = 0
     for name, datatype, shape, data, size, parameters in tensors:
         tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-        _set_parameters(tensor.parameters, parameters, f"input '{name}' parameters")
+        set_parameters(tensor.parameters, parameters, f"input '{name}' parameters")
         if size is not None:
             if offset + size > len(binary):
                 raise InvalidRequest(
@@ -116,7 +116,7 @@ def infer_call(header: dict, binary: memoryview, model: str, version: str) -> In
         if "binary_data" in parameters:
             call.binary_outputs[name] = bool(parameters.pop("binary_data"))
         wanted = request.outputs.add(name=name)
-        _set_parameters(wanted.parameters, parameters, f"output '{name}' parameters")
+        set_parameters(wanted.parameters, parameters, f"output '{name}' parameters")
     return call
 
 
@@ -233,8 +233,10 @@ def _utf8(value: Any, name: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _set_parameters(target: Any, parameters: dict, what: str) -> None:
-    """JSON parameters into a map of pb.InferParameter."""
+def set_parameters(target: Any, parameters: dict, what: str) -> None:
+    """JSON parameters into a protobuf map of parameters: an inference's InferParameter,
+    or a repository call's ModelRepositoryParameter, which carries no floating-point
+    numbers."""
     for key, value in parameters.items():
         slot = target[key]
         if isinstance(value, bool):
@@ -243,14 +245,15 @@ def _set_parameters(target: Any, parameters: dict, what: str) -> None:
             if not -(2**63) <= value < 2**63:
                 raise InvalidRequest(f"{what}: '{clip(key)}' is out of the int64 range")
             slot.int64_param = value
-        elif isinstance(value, float):
+        elif isinstance(value, float) and "double_param" in slot.DESCRIPTOR.fields_by_name:
             slot.double_param = value
         elif isinstance(value, str):
             slot.string_param = value
         else:
+            kinds = "a number" if "double_param" in slot.DESCRIPTOR.fields_by_name else "an integer"
             raise InvalidRequest(
                 f"{what}: '{clip(key)}' is a {type(value).__name__}; a parameter is a bool, "
-                "a number or a string"
+                f"{kinds} or a string"
             )
 
 
